@@ -1,0 +1,43 @@
+"""Domain errors of the store; the HTTP boundary maps them to status codes."""
+
+from __future__ import annotations
+
+
+class FeedbackError(Exception):
+    """Base class of the store's errors."""
+
+    field: str | None = None
+
+
+class PredictionNotFound(FeedbackError):
+    field = "prediction_id"
+
+    def __init__(self, prediction_id: str) -> None:
+        super().__init__(f"no prediction with prediction_id={prediction_id!r}")
+        self.prediction_id = prediction_id
+
+
+class IdempotencyConflict(FeedbackError):
+    field = "idempotency_key"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"idempotency_key {key!r} was already used with a different feedback body; "
+            "use a new key for new feedback"
+        )
+
+
+class DuplicateFeedback(FeedbackError):
+    field = "prediction_id"
+
+    def __init__(self, prediction_id: str, feedback_id: str) -> None:
+        super().__init__(
+            f"identical feedback for prediction_id={prediction_id!r} already exists "
+            f"(feedback_id={feedback_id!r}); send an idempotency_key to retry safely"
+        )
+        self.feedback_id = feedback_id
+
+
+class StoreUnavailable(FeedbackError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the feedback store is unavailable: {reason}")

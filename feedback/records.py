@@ -1,0 +1,56 @@
+"""Plain records that cross the store's boundary (no ORM objects leak out)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+Verdict = Literal["correct", "incorrect"]
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    id: str
+    created_at: datetime
+    text: str | None
+    text_storage: str
+    text_sha256: str
+    label: str
+    scores: dict[str, float]
+    model_version: str
+    template_version: str
+    latency_ms: float
+    routing_key_sha256: str | None = None
+
+    @property
+    def confidence(self) -> float:
+        return max(self.scores.values())
+
+
+@dataclass(frozen=True)
+class FeedbackInput:
+    prediction_id: str
+    label: str | None = None
+    verdict: Verdict | None = None
+    comment: str | None = None
+    source: str | None = None
+    idempotency_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.label is None) == (self.verdict is None):
+            raise ValueError("feedback needs exactly one of label or verdict")
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    feedback_id: str
+    prediction_id: str
+    created_at: datetime
+    kind: str
+    predicted_label: str
+    effective_label: str | None
+    agrees: bool
+    model_version: str
+    template_version: str
+    replayed: bool = field(default=False)

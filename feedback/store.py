@@ -1,0 +1,215 @@
+"""Store functions: each takes a keyword-only session (or session factory)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from feedback.errors import DuplicateFeedback, IdempotencyConflict, PredictionNotFound
+from feedback.models import Feedback, Prediction
+from feedback.records import FeedbackInput, FeedbackResult, PredictionRecord
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def insert_predictions(*, session: Session, records: Sequence[PredictionRecord]) -> None:
+    """Insert prediction rows in one statement; the caller commits."""
+    if not records:
+        return
+    rows = []
+    for record in records:
+        row = asdict(record)
+        row["confidence"] = record.confidence
+        rows.append(row)
+    session.execute(insert(Prediction), rows)
+
+
+def get_prediction(*, session: Session, prediction_id: str) -> Prediction | None:
+    return session.get(Prediction, prediction_id)
+
+
+def _body_sha256(feedback: FeedbackInput) -> str:
+    body = {
+        "prediction_id": feedback.prediction_id,
+        "label": feedback.label,
+        "verdict": feedback.verdict,
+        "comment": feedback.comment,
+        "source": feedback.source,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _result(row: Feedback, prediction: Prediction, *, replayed: bool) -> FeedbackResult:
+    return FeedbackResult(
+        feedback_id=row.id,
+        prediction_id=row.prediction_id,
+        created_at=as_utc(row.created_at),
+        kind=row.kind,
+        predicted_label=prediction.label,
+        effective_label=row.effective_label,
+        agrees=row.agrees,
+        model_version=prediction.model_version,
+        template_version=prediction.template_version,
+        replayed=replayed,
+    )
+
+
+def _replay(session: Session, key: str, body_sha256: str) -> FeedbackResult | None:
+    existing = session.scalars(select(Feedback).where(Feedback.idempotency_key == key)).first()
+    if existing is None:
+        return None
+    if existing.body_sha256 != body_sha256:
+        raise IdempotencyConflict(key)
+    prediction = session.get(Prediction, existing.prediction_id)
+    assert prediction is not None  # foreign key
+    return _result(existing, prediction, replayed=True)
+
+
+def _judge(feedback: FeedbackInput, predicted_label: str) -> tuple[str, str | None, bool]:
+    """(kind, effective label, agrees with the prediction) of one piece of feedback."""
+    if feedback.label is not None:
+        return "label", feedback.label, feedback.label == predicted_label
+    if feedback.verdict == "correct":
+        return "verdict", predicted_label, True
+    return "verdict", None, False
+
+
+def record_feedback(
+    *, session_factory: sessionmaker[Session], feedback: FeedbackInput
+) -> FeedbackResult:
+    """Store one piece of feedback durably (committed) and describe it.
+
+    A repeated ``idempotency_key`` with the same body returns the first result
+    (``replayed=True``) without a new row; with another body it is a conflict.
+    Identical feedback without a key is refused as a duplicate.
+    """
+    body_sha256 = _body_sha256(feedback)
+    with session_factory() as session:
+        if feedback.idempotency_key is not None:
+            replay = _replay(session, feedback.idempotency_key, body_sha256)
+            if replay is not None:
+                return replay
+        prediction = session.get(Prediction, feedback.prediction_id)
+        if prediction is None:
+            raise PredictionNotFound(feedback.prediction_id)
+        if feedback.idempotency_key is None:
+            twin = session.scalars(
+                select(Feedback.id).where(
+                    Feedback.prediction_id == feedback.prediction_id,
+                    Feedback.body_sha256 == body_sha256,
+                )
+            ).first()
+            if twin is not None:
+                raise DuplicateFeedback(feedback.prediction_id, twin)
+        kind, effective_label, agrees = _judge(feedback, prediction.label)
+        row = Feedback(
+            id=str(uuid.uuid4()),
+            prediction_id=feedback.prediction_id,
+            created_at=utcnow(),
+            kind=kind,
+            label=feedback.label,
+            verdict=feedback.verdict,
+            effective_label=effective_label,
+            agrees=agrees,
+            comment=feedback.comment,
+            source=feedback.source,
+            idempotency_key=feedback.idempotency_key,
+            body_sha256=body_sha256,
+        )
+        session.add(row)
+        try:
+            session.commit()
+        except IntegrityError:
+            # A concurrent request with the same idempotency key won the race.
+            session.rollback()
+            if feedback.idempotency_key is None:
+                raise
+            replay = _replay(session, feedback.idempotency_key, body_sha256)
+            if replay is None:
+                raise
+            return replay
+        return _result(row, prediction, replayed=False)
+
+
+EXPORT_FIELDS = (
+    "feedback_id",
+    "feedback_created_at",
+    "prediction_id",
+    "prediction_created_at",
+    "text",
+    "text_storage",
+    "text_sha256",
+    "predicted_label",
+    "confidence",
+    "scores",
+    "model_version",
+    "template_version",
+    "kind",
+    "label",
+    "verdict",
+    "effective_label",
+    "agrees",
+    "comment",
+    "source",
+)
+
+
+def iter_feedback_export(
+    *,
+    session: Session,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    chunk_size: int = 1000,
+) -> Iterator[dict[str, Any]]:
+    """Feedback joined with its prediction, oldest first, in ``[since, until)``."""
+    query = (
+        select(Feedback, Prediction)
+        .join(Prediction, Feedback.prediction_id == Prediction.id)
+        .order_by(Feedback.created_at, Feedback.id)
+    )
+    if since is not None:
+        query = query.where(Feedback.created_at >= since)
+    if until is not None:
+        query = query.where(Feedback.created_at < until)
+    for fb, prediction in session.execute(query.execution_options(yield_per=chunk_size)):
+        yield {
+            "feedback_id": fb.id,
+            "feedback_created_at": _iso(fb.created_at),
+            "prediction_id": prediction.id,
+            "prediction_created_at": _iso(prediction.created_at),
+            "text": prediction.text,
+            "text_storage": prediction.text_storage,
+            "text_sha256": prediction.text_sha256,
+            "predicted_label": prediction.label,
+            "confidence": prediction.confidence,
+            "scores": prediction.scores,
+            "model_version": prediction.model_version,
+            "template_version": prediction.template_version,
+            "kind": fb.kind,
+            "label": fb.label,
+            "verdict": fb.verdict,
+            "effective_label": fb.effective_label,
+            "agrees": fb.agrees,
+            "comment": fb.comment,
+            "source": fb.source,
+        }
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes; every stored time is UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return as_utc(moment).isoformat()

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up a virtual environment and serve sentiloop on port 3000 with the
+# embedded defaults: a SQLite file under ./var and, until a model is trained,
+# the zero-shot model built from the prompt template's verbalizers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+
+export BENTOML_DO_NOT_TRACK=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export BENTOML_HOME="${BENTOML_HOME:-$PWD/var/bentoml}"
+exec .venv/bin/sentiloop serve "$@"

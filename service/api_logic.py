@@ -1,0 +1,215 @@
+"""What the API does, without BentoML: routing, scoring calls, logging, feedback.
+
+``service.bento`` builds one ``SentimentAPI`` per worker and calls it from
+thin endpoint methods; ``service.http_errors`` turns the domain errors raised
+here into HTTP responses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+import feedback
+from feedback import store
+from feedback.export import ExportFormat, serialize
+from feedback.redaction import redact
+from sentiloop.settings import Settings
+from service.labels import scores_to_label
+from service.metrics import ServiceMetrics
+from service.routing import TrafficSplit
+from service.schemas import (
+    FeedbackRequest,
+    FeedbackResponse,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+)
+from service.scoring import ScoreItem, ScoreResult
+from service.templates import TemplateRegistry
+
+logger = logging.getLogger(__name__)
+
+Classify = Callable[[list[ScoreItem]], Awaitable[list[ScoreResult]]]
+
+
+def text_sha256(text: str) -> str:
+    """Hash of the whitespace- and case-normalized text (dedup key for training)."""
+    normalized = " ".join(text.split()).lower()
+    return hashlib.sha256(normalized.encode()).hexdigest()
+
+
+class SentimentAPI:
+    def __init__(self, settings: Settings, registry: TemplateRegistry, metrics: ServiceMetrics):
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self.split = TrafficSplit(settings.traffic_split, salt=settings.routing_salt)
+        for version in self.split.template_versions:
+            registry.get(version)  # an unknown version in the split fails at start-up
+        database_url = settings.resolved_database_url
+        if settings.auto_migrate:
+            feedback.upgrade(database_url)
+        self.engine = feedback.make_engine(database_url)
+        self.sessions = feedback.make_session_factory(self.engine)
+        self.log_writer = feedback.PredictionLogWriter(
+            self.sessions,
+            queue_size=settings.log_queue_size,
+            batch_size=settings.log_batch_size,
+            flush_interval_s=settings.log_flush_interval_s,
+            observer=metrics,
+        )
+        self.log_writer.start()
+
+    def close(self) -> None:
+        self.log_writer.close()
+        self.engine.dispose()
+
+    def is_ready(self) -> bool:
+        try:
+            feedback.ping(self.engine)
+        except SQLAlchemyError as exc:
+            logger.warning("not ready: database unreachable: %s", exc)
+            return False
+        return True
+
+    def _stored_text(self, text: str) -> str | None:
+        mode = self.settings.text_storage
+        if mode == "raw":
+            return text
+        if mode == "redacted":
+            return redact(text)
+        return None
+
+    async def predict(self, request: PredictRequest, classify: Classify) -> PredictResponse:
+        if request.template_version is not None:
+            self.registry.get(request.template_version)  # 404 for an unknown version
+        route = self.split.choose(request.routing_key, request.template_version)
+        texts = request.all_texts
+        started = time.perf_counter()
+        results = await classify(
+            [
+                ScoreItem(text=t, template_version=route.template_version, model=route.model)
+                for t in texts
+            ]
+        )
+        latency_ms = (time.perf_counter() - started) * 1000
+        now = datetime.now(UTC)
+        routing_hash = (
+            hashlib.sha256(request.routing_key.encode()).hexdigest()
+            if request.routing_key is not None
+            else None
+        )
+        predictions: list[Prediction] = []
+        records: list[feedback.PredictionRecord] = []
+        for text, result in zip(texts, results, strict=True):
+            label = scores_to_label(result.scores)
+            prediction = Prediction(
+                prediction_id=str(uuid.uuid4()),
+                label=label,
+                scores=result.scores,  # type: ignore[arg-type]
+                confidence=result.scores[label],
+                model_version=result.model_version,
+                template_version=route.template_version,
+                latency_ms=round(latency_ms, 3),
+            )
+            predictions.append(prediction)
+            records.append(
+                feedback.PredictionRecord(
+                    id=prediction.prediction_id,
+                    created_at=now,
+                    text=self._stored_text(text),
+                    text_storage=self.settings.text_storage,
+                    text_sha256=text_sha256(text),
+                    label=label,
+                    scores=result.scores,
+                    model_version=result.model_version,
+                    template_version=route.template_version,
+                    latency_ms=latency_ms,
+                    routing_key_sha256=routing_hash,
+                )
+            )
+        self.log_writer.submit(records)
+        for model_version in {p.model_version for p in predictions}:
+            same_model = [p for p in predictions if p.model_version == model_version]
+            self.metrics.observe_predictions(
+                [p.label for p in same_model],
+                [p.confidence for p in same_model],
+                model_version,
+                route.template_version,
+            )
+        return PredictResponse(predictions=predictions)
+
+    def record_feedback(self, request: FeedbackRequest) -> FeedbackResponse:
+        """Store feedback durably; waits briefly for a prediction still in the log queue."""
+        item = feedback.FeedbackInput(
+            prediction_id=request.prediction_id,
+            label=request.label,
+            verdict=request.verdict,
+            comment=request.comment,
+            source=request.source,
+            idempotency_key=request.idempotency_key,
+        )
+        deadline = time.monotonic() + self.settings.feedback_lookup_wait_s
+        started = time.perf_counter()
+        while True:
+            try:
+                result = store.record_feedback(session_factory=self.sessions, feedback=item)
+                break
+            except feedback.PredictionNotFound:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                # The prediction may still be queued here or in another worker.
+                if self.log_writer.flush(min(remaining, 0.5)):
+                    time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            except OperationalError as exc:
+                raise feedback.StoreUnavailable(str(exc.orig)) from exc
+        self.metrics.db_write_seconds.labels("feedback").observe(time.perf_counter() - started)
+        if not result.replayed:
+            self.metrics.feedback.labels(
+                result.kind,
+                str(result.agrees).lower(),
+                result.model_version,
+                result.template_version,
+            ).inc()
+        return FeedbackResponse(
+            feedback_id=result.feedback_id,
+            prediction_id=result.prediction_id,
+            created_at=result.created_at,
+            kind=result.kind,  # type: ignore[arg-type]
+            predicted_label=result.predicted_label,  # type: ignore[arg-type]
+            effective_label=result.effective_label,  # type: ignore[arg-type]
+            agrees=result.agrees,
+            model_version=result.model_version,
+            template_version=result.template_version,
+            replayed=result.replayed,
+        )
+
+    def export_feedback(
+        self, fmt: ExportFormat, since: datetime | None, until: datetime | None
+    ) -> Iterator[str]:
+        """Exported feedback as text chunks; the session lives as long as the iteration."""
+        with self.sessions() as session:
+            rows = store.iter_feedback_export(session=session, since=since, until=until)
+            yield from serialize(rows, fmt)
+
+    def templates(self) -> list[dict[str, Any]]:
+        return [self.registry.get(version).to_dict() for version in self.registry.versions]
+
+    def traffic_split(self) -> list[dict[str, Any]]:
+        return [
+            {"template_version": arm.template_version, "model": arm.model, "share": share}
+            for arm, share in zip(self.split.arms, self.split.shares, strict=True)
+        ]
+
+
+def referenced_models(settings: Settings) -> Sequence[str]:
+    return sorted({arm.model for arm in settings.traffic_split})

@@ -1,0 +1,76 @@
+"""Fine-tuned models in the BentoML model store, with their metadata.
+
+Metadata of every model: ``base_model``, ``template_versions``,
+``data_sha256``, ``metrics`` (and whatever else training records, e.g. the
+parent model). The store lives under ``$BENTOML_HOME/models``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bentoml
+
+REQUIRED_METADATA = ("base_model", "template_versions", "data_sha256", "metrics")
+
+
+class ModelStoreError(Exception):
+    pass
+
+
+class ModelNotFound(ModelStoreError):
+    field = "model"
+
+    def __init__(self, tag: str) -> None:
+        super().__init__(f"no model {tag!r} in the BentoML model store")
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    tag: str
+    path: Path
+    metadata: Mapping[str, Any]
+    created_at: str
+
+    @property
+    def template_versions(self) -> list[str]:
+        return list(self.metadata.get("template_versions", []))
+
+
+def save_model(source_dir: Path, *, name: str, metadata: Mapping[str, Any]) -> StoredModel:
+    """Copy a saved Hugging Face model directory into the store as a new version."""
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ModelStoreError(f"model metadata lacks {missing}")
+    with bentoml.models.create(name, metadata=dict(metadata)) as model:
+        shutil.copytree(source_dir, model.path, dirs_exist_ok=True)
+    return get_model(str(model.tag))
+
+
+def get_model(tag: str) -> StoredModel:
+    try:
+        model = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        raise ModelNotFound(tag) from None
+    return StoredModel(
+        tag=str(model.tag),
+        path=Path(model.path),
+        metadata=dict(model.info.metadata),
+        created_at=model.info.creation_time.isoformat(),
+    )
+
+
+def list_models(name: str) -> list[StoredModel]:
+    """Every version of ``name``, oldest first."""
+    models = [model for model in bentoml.models.list() if model.tag.name == name]
+    models.sort(key=lambda model: model.info.creation_time)
+    return [get_model(str(model.tag)) for model in models]
+
+
+def latest_model(name: str) -> StoredModel | None:
+    models = list_models(name)
+    return models[-1] if models else None

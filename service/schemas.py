@@ -1,0 +1,119 @@
+"""Request and response bodies of the HTTP API, with their limits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from service.labels import Label
+
+MAX_TEXTS_PER_REQUEST = 256
+MAX_CHARS_PER_TEXT = 5_000
+MAX_COMMENT_CHARS = 2_000
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("text must contain at least one non-whitespace character")
+    return value
+
+
+Text = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_CHARS_PER_TEXT),
+    AfterValidator(_not_blank),
+]
+
+
+class PredictRequest(BaseModel):
+    """One text (``text``) or a list of texts (``texts``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: Text | None = Field(default=None, description="One text to score.")
+    texts: list[Text] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TEXTS_PER_REQUEST,
+        description=f"Up to {MAX_TEXTS_PER_REQUEST} texts, each at most "
+        f"{MAX_CHARS_PER_TEXT} characters.",
+    )
+    template_version: str | None = Field(
+        default=None, min_length=1, max_length=64, description="Force a prompt template version."
+    )
+    routing_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Sticky A/B assignment key, e.g. a customer or ticket id (stored hashed).",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_input(self) -> PredictRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' (a string) or 'texts' (a list)")
+        return self
+
+    @property
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class Prediction(BaseModel):
+    prediction_id: str
+    label: Label
+    scores: dict[Label, float]
+    confidence: float
+    model_version: str
+    template_version: str
+    latency_ms: float
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class FeedbackRequest(BaseModel):
+    """A correction (``label``) or a thumbs up/down (``verdict``) on one prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_id: str = Field(min_length=1, max_length=36)
+    label: Label | None = Field(default=None, description="The correct label.")
+    verdict: Literal["correct", "incorrect"] | None = Field(
+        default=None, description="Thumbs up (correct) or down (incorrect)."
+    )
+    comment: str | None = Field(default=None, max_length=MAX_COMMENT_CHARS)
+    source: str | None = Field(default=None, min_length=1, max_length=100)
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Retries with the same key return the first result and store one row.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_judgement(self) -> FeedbackRequest:
+        if (self.label is None) == (self.verdict is None):
+            raise ValueError("give exactly one of 'label' or 'verdict'")
+        return self
+
+
+class FeedbackResponse(BaseModel):
+    feedback_id: str
+    prediction_id: str
+    created_at: datetime
+    kind: Literal["label", "verdict"]
+    predicted_label: Label
+    effective_label: Label | None
+    agrees: bool
+    model_version: str
+    template_version: str
+    replayed: bool
+
+
+class ErrorBody(BaseModel):
+    error: str
+    field: str | None = None

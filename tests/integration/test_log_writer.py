@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, select
+
+import feedback
+from feedback.models import Prediction
+
+
+def record() -> feedback.PredictionRecord:
+    return feedback.PredictionRecord(
+        id=str(uuid.uuid4()), created_at=datetime.now(UTC), text=None, text_storage="none",
+        text_sha256="0" * 64, label="neutral",
+        scores={"negative": 0.2, "neutral": 0.6, "positive": 0.2},
+        model_version="m", template_version="v1", latency_ms=1.0,
+    )  # fmt: skip
+
+
+class CountingObserver:
+    def __init__(self) -> None:
+        self.dropped_total = 0
+        self.written_total = 0
+        self.failures = 0
+
+    def written(self, count: int, seconds: float) -> None:
+        self.written_total += count
+
+    def dropped(self, count: int) -> None:
+        self.dropped_total += count
+
+    def write_failed(self) -> None:
+        self.failures += 1
+
+    def queue_depth(self, depth: int) -> None:
+        pass
+
+
+def count_rows(url: str) -> int:
+    engine = feedback.make_engine(url)
+    with engine.connect() as connection:
+        count = connection.execute(select(func.count()).select_from(Prediction)).scalar_one()
+    engine.dispose()
+    return int(count)
+
+
+def test_every_accepted_record_is_written(database_url: str) -> None:
+    feedback.upgrade(database_url)
+    engine = feedback.make_engine(database_url)
+    observer = CountingObserver()
+    writer = feedback.PredictionLogWriter(
+        feedback.make_session_factory(engine), queue_size=5000, batch_size=100, observer=observer
+    )
+    writer.start()
+    for _ in range(30):
+        assert writer.submit([record() for _ in range(50)]) == 50
+    assert writer.flush(30)
+    writer.close()
+    engine.dispose()
+    assert count_rows(database_url) == 1500
+    assert observer.written_total == 1500 and observer.dropped_total == 0
+
+
+def test_full_queue_drops_loudly_and_counts(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    feedback.upgrade(sqlite_url)
+    engine = feedback.make_engine(sqlite_url)
+    observer = CountingObserver()
+    writer = feedback.PredictionLogWriter(
+        feedback.make_session_factory(engine), queue_size=10, observer=observer
+    )
+    # Not started: nothing drains the queue.
+    accepted = writer.submit([record() for _ in range(25)])
+    assert accepted == 10
+    assert observer.dropped_total == 15 and writer.stats.dropped == 15
+    assert "15 prediction records not logged" in caplog.text
+    writer.start()
+    writer.close()
+    engine.dispose()
+    assert count_rows(sqlite_url) == 10
+
+
+def test_failed_writes_are_retried_until_the_table_exists(sqlite_url: str) -> None:
+    engine = feedback.make_engine(sqlite_url)  # no migration yet: inserts fail
+    observer = CountingObserver()
+    writer = feedback.PredictionLogWriter(
+        feedback.make_session_factory(engine), flush_interval_s=0.05, observer=observer
+    )
+    writer.start()
+    writer.submit([record() for _ in range(3)])
+    assert not writer.flush(0.5)
+    assert observer.failures >= 1
+    feedback.upgrade(sqlite_url)
+    assert writer.flush(15)
+    writer.close()
+    engine.dispose()
+    assert count_rows(sqlite_url) == 3

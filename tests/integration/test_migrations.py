@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+import feedback
+from feedback.migrate import alembic_config, current_revision
+from feedback.models import Base
+
+
+def test_upgrade_reaches_head_and_matches_the_models(database_url: str) -> None:
+    feedback.upgrade(database_url)
+    feedback.upgrade(database_url)  # idempotent
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    assert current_revision(database_url) == head
+    engine = feedback.make_engine(database_url)
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
+    assert differences == []
+
+
+def test_sqlite_file_uses_wal(sqlite_url: str) -> None:
+    feedback.upgrade(sqlite_url)
+    engine = feedback.make_engine(sqlite_url)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()

