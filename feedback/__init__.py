@@ -13,7 +13,7 @@ from feedback.errors import (
     StoreUnavailable,
 )
 from feedback.log_writer import PredictionLogWriter
-from feedback.migrate import upgrade
+from feedback.migrate import upgrade, wait_for_schema
 from feedback.records import FeedbackInput, FeedbackResult, PredictionRecord
 
 __all__ = [
@@ -30,4 +30,5 @@ __all__ = [
     "make_session_factory",
     "ping",
     "upgrade",
+    "wait_for_schema",
 ]

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from sentiloop.input_files import read_texts
 from sentiloop.logging_setup import configure_logging
@@ -19,7 +21,9 @@ app = typer.Typer(help="sentiloop: sentiment serving with a feedback loop.", no_
 templates_app = typer.Typer(help="Versioned prompt templates.", no_args_is_help=True)
 db_app = typer.Typer(help="The prediction and feedback database.", no_args_is_help=True)
 feedback_app = typer.Typer(help="Logged feedback.", no_args_is_help=True)
+models_app = typer.Typer(help="Models: store, champion/challenger, runs.", no_args_is_help=True)
 app.add_typer(templates_app, name="templates")
+app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(feedback_app, name="feedback")
 
@@ -164,6 +168,180 @@ def feedback_export(
         if output:
             out.close()
         engine.dispose()
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    base_data: Annotated[
+        Path | None, typer.Option(help="Base training data: .csv, .tsv or .jsonl.")
+    ] = None,
+    holdout: Annotated[
+        Path | None,
+        typer.Option(help="Fixed holdout file (else a stable 10% hash split of the base data)."),
+    ] = None,
+    text_field: Annotated[str | None, typer.Option(help="Text column (auto-detected).")] = None,
+    label_field: Annotated[str, typer.Option(help="Label column.")] = "label",
+    label_map: Annotated[
+        str | None, typer.Option(help='Raw label mapping, e.g. "0=negative,1=positive".')
+    ] = None,
+    template_version: Annotated[
+        list[str] | None, typer.Option(help="Template version(s) to train on (repeatable).")
+    ] = None,
+    epochs: int = 2,
+    batch_size: int = 32,
+    learning_rate: float = 5e-5,
+    max_length: int = 64,
+    seed: int = 13,
+    max_base_examples: Annotated[int | None, typer.Option(help="Sample the base data.")] = None,
+    feedback_weight: float = 2.0,
+    conflict_policy: Annotated[Literal["latest", "majority", "drop"], typer.Option()] = "latest",
+    holdout_fraction: float = 0.1,
+    feedback_holdout_fraction: float = 0.2,
+    metric: Annotated[Literal["macro_f1", "accuracy"], typer.Option()] = "macro_f1",
+    min_improvement: float = 0.005,
+    max_feedback_regression: float = 0.0,
+    schedule: Annotated[
+        bool, typer.Option("--schedule", help="Keep running; retrain when due.")
+    ] = False,
+    min_new_feedback: Annotated[int, typer.Option(help="--schedule: feedback rows.")] = 200,
+    interval_minutes: Annotated[float, typer.Option(help="--schedule: max minutes.")] = 1440.0,
+    poll_seconds: Annotated[float, typer.Option(help="--schedule: check period.")] = 60.0,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Re-fine-tune from base data + feedback, evaluate against the champion, gate promotion."""
+    import threading
+
+    from training.data import parse_label_map
+    from training.dataset import AssemblyConfig
+    from training.finetune import TrainingArguments
+    from training.gate import GateConfig
+    from training.pipeline import DataSource, TrainingPipeline, TrainingPlan
+    from training.schedule import Schedule, run_schedule
+
+    mapping = parse_label_map(label_map)
+    plan = TrainingPlan(
+        base_data=DataSource(base_data, text_field, label_field, mapping) if base_data else None,
+        holdout_data=DataSource(holdout, text_field, label_field, mapping) if holdout else None,
+        template_versions=tuple(template_version or ()),
+        assembly=AssemblyConfig(
+            holdout_fraction=holdout_fraction,
+            feedback_holdout_fraction=feedback_holdout_fraction,
+            feedback_weight=feedback_weight,
+            conflict_policy=conflict_policy,
+            max_base_examples=max_base_examples,
+        ),
+        arguments=TrainingArguments(
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_length=max_length,
+            seed=seed,
+            progress=progress,
+        ),
+        gate=GateConfig(
+            metric=metric,
+            min_improvement=min_improvement,
+            max_feedback_regression=max_feedback_regression,
+        ),
+    )
+    pipeline = TrainingPipeline(_settings(ctx))
+    try:
+        if schedule:
+            plan_schedule = Schedule(min_new_feedback, interval_minutes * 60, poll_seconds)
+            run_schedule(pipeline, plan, plan_schedule, threading.Event())
+            return
+        outcome = pipeline.run(plan)
+    finally:
+        pipeline.close()
+    typer.echo((outcome.report_dir / "summary.txt").read_text(), nl=False)
+    typer.echo(f"report: {outcome.report_dir}")
+
+
+def _pipeline_sessions(ctx: typer.Context) -> tuple[Engine, sessionmaker[Session]]:
+    import feedback
+
+    settings = _settings(ctx)
+    if settings.auto_migrate:
+        feedback.upgrade(settings.resolved_database_url)
+    engine = feedback.make_engine(settings.resolved_database_url)
+    return engine, feedback.make_session_factory(engine)
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context) -> None:
+    """Models in the BentoML store, oldest first, with their current role."""
+    from feedback import registry
+    from service import model_store
+
+    engine, sessions = _pipeline_sessions(ctx)
+    with sessions() as session:
+        roles = {
+            registry.current(session=session, role="champion"): "champion",
+            registry.current(session=session, role="challenger"): "challenger",
+        }
+    engine.dispose()
+    for stored in model_store.list_models(_settings(ctx).model_name):
+        holdout = stored.metadata.get("metrics", {}).get("holdout", {})
+        score = holdout.get("macro_f1")
+        typer.echo(
+            f"{stored.tag}\t{roles.get(stored.tag, '-')}\t{stored.created_at}\t"
+            f"holdout_macro_f1={score if score is None else round(score, 4)}"
+        )
+
+
+@models_app.command("promote")
+def models_promote(ctx: typer.Context, tag: str) -> None:
+    """Make a stored model the champion (the service switches within its poll interval)."""
+    from training.promotion import promote
+
+    engine, sessions = _pipeline_sessions(ctx)
+    assignment = promote(sessions=sessions, tag=tag, reason="manual promotion")
+    engine.dispose()
+    typer.echo(f"champion: {assignment.model_tag}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    ctx: typer.Context,
+    tag: Annotated[
+        str | None, typer.Argument(help="Earlier model (default: the previous).")
+    ] = None,
+) -> None:
+    """Make an earlier model champion again."""
+    from training.promotion import rollback
+
+    engine, sessions = _pipeline_sessions(ctx)
+    assignment = rollback(sessions=sessions, tag=tag)
+    engine.dispose()
+    typer.echo(f"champion: {assignment.model_tag or 'zero-shot'} ({assignment.reason})")
+
+
+@models_app.command("history")
+def models_history(ctx: typer.Context, limit: int = 20) -> None:
+    """Champion/challenger assignments, newest first."""
+    from feedback import registry
+
+    engine, sessions = _pipeline_sessions(ctx)
+    with sessions() as session:
+        for a in registry.history(session=session, limit=limit):
+            typer.echo(f"{a.created_at.isoformat()}\t{a.role}\t{a.model_tag}\t{a.reason}")
+    engine.dispose()
+
+
+@models_app.command("runs")
+def models_runs(ctx: typer.Context, limit: int = 20) -> None:
+    """Training runs, newest first: status, decision, counts, candidate."""
+    from feedback import runs
+
+    engine, sessions = _pipeline_sessions(ctx)
+    with sessions() as session:
+        for run in runs.list_runs(session=session, limit=limit):
+            typer.echo(
+                f"{run.id}\t{run.started_at}\t{run.trigger}\t{run.status}\t"
+                f"{run.decision}\t{run.candidate_tag}\t{json.dumps(run.counts)}"
+            )
+    engine.dispose()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from typing import Any
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _StderrHandler(logging.StreamHandler[Any]):
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 def configure_logging(level: str | None = None) -> None:
@@ -15,7 +29,7 @@ def configure_logging(level: str | None = None) -> None:
         logger = logging.getLogger(name)
         logger.setLevel(chosen)
         if not any(getattr(h, "_sentiloop", False) for h in logger.handlers):
-            handler = logging.StreamHandler()
+            handler = _StderrHandler()
             handler.setFormatter(logging.Formatter(_FORMAT))
             handler._sentiloop = True  # type: ignore[attr-defined]
             logger.addHandler(handler)

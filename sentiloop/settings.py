@@ -9,12 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TextStorage = Literal["raw", "redacted", "none"]
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"
 ZERO_SHOT = "zero-shot"
 
 
@@ -22,8 +30,9 @@ class TrafficArm(BaseModel):
     """One share of traffic: a template version served by a model.
 
     ``model`` is ``champion`` (the promoted model, or the zero-shot model when
-    none exists), ``zero-shot``, or a BentoML model tag such as
-    ``sentiloop-sentiment:abc123``.
+    none exists), ``challenger`` (the newest candidate that was not promoted;
+    the champion while there is none), ``zero-shot``, or a BentoML model tag
+    such as ``sentiloop-sentiment:abc123``.
     """
 
     template_version: str = Field(min_length=1)
@@ -67,7 +76,16 @@ class Settings(BaseSettings):
     )
     model_tag: str | None = Field(
         default=None,
-        description="Serve this BentoML model tag as champion instead of the latest one.",
+        description="Pin this BentoML model tag as champion (ignores promotions).",
+    )
+    model_poll_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the model service checks the database for a new champion.",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="Key for the admin endpoints (header X-Admin-Key); disabled when unset.",
     )
     device: str = Field(default="cpu", description="torch device for inference.")
     max_length: int = Field(default=128, ge=8, le=512, description="Tokenizer max length.")
@@ -121,6 +139,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.home / 'sentiloop.db').resolve()}"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
 
     @property
     def resolved_base_model(self) -> Path:

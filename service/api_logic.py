@@ -8,6 +8,7 @@ here into HTTP responses.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import time
 import uuid
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from starlette.responses import JSONResponse
 
 import feedback
 from feedback import store
@@ -34,16 +36,11 @@ from service.schemas import (
 )
 from service.scoring import ScoreItem, ScoreResult
 from service.templates import TemplateRegistry
+from service.text_keys import text_sha256
 
 logger = logging.getLogger(__name__)
 
 Classify = Callable[[list[ScoreItem]], Awaitable[list[ScoreResult]]]
-
-
-def text_sha256(text: str) -> str:
-    """Hash of the whitespace- and case-normalized text (dedup key for training)."""
-    normalized = " ".join(text.split()).lower()
-    return hashlib.sha256(normalized.encode()).hexdigest()
 
 
 class SentimentAPI:
@@ -200,6 +197,24 @@ class SentimentAPI:
         with self.sessions() as session:
             rows = store.iter_feedback_export(session=session, since=since, until=until)
             yield from serialize(rows, fmt)
+
+    def check_admin_key(self, presented: str | None) -> JSONResponse | None:
+        """None when ``presented`` is the admin key, else the 401/403 response to send."""
+        expected = self.settings.admin_key
+        if expected is None:
+            return JSONResponse(
+                {"error": "admin endpoints are disabled: set SENTILOOP_ADMIN_KEY", "field": None},
+                status_code=403,
+            )
+        if presented is None:
+            return JSONResponse(
+                {"error": "missing X-Admin-Key header", "field": "X-Admin-Key"}, status_code=401
+            )
+        if not hmac.compare_digest(presented.encode(), expected.get_secret_value().encode()):
+            return JSONResponse(
+                {"error": "wrong admin key", "field": "X-Admin-Key"}, status_code=403
+            )
+        return None
 
     def templates(self) -> list[dict[str, Any]]:
         return [self.registry.get(version).to_dict() for version in self.registry.versions]

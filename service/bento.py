@@ -19,14 +19,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
+import feedback
 from feedback.export import MEDIA_TYPES
 from sentiloop.logging_setup import configure_logging
 from sentiloop.settings import Settings
 from service.api_logic import SentimentAPI, referenced_models
+from service.assignments import database_assignments
 from service.http_errors import DOMAIN_ERRORS, error_response
 from service.metrics import ServiceMetrics
-from service.schemas import FeedbackRequest, FeedbackResponse, PredictRequest, PredictResponse
-from service.scoring import ScoreItem, ScoreResult, ScoringEngine
+from service.schemas import (
+    FeedbackRequest,
+    FeedbackResponse,
+    ModelsResponse,
+    PredictRequest,
+    PredictResponse,
+)
+from service.scoring import ModelWatcher, ScoreItem, ScoreResult, ScoringEngine
 from service.templates import TemplateRegistry, UnknownTemplateVersion
 
 read_api = FastAPI(title="sentiloop", description="Read endpoints of sentiloop.")
@@ -65,9 +73,21 @@ class SentimentModel:
         configure_logging()
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
+        database_url = settings.resolved_database_url
+        feedback.wait_for_schema(database_url, timeout_s=120)  # the API service migrates
+        self.db = feedback.make_engine(database_url)
         registry = TemplateRegistry.load(settings.resolved_templates_dir)
-        self.engine = ScoringEngine(settings, registry)
+        self.engine = ScoringEngine(
+            settings, registry, database_assignments(feedback.make_session_factory(self.db))
+        )
         self.engine.load(referenced_models(settings))
+        self.watcher = ModelWatcher(self.engine, settings.model_poll_interval_s)
+        self.watcher.start()
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self.watcher.stop()
+        self.db.dispose()
 
     # max_latency_ms is a hard limit: BentoML answers 503 to requests it expects to
     # exceed it, so it is set to what a client would rather wait than be refused.
@@ -76,8 +96,14 @@ class SentimentModel:
         return self.engine.score(items)
 
     @bentoml.api
-    def models(self) -> list[dict[str, Any]]:
+    def models(self) -> dict[str, Any]:
         return self.engine.describe()
+
+    @bentoml.api
+    def reload(self) -> dict[str, Any]:
+        """Check the database for a new champion/challenger now."""
+        changes = self.engine.refresh()
+        return {"changes": changes, **self.engine.describe()}
 
 
 @bentoml.service(name="sentiloop", traffic={"timeout": 60})
@@ -132,11 +158,19 @@ class SentiLoop:
             return error_response(error)
 
     @read_api.get("/models")
-    async def list_models(self) -> dict[str, Any]:
-        return {
-            "models": await self.scorer.to_async.models(),
-            "traffic_split": self.api.traffic_split(),
-        }
+    async def list_models(self) -> ModelsResponse:
+        described = await self.scorer.to_async.models()
+        return ModelsResponse(**described, traffic_split=self.api.traffic_split())
+
+    @bentoml.api(route="/v1/admin/reload-models", output_spec=ModelsResponse)
+    async def reload_models(self, ctx: bentoml.Context) -> ModelsResponse | Response:
+        """Switch to a newly promoted model now (needs the X-Admin-Key header)."""
+        denied = self.api.check_admin_key(ctx.request.headers.get("x-admin-key"))
+        if denied is not None:
+            ctx.response.status_code = denied.status_code
+            return denied
+        described = await self.scorer.to_async.reload()
+        return ModelsResponse(**described, traffic_split=self.api.traffic_split())
 
     @read_api.get("/feedback/export")
     def export_feedback(

@@ -135,6 +135,8 @@ class ZeroShotClassifier:
         return cached
 
     def predict(self, rendered: Sequence[str], template: PromptTemplate) -> list[Scores]:
+        if not rendered:
+            return []
         similarities = self.embed(rendered) @ self.label_embeddings(template).T
         probabilities = torch.softmax(similarities * ZERO_SHOT_SCALE, dim=-1)
         return [

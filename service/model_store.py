@@ -41,12 +41,21 @@ class StoredModel:
         return list(self.metadata.get("template_versions", []))
 
 
+def _storable(value: Any) -> Any:
+    """BentoML metadata takes basic types only: drop None values, tuples become lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _storable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value if v is not None]
+    return value
+
+
 def save_model(source_dir: Path, *, name: str, metadata: Mapping[str, Any]) -> StoredModel:
     """Copy a saved Hugging Face model directory into the store as a new version."""
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
         raise ModelStoreError(f"model metadata lacks {missing}")
-    with bentoml.models.create(name, metadata=dict(metadata)) as model:
+    with bentoml.models.create(name, metadata=_storable(metadata)) as model:
         shutil.copytree(source_dir, model.path, dirs_exist_ok=True)
     return get_model(str(model.tag))
 

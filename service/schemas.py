@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -112,6 +112,13 @@ class FeedbackResponse(BaseModel):
     model_version: str
     template_version: str
     replayed: bool
+
+
+class ModelsResponse(BaseModel):
+    models: list[dict[str, Any]]
+    last_refresh_error: str | None = None
+    traffic_split: list[dict[str, Any]]
+    changes: list[str] = Field(default_factory=list)
 
 
 class ErrorBody(BaseModel):

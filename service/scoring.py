@@ -1,8 +1,13 @@
-"""Scores raw texts with the model and template an item names.
+"""Scores raw texts with the model and template an item names; swaps models live.
 
-Model references: ``champion`` (the configured ``model_tag``, else the newest
-model of ``model_name`` in the BentoML store, else the zero-shot model),
-``zero-shot``, or a BentoML model tag.
+Model references: ``champion`` (the pinned ``model_tag``, else the champion
+recorded in the database, else the zero-shot model), ``challenger`` (the
+recorded challenger, else the champion), ``zero-shot``, or a BentoML model tag.
+
+``refresh()`` re-resolves ``champion``/``challenger``; a changed tag is loaded
+off to the side and swapped in under a lock, so requests in flight finish on the
+model they started with and no request waits for a load. A model that fails to
+load leaves the previous one serving, and the reason is reported.
 """
 
 from __future__ import annotations
@@ -10,18 +15,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
-from sentiloop.settings import CHAMPION, ZERO_SHOT, Settings
+from sentiloop.settings import CHALLENGER, CHAMPION, ZERO_SHOT, Settings
 from service import model_store
 from service.classifiers import Classifier, FineTunedClassifier, Scores, ZeroShotClassifier
 from service.templates import TemplateRegistry
 
 logger = logging.getLogger(__name__)
+
+# Reads the model tag currently holding a role ("champion"/"challenger") or None.
+AssignmentSource = Callable[[str], str | None]
+ROLES = (CHAMPION, CHALLENGER)
 
 
 class ScoreItem(BaseModel):
@@ -40,32 +49,58 @@ class ScoreResult(BaseModel):
 @dataclass(frozen=True)
 class LoadedModel:
     reference: str
+    tag: str | None  # None for the zero-shot model
     classifier: Classifier
     metadata: dict[str, Any]
 
 
+def no_assignments(role: str) -> str | None:
+    return None
+
+
 class ScoringEngine:
-    def __init__(self, settings: Settings, registry: TemplateRegistry) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: TemplateRegistry,
+        assignments: AssignmentSource = no_assignments,
+    ) -> None:
         self._settings = settings
         self._registry = registry
+        self._assignments = assignments
         self._models: dict[str, LoadedModel] = {}
+        self._by_tag: dict[str | None, LoadedModel] = {}
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self.last_refresh_error: str | None = None
 
     @property
     def registry(self) -> TemplateRegistry:
         return self._registry
 
-    def _load_zero_shot(self) -> LoadedModel:
-        classifier = ZeroShotClassifier(
-            self._settings.resolved_base_model,
-            device=self._settings.device,
-            max_length=self._settings.max_length,
-        )
-        return LoadedModel(
-            ZERO_SHOT, classifier, {"base_model": str(self._settings.resolved_base_model)}
-        )
+    def target_tag(self, reference: str) -> str | None:
+        """The stored model tag ``reference`` should serve now (None: zero-shot)."""
+        if reference == ZERO_SHOT:
+            return None
+        if reference == CHAMPION:
+            if self._settings.model_tag is not None:
+                return self._settings.model_tag
+            return self._assignments(CHAMPION)
+        if reference == CHALLENGER:
+            return self._assignments(CHALLENGER) or self.target_tag(CHAMPION)
+        return reference
 
-    def _load_tag(self, reference: str, tag: str) -> LoadedModel:
+    def _build(self, reference: str, tag: str | None) -> LoadedModel:
+        with self._lock:
+            cached = self._by_tag.get(tag)
+        if cached is not None:
+            return LoadedModel(reference, tag, cached.classifier, cached.metadata)
+        if tag is None:
+            base = self._settings.resolved_base_model
+            zero_shot = ZeroShotClassifier(
+                base, device=self._settings.device, max_length=self._settings.max_length
+            )
+            return LoadedModel(reference, None, zero_shot, {"base_model": str(base)})
         stored = model_store.get_model(tag)
         classifier = FineTunedClassifier(
             stored.path,
@@ -73,22 +108,16 @@ class ScoringEngine:
             device=self._settings.device,
             max_length=self._settings.max_length,
         )
-        return LoadedModel(reference, classifier, dict(stored.metadata))
+        return LoadedModel(reference, stored.tag, classifier, dict(stored.metadata))
 
-    def _load(self, reference: str) -> LoadedModel:
-        if reference == ZERO_SHOT:
-            return self._load_zero_shot()
-        if reference == CHAMPION:
-            tag = self._settings.model_tag
-            if tag is None:
-                latest = model_store.latest_model(self._settings.model_name)
-                tag = latest.tag if latest is not None else None
-            if tag is None:
-                logger.info("no fine-tuned model in the store: champion is the zero-shot model")
-                loaded = self._load_zero_shot()
-                return LoadedModel(CHAMPION, loaded.classifier, loaded.metadata)
-            return self._load_tag(CHAMPION, tag)
-        return self._load_tag(reference, reference)
+    def _install(self, loaded: LoadedModel) -> None:
+        with self._lock:
+            self._models[loaded.reference] = loaded
+            self._by_tag[loaded.tag] = loaded
+            in_use = {model.tag for model in self._models.values()}
+            for tag in [tag for tag in self._by_tag if tag not in in_use]:
+                del self._by_tag[tag]
+        logger.info("model %s serves as %r", loaded.classifier.version, loaded.reference)
 
     def load(self, references: Iterable[str]) -> None:
         """Load every referenced model now (start-up), so that requests never wait on it."""
@@ -98,11 +127,43 @@ class ScoringEngine:
     def model(self, reference: str) -> LoadedModel:
         with self._lock:
             loaded = self._models.get(reference)
-            if loaded is None:
-                loaded = self._load(reference)
-                self._models[reference] = loaded
-                logger.info("model %s serves as %r", loaded.classifier.version, reference)
-            return loaded
+        if loaded is None:
+            with self._refresh_lock:
+                with self._lock:
+                    loaded = self._models.get(reference)
+                if loaded is None:
+                    loaded = self._build(reference, self.target_tag(reference))
+                    self._install(loaded)
+        return loaded
+
+    def refresh(self) -> list[str]:
+        """Swap in models whose role changed; returns what changed. Keeps serving on errors."""
+        changes = []
+        with self._refresh_lock:
+            with self._lock:
+                current = {ref: m for ref, m in self._models.items() if ref in ROLES}
+            errors = []
+            for reference, loaded in current.items():
+                try:
+                    tag = self.target_tag(reference)
+                    if tag == loaded.tag:
+                        continue
+                    replacement = self._build(reference, tag)
+                except Exception as exc:
+                    errors.append(f"{reference}: {type(exc).__name__}: {exc}")
+                    logger.error(
+                        "keeping %s as %r: cannot switch: %s",
+                        loaded.classifier.version,
+                        reference,
+                        exc,
+                    )
+                    continue
+                self._install(replacement)
+                changes.append(
+                    f"{reference}: {loaded.classifier.version} -> {replacement.classifier.version}"
+                )
+            self.last_refresh_error = "; ".join(errors) or None
+        return changes
 
     def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -117,15 +178,42 @@ class ScoringEngine:
                 results[index] = ScoreResult(scores=scores, model_version=classifier.version)
         return [result for result in results if result is not None]
 
-    def describe(self) -> list[dict[str, Any]]:
+    def describe(self) -> dict[str, Any]:
         with self._lock:
             loaded = list(self._models.values())
-        return [
-            {
-                "reference": model.reference,
-                "model_version": model.classifier.version,
-                "kind": model.classifier.kind,
-                "metadata": model.metadata,
-            }
-            for model in loaded
-        ]
+        return {
+            "models": [
+                {
+                    "reference": model.reference,
+                    "model_version": model.classifier.version,
+                    "kind": model.classifier.kind,
+                    "metadata": model.metadata,
+                }
+                for model in sorted(loaded, key=lambda m: m.reference)
+            ],
+            "last_refresh_error": self.last_refresh_error,
+        }
+
+
+class ModelWatcher:
+    """Calls ``engine.refresh()`` every ``interval_s`` seconds in a daemon thread."""
+
+    def __init__(self, engine: ScoringEngine, interval_s: float) -> None:
+        self._engine = engine
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self._engine.refresh()
+            except Exception:  # the watcher must outlive any one failure
+                logger.exception("model refresh failed")

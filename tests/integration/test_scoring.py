@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
-from sentiloop.settings import CHAMPION, ZERO_SHOT, Settings
+import feedback
+from feedback import registry as feedback_registry
+from sentiloop.settings import CHALLENGER, CHAMPION, ZERO_SHOT, Settings
 from service import model_store
+from service.assignments import database_assignments
 from service.scoring import ScoreItem, ScoringEngine
 from service.templates import TemplateRegistry
 
@@ -65,12 +71,12 @@ def test_champion_is_zero_shot_when_the_store_is_empty(
     assert engine.model(CHAMPION).classifier.kind == "zero-shot"
 
 
-def test_stored_model_serves_with_its_tag_and_metadata(
+def test_pinned_model_tag_serves_with_its_tag_and_metadata(
     registry: TemplateRegistry, tiny_model_dir: Path, bentoml_home: Path
 ) -> None:
     stored = model_store.save_model(tiny_model_dir, name="scoring-test", metadata=METADATA)
     assert (bentoml_home / "models" / "scoring-test").is_dir()
-    engine = ScoringEngine(Settings(model_name="scoring-test"), registry)
+    engine = ScoringEngine(Settings(model_tag=stored.tag), registry)
     champion = engine.model(CHAMPION)
     assert champion.classifier.version == stored.tag
     assert champion.metadata["template_versions"] == ["v1"]
@@ -82,14 +88,68 @@ def test_stored_model_serves_with_its_tag_and_metadata(
     assert alone == pytest.approx(results[1].scores, abs=1e-5)
 
 
-def test_latest_stored_model_is_the_champion(
-    registry: TemplateRegistry, tiny_model_dir: Path, bentoml_home: Path
+@pytest.fixture
+def assignments_db(sqlite_url: str) -> Iterator[sessionmaker[Session]]:
+    feedback.upgrade(sqlite_url)
+    engine = feedback.make_engine(sqlite_url)
+    yield feedback.make_session_factory(engine)
+    engine.dispose()
+
+
+def assign(sessions: sessionmaker[Session], role: str, tag: str | None) -> None:
+    with sessions() as session:
+        feedback_registry.assign(session=session, role=role, model_tag=tag, reason="test")  # type: ignore[arg-type]
+        session.commit()
+
+
+def test_champion_and_challenger_follow_the_database(
+    registry: TemplateRegistry,
+    tiny_model_dir: Path,
+    bentoml_home: Path,
+    assignments_db: sessionmaker[Session],
 ) -> None:
-    model_store.save_model(tiny_model_dir, name="latest-test", metadata=METADATA)
-    newer = model_store.save_model(tiny_model_dir, name="latest-test", metadata=METADATA)
-    assert [m.tag for m in model_store.list_models("latest-test")][-1] == newer.tag
-    engine = ScoringEngine(Settings(model_name="latest-test"), registry)
-    assert engine.model(CHAMPION).classifier.version == newer.tag
+    first = model_store.save_model(tiny_model_dir, name="swap-test", metadata=METADATA)
+    second = model_store.save_model(tiny_model_dir, name="swap-test", metadata=METADATA)
+    engine = ScoringEngine(Settings(), registry, database_assignments(assignments_db))
+    engine.load([CHAMPION, CHALLENGER])
+    assert engine.model(CHAMPION).classifier.kind == "zero-shot"
+    assert engine.model(CHALLENGER).classifier.kind == "zero-shot"  # no challenger: champion
+    assign(assignments_db, "champion", first.tag)
+    assign(assignments_db, "challenger", second.tag)
+    before = engine.model(CHAMPION).classifier
+    changes = engine.refresh()
+    assert len(changes) == 2
+    assert engine.model(CHAMPION).classifier.version == first.tag
+    assert engine.model(CHALLENGER).classifier.version == second.tag
+    assert before.kind == "zero-shot"  # the old object is untouched for requests in flight
+    assert engine.refresh() == []
+    results = engine.score([ScoreItem(text="hi", template_version="v1", model=CHALLENGER)])
+    assert results[0].model_version == second.tag
+
+
+def test_a_model_that_cannot_load_leaves_the_previous_one_serving(
+    registry: TemplateRegistry,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    bentoml_home: Path,
+    assignments_db: sessionmaker[Session],
+) -> None:
+    good = model_store.save_model(tiny_model_dir, name="corrupt-test", metadata=METADATA)
+    broken_dir = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken_dir)
+    (broken_dir / "model.safetensors").write_bytes(b"not a model")
+    broken = model_store.save_model(broken_dir, name="corrupt-test", metadata=METADATA)
+    assign(assignments_db, "champion", good.tag)
+    engine = ScoringEngine(Settings(), registry, database_assignments(assignments_db))
+    engine.load([CHAMPION])
+    assign(assignments_db, "champion", broken.tag)
+    assert engine.refresh() == []
+    assert engine.model(CHAMPION).classifier.version == good.tag
+    assert engine.last_refresh_error is not None and "champion" in engine.last_refresh_error
+    assign(assignments_db, "champion", "corrupt-test:missing")
+    engine.refresh()
+    assert engine.model(CHAMPION).classifier.version == good.tag
+    assert "corrupt-test:missing" in (engine.last_refresh_error or "")
 
 
 def test_saving_without_required_metadata_fails(tiny_model_dir: Path, bentoml_home: Path) -> None:

@@ -1,0 +1,72 @@
+"""The promotion gate: a candidate replaces the champion only if it is better.
+
+It must beat the champion on the fixed holdout by ``min_improvement`` of the
+chosen metric, and must not lose more than ``max_feedback_regression`` on the
+feedback holdout (checked only when that holdout has ``min_feedback_rows``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Metric = Literal["macro_f1", "accuracy"]
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    metric: Metric = "macro_f1"
+    min_improvement: float = 0.005
+    max_feedback_regression: float = 0.0
+    min_feedback_rows: int = 20
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("macro_f1", "accuracy"):
+            raise ValueError(f"metric must be macro_f1 or accuracy, got {self.metric!r}")
+        if self.max_feedback_regression < 0:
+            raise ValueError("max_feedback_regression must not be negative")
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+
+
+def decide(
+    candidate: Mapping[str, Mapping[str, Any]],
+    champion: Mapping[str, Mapping[str, Any]],
+    config: GateConfig,
+) -> GateDecision:
+    """``candidate``/``champion`` map split name (holdout, feedback_holdout) to metrics."""
+    metric = config.metric
+    new, old = candidate["holdout"].get(metric), champion["holdout"].get(metric)
+    if new is None or old is None:
+        return GateDecision(False, "the holdout is empty: nothing to compare on")
+    gain = new - old
+    if gain < config.min_improvement:
+        return GateDecision(
+            False,
+            f"holdout {metric} {new:.4f} vs champion {old:.4f} (+{gain:.4f}) "
+            f"is below the required +{config.min_improvement:.4f}",
+        )
+    feedback_new = candidate.get("feedback_holdout", {})
+    feedback_old = champion.get("feedback_holdout", {})
+    rows = int(feedback_new.get("n", 0))
+    if rows >= config.min_feedback_rows:
+        change = feedback_new[metric] - feedback_old[metric]
+        if change < -config.max_feedback_regression:
+            return GateDecision(
+                False,
+                f"feedback holdout {metric} regresses {change:+.4f} "
+                f"({feedback_new[metric]:.4f} vs {feedback_old[metric]:.4f})",
+            )
+        feedback_note = f"; feedback holdout {metric} {change:+.4f} on {rows} rows"
+    else:
+        feedback_note = (
+            f"; feedback holdout too small to check ({rows} < {config.min_feedback_rows})"
+        )
+    return GateDecision(
+        True, f"holdout {metric} {new:.4f} vs champion {old:.4f} (+{gain:.4f}){feedback_note}"
+    )

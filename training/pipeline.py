@@ -1,0 +1,268 @@
+"""One training run: data -> candidate -> evaluation against the champion -> gate.
+
+Every run is recorded in the database (``training_runs``) and holds the
+``training`` lock, so two runs never overlap. The candidate is saved in the
+BentoML model store with its metadata either way; the gate decides whether it
+becomes champion or stays challenger. Reports (JSON, text summary, PNG plots)
+go to ``$SENTILOOP_HOME/reports/<run id>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+import feedback
+from feedback import registry, runs, store
+from sentiloop.settings import Settings
+from service import model_store
+from service.classifiers import Classifier, FineTunedClassifier, ZeroShotClassifier
+from service.templates import PromptTemplate, TemplateRegistry
+from training.data import Example, load_examples
+from training.dataset import AssembledDataset, AssemblyConfig, assemble
+from training.evaluate import evaluate, plot_evaluation, render_summary
+from training.finetune import FineTuneResult, TrainingArguments, fine_tune
+from training.gate import GateConfig, decide
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = "training"
+LOCK_TTL = timedelta(hours=12)
+
+
+class TrainingBusy(RuntimeError):
+    """Another training run holds the lock."""
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A base-data file and how to read it."""
+
+    path: Path
+    text_field: str | None = None
+    label_field: str = "label"
+    label_map: dict[str, str] | None = None
+
+    def load(self, source: str = "base") -> list[Example]:
+        return load_examples(
+            self.path,
+            text_field=self.text_field,
+            label_field=self.label_field,
+            label_map=self.label_map,
+            source=source,
+        )
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    base_data: DataSource | None = None
+    holdout_data: DataSource | None = None
+    template_versions: tuple[str, ...] = ()
+    assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
+    arguments: TrainingArguments = field(default_factory=TrainingArguments)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    decision: str  # "promoted" or "challenger"
+    reason: str
+    candidate_tag: str
+    champion_tag: str | None
+    report_dir: Path
+    report: dict[str, Any]
+
+
+def champion_classifier(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> tuple[str | None, Classifier]:
+    """The model that serves as champion now (the zero-shot model when none)."""
+    tag = settings.model_tag
+    if tag is None:
+        with sessions() as session:
+            tag = registry.current(session=session, role="champion")
+    if tag is None:
+        return None, ZeroShotClassifier(settings.resolved_base_model, device=settings.device)
+    stored = model_store.get_model(tag)
+    return stored.tag, FineTunedClassifier(stored.path, version=stored.tag, device=settings.device)
+
+
+def score_examples(
+    classifier: Classifier, template: PromptTemplate, examples: Sequence[Example]
+) -> dict[str, Any]:
+    scores = classifier.predict([template.render(e.text) for e in examples], template)
+    return evaluate([e.label for e in examples], scores)
+
+
+def _write_report(report: dict[str, Any], directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (directory / "summary.txt").write_text(render_summary(report) + "\n")
+    for split, by_model in report["evaluation"].items():
+        for model, metrics in by_model.items():
+            if metrics.get("n"):
+                plot_evaluation(metrics, f"{split} / {model}", directory / f"{split}-{model}.png")
+
+
+class TrainingPipeline:
+    """Runs training for one settings object (database, model store, templates)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.database_url = settings.resolved_database_url
+        if settings.auto_migrate:
+            feedback.upgrade(self.database_url)
+        self.engine = feedback.make_engine(self.database_url)
+        self.sessions = feedback.make_session_factory(self.engine)
+        self.templates = TemplateRegistry.load(settings.resolved_templates_dir)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _dataset(self, plan: TrainingPlan, cutoff: Any) -> AssembledDataset:
+        base = plan.base_data.load() if plan.base_data is not None else []
+        holdout = plan.holdout_data.load("holdout") if plan.holdout_data is not None else None
+        with self.sessions() as session:
+            rows = list(store.iter_feedback_export(session=session, until=cutoff))
+        return assemble(base, rows, plan.assembly, holdout=holdout)
+
+    def run(self, plan: TrainingPlan, *, trigger: str = "manual") -> RunOutcome:
+        holder = f"{socket.gethostname()}:{os.getpid()}"
+        try:
+            runs.acquire_lock(
+                session_factory=self.sessions, name=LOCK_NAME, holder=holder, ttl=LOCK_TTL
+            )
+        except runs.LockHeld as exc:
+            raise TrainingBusy(str(exc)) from exc
+        try:
+            cutoff = store.utcnow()
+            with self.sessions() as session:
+                run_id = runs.start_run(session=session, trigger=trigger, feedback_cutoff=cutoff)
+            try:
+                outcome = self._run(plan, run_id, cutoff)
+            except Exception as exc:
+                with self.sessions() as session:
+                    runs.finish_run(
+                        session=session,
+                        run_id=run_id,
+                        status="failed",
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                raise
+            with self.sessions() as session:
+                runs.finish_run(
+                    session=session,
+                    run_id=run_id,
+                    status="succeeded",
+                    counts=outcome.report["dataset"]["counts"],
+                    metrics=outcome.report["evaluation"],
+                    decision=outcome.decision,
+                    reason=outcome.reason,
+                    candidate_tag=outcome.candidate_tag,
+                    champion_tag=outcome.champion_tag,
+                )
+            return outcome
+        finally:
+            runs.release_lock(session_factory=self.sessions, name=LOCK_NAME, holder=holder)
+
+    def _run(self, plan: TrainingPlan, run_id: str, cutoff: Any) -> RunOutcome:
+        versions = plan.template_versions or (self.settings.default_template_version,)
+        templates = [self.templates.get(version) for version in versions]
+        primary = templates[0]
+        dataset = self._dataset(plan, cutoff)
+        logger.info("run %s: data %s, dropped %s", run_id, dataset.report.counts,
+                    dataset.report.dropped)  # fmt: skip
+        champion_tag, champion = champion_classifier(self.settings, self.sessions)
+        with tempfile.TemporaryDirectory(prefix="sentiloop-candidate-") as scratch:
+            output = Path(scratch) / "model"
+            trained: FineTuneResult = fine_tune(
+                dataset.train,
+                dataset.validation,
+                base_model=self.settings.resolved_base_model,
+                templates=templates,
+                args=plan.arguments,
+                output_dir=output,
+            )
+            candidate = FineTunedClassifier(
+                output, version="candidate", device=self.settings.device
+            )
+            evaluation: dict[str, dict[str, Any]] = {}
+            for split, rows in (
+                ("holdout", dataset.holdout),
+                ("feedback_holdout", dataset.feedback_holdout),
+            ):
+                evaluation[split] = {
+                    "candidate": score_examples(candidate, primary, rows),
+                    "champion": score_examples(champion, primary, rows),
+                }
+            decision = decide(
+                {split: models["candidate"] for split, models in evaluation.items()},
+                {split: models["champion"] for split, models in evaluation.items()},
+                plan.gate,
+            )
+            stored = model_store.save_model(
+                output,
+                name=self.settings.model_name,
+                metadata={
+                    "base_model": str(self.settings.resolved_base_model),
+                    "template_versions": list(versions),
+                    "data_sha256": dataset.data_sha256,
+                    "counts": dataset.report.counts,
+                    "metrics": {
+                        split: {
+                            key: models["candidate"].get(key)
+                            for key in ("n", "accuracy", "macro_f1", "ece")
+                        }
+                        for split, models in evaluation.items()
+                    },
+                    "parent_model": champion_tag or champion.version,
+                    "training_run_id": run_id,
+                    "training": trained.to_dict(),
+                    "arguments": asdict(plan.arguments),
+                },
+            )
+        role: registry.Role = "champion" if decision.promote else "challenger"
+        decision_name = "promoted" if decision.promote else "challenger"
+        with self.sessions() as session:
+            registry.assign(
+                session=session,
+                role=role,
+                model_tag=stored.tag,
+                reason=f"training run {run_id}: {decision.reason}",
+                training_run_id=run_id,
+            )
+            session.commit()
+        report = {
+            "run_id": run_id,
+            "decision": decision_name,
+            "reason": decision.reason,
+            "candidate_tag": stored.tag,
+            "champion": champion_tag or champion.version,
+            "template_versions": list(versions),
+            "dataset": dataset.report.to_dict() | {"data_sha256": dataset.data_sha256},
+            "training": trained.to_dict(),
+            "evaluation": evaluation,
+        }
+        report_dir = self.settings.reports_dir / run_id
+        _write_report(report, report_dir)
+        logger.info("\n%s", render_summary(report))
+        return RunOutcome(
+            run_id=run_id,
+            decision=decision_name,
+            reason=decision.reason,
+            candidate_tag=stored.tag,
+            champion_tag=champion_tag,
+            report_dir=report_dir,
+            report=report,
+        )
