@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import make_url
 
 from feedback.db import make_engine
 
@@ -19,16 +23,38 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+@contextlib.contextmanager
+def _sqlite_file_lock(url: str) -> Iterator[None]:
+    """Serialize migrations of one SQLite file across processes (PostgreSQL uses an
+    advisory lock in env.py instead)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        yield
+        return
+    lock_path = Path(f"{parsed.database}.migrate.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision`` (creating the SQLite file if needed)."""
-    engine = make_engine(url)
-    try:
-        with engine.begin() as connection:
-            config = alembic_config(url)
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
-    finally:
-        engine.dispose()
+    """Bring the database at ``url`` to ``revision`` (creating the SQLite file if needed).
+
+    Safe to call from several processes at once (workers, replicas).
+    """
+    with _sqlite_file_lock(url):
+        engine = make_engine(url)
+        try:
+            with engine.begin() as connection:
+                config = alembic_config(url)
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+        finally:
+            engine.dispose()
 
 
 def current_revision(url: str) -> str | None:

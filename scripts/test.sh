@@ -13,6 +13,14 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   for _ in $(seq 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
 fi
 
+# Prometheus (Debian's package) for the monitoring tests, which then must not skip.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  echo "installing Debian's prometheus package" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+export SENTILOOP_REQUIRE_PROMETHEUS=1
+
 export BENTOML_DO_NOT_TRACK=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

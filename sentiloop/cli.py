@@ -201,6 +201,9 @@ def train(
     metric: Annotated[Literal["macro_f1", "accuracy"], typer.Option()] = "macro_f1",
     min_improvement: float = 0.005,
     max_feedback_regression: float = 0.0,
+    min_feedback_improvement: Annotated[
+        float | None, typer.Option(help="Require this gain on the feedback holdout.")
+    ] = None,
     schedule: Annotated[
         bool, typer.Option("--schedule", help="Keep running; retrain when due.")
     ] = False,
@@ -243,6 +246,7 @@ def train(
             metric=metric,
             min_improvement=min_improvement,
             max_feedback_regression=max_feedback_regression,
+            min_feedback_improvement=min_feedback_improvement,
         ),
     )
     pipeline = TrainingPipeline(_settings(ctx))

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     log_queue_size: int = Field(default=10_000, ge=1)
     log_batch_size: int = Field(default=256, ge=1)
     log_flush_interval_s: float = Field(default=0.2, gt=0)
+    metrics_refresh_interval_s: float = Field(
+        default=15.0, gt=0, description="How often database-derived gauges are refreshed."
+    )
+    feedback_accuracy_window_s: float = Field(
+        default=24 * 3600.0, gt=0, description="Rolling window of the feedback-accuracy gauge."
+    )
     feedback_lookup_wait_s: float = Field(
         default=2.0,
         ge=0,

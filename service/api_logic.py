@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -25,7 +25,8 @@ from feedback.export import ExportFormat, serialize
 from feedback.redaction import redact
 from sentiloop.settings import Settings
 from service.labels import scores_to_label
-from service.metrics import ServiceMetrics
+from service.metrics import ApiMetrics
+from service.monitoring import GaugeRefresher
 from service.routing import TrafficSplit
 from service.schemas import (
     FeedbackRequest,
@@ -44,7 +45,7 @@ Classify = Callable[[list[ScoreItem]], Awaitable[list[ScoreResult]]]
 
 
 class SentimentAPI:
-    def __init__(self, settings: Settings, registry: TemplateRegistry, metrics: ServiceMetrics):
+    def __init__(self, settings: Settings, registry: TemplateRegistry, metrics: ApiMetrics):
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
@@ -64,8 +65,17 @@ class SentimentAPI:
             observer=metrics,
         )
         self.log_writer.start()
+        metrics.set_traffic_split(self.traffic_split())
+        self.gauges = GaugeRefresher(
+            metrics,
+            self.sessions,
+            interval_s=settings.metrics_refresh_interval_s,
+            feedback_window=timedelta(seconds=settings.feedback_accuracy_window_s),
+        )
+        self.gauges.start()
 
     def close(self) -> None:
+        self.gauges.stop()
         self.log_writer.close()
         self.engine.dispose()
 
@@ -90,6 +100,7 @@ class SentimentAPI:
             self.registry.get(request.template_version)  # 404 for an unknown version
         route = self.split.choose(request.routing_key, request.template_version)
         texts = request.all_texts
+        self.metrics.request_texts.observe(len(texts))
         started = time.perf_counter()
         results = await classify(
             [
@@ -168,6 +179,7 @@ class SentimentAPI:
                 if self.log_writer.flush(min(remaining, 0.5)):
                     time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
             except OperationalError as exc:
+                self.metrics.db_errors.labels("feedback").inc()
                 raise feedback.StoreUnavailable(str(exc.orig)) from exc
         self.metrics.db_write_seconds.labels("feedback").observe(time.perf_counter() - started)
         if not result.replayed:

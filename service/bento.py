@@ -26,7 +26,7 @@ from sentiloop.settings import Settings
 from service.api_logic import SentimentAPI, referenced_models
 from service.assignments import database_assignments
 from service.http_errors import DOMAIN_ERRORS, error_response
-from service.metrics import ServiceMetrics
+from service.metrics import ApiMetrics, ModelMetrics
 from service.schemas import (
     FeedbackRequest,
     FeedbackResponse,
@@ -77,8 +77,12 @@ class SentimentModel:
         feedback.wait_for_schema(database_url, timeout_s=120)  # the API service migrates
         self.db = feedback.make_engine(database_url)
         registry = TemplateRegistry.load(settings.resolved_templates_dir)
+        self.metrics = ModelMetrics()
         self.engine = ScoringEngine(
-            settings, registry, database_assignments(feedback.make_session_factory(self.db))
+            settings,
+            registry,
+            database_assignments(feedback.make_session_factory(self.db)),
+            observer=self.metrics,
         )
         self.engine.load(referenced_models(settings))
         self.watcher = ModelWatcher(self.engine, settings.model_poll_interval_s)
@@ -93,6 +97,7 @@ class SentimentModel:
     # exceed it, so it is set to what a client would rather wait than be refused.
     @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=10_000)
     def classify(self, items: list[ScoreItem]) -> list[ScoreResult]:
+        self.metrics.batch_size.observe(len(items))
         return self.engine.score(items)
 
     @bentoml.api
@@ -115,7 +120,7 @@ class SentiLoop:
         settings = Settings()
         configure_logging()
         registry = TemplateRegistry.load(settings.resolved_templates_dir)
-        self.api = SentimentAPI(settings, registry, ServiceMetrics())
+        self.api = SentimentAPI(settings, registry, ApiMetrics())
 
     def __is_ready__(self) -> bool:
         return self.api.is_ready()

@@ -1,55 +1,121 @@
-"""The service's Prometheus metrics (bounded label sets only: never texts or ids).
+"""Every Prometheus metric sentiloop exports, in one place.
 
-Built through ``bentoml.metrics`` so that BentoML's multiprocess collection
-serves them on ``/metrics`` next to its own ``bentoml_service_*`` metrics.
+Label sets are bounded: labels, kinds, template versions and the few model
+versions in use; never user text, ids or routing keys. Metrics are created
+through ``bentoml.metrics`` (a proxy of prometheus-client) so that BentoML's
+multiprocess collection serves them on ``/metrics`` next to its own
+``bentoml_service_*`` metrics, correctly summed over workers. Gauges derived
+from the database (feedback accuracy, training runs) hold the same value in
+every worker, so they are combined with ``livemax``.
+
+``ApiMetrics`` lives in the API service, ``ModelMetrics`` in the model service.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import bentoml
 
+CONFIDENCE_BUCKETS = (0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-class ServiceMetrics:
+
+class ApiMetrics:
     def __init__(self) -> None:
-        self.predictions = bentoml.metrics.Counter(
+        m = bentoml.metrics
+        self.predictions = m.Counter(
             name="sentiloop_predictions",
             documentation="Predictions served, by label, model version and template version.",
             labelnames=["label", "model_version", "template_version"],
         )
-        self.confidence = bentoml.metrics.Histogram(
+        self.confidence = m.Histogram(
             name="sentiloop_prediction_confidence",
             documentation="Probability of the predicted label.",
             labelnames=["model_version", "template_version"],
-            buckets=(0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+            buckets=CONFIDENCE_BUCKETS,
         )
-        self.feedback = bentoml.metrics.Counter(
+        self.request_texts = m.Histogram(
+            name="sentiloop_request_texts",
+            documentation="Texts per /v1/predict request.",
+            buckets=SIZE_BUCKETS,
+        )
+        self.feedback = m.Counter(
             name="sentiloop_feedback",
             documentation="Feedback stored, by kind and agreement with the prediction.",
             labelnames=["kind", "agrees", "model_version", "template_version"],
         )
-        self.log_dropped = bentoml.metrics.Counter(
+        self.feedback_accuracy = m.Gauge(
+            name="sentiloop_feedback_accuracy",
+            documentation="Share of feedback agreeing with the prediction over the rolling "
+            "window (from the database, all replicas), by model and template version.",
+            labelnames=["model_version", "template_version"],
+            multiprocess_mode="livemax",
+        )
+        self.feedback_window = m.Gauge(
+            name="sentiloop_feedback_window_rows",
+            documentation="Feedback rows in the rolling window behind sentiloop_feedback_accuracy.",
+            labelnames=["model_version", "template_version"],
+            multiprocess_mode="livemax",
+        )
+        self.log_dropped = m.Counter(
             name="sentiloop_prediction_log_dropped",
             documentation="Prediction records not logged because the log queue was full.",
         )
-        self.log_written = bentoml.metrics.Counter(
+        self.log_written = m.Counter(
             name="sentiloop_prediction_log_written",
             documentation="Prediction records written to the database.",
         )
-        self.log_write_errors = bentoml.metrics.Counter(
-            name="sentiloop_prediction_log_write_errors",
-            documentation="Failed prediction-log batch writes (each retried).",
-        )
-        self.log_queue_depth = bentoml.metrics.Gauge(
+        self.log_queue_depth = m.Gauge(
             name="sentiloop_prediction_log_queue_depth",
             documentation="Prediction records waiting to be written.",
             multiprocess_mode="livesum",
         )
-        self.db_write_seconds = bentoml.metrics.Histogram(
+        self.db_write_seconds = m.Histogram(
             name="sentiloop_db_write_seconds",
             documentation="Latency of database writes, by operation.",
             labelnames=["operation"],
+        )
+        self.db_errors = m.Counter(
+            name="sentiloop_db_errors",
+            documentation="Failed database operations, by operation.",
+            labelnames=["operation"],
+        )
+        for operation in ("prediction_log", "feedback"):
+            self.db_errors.labels(operation)  # export 0 before the first error
+        self.traffic_share = m.Gauge(
+            name="sentiloop_traffic_share",
+            documentation="Configured share of traffic per A/B arm.",
+            labelnames=["template_version", "model"],
+            multiprocess_mode="livemax",
+        )
+        self.training_runs = m.Gauge(
+            name="sentiloop_training_runs",
+            documentation="Recorded training runs, by status and decision (from the database).",
+            labelnames=["status", "decision"],
+            multiprocess_mode="livemax",
+        )
+        self.training_last_duration = m.Gauge(
+            name="sentiloop_training_last_duration_seconds",
+            documentation="Duration of the newest finished training run.",
+            multiprocess_mode="livemax",
+        )
+        self.training_last_finished = m.Gauge(
+            name="sentiloop_training_last_finished_timestamp_seconds",
+            documentation="End time of the newest finished training run (Unix seconds).",
+            multiprocess_mode="livemax",
+        )
+        self.training_last_metric = m.Gauge(
+            name="sentiloop_training_last_metric",
+            documentation="Metrics of the newest successful run, by split, model and metric.",
+            labelnames=["split", "model", "metric"],
+            multiprocess_mode="livemax",
+        )
+        self.training_last_promoted = m.Gauge(
+            name="sentiloop_training_last_promoted",
+            documentation="1 if the newest successful run promoted its candidate, else 0.",
+            multiprocess_mode="livemax",
         )
 
     def observe_predictions(
@@ -58,6 +124,10 @@ class ServiceMetrics:
         for label, confidence in zip(labels, confidences, strict=True):
             self.predictions.labels(label, model, template).inc()
             self.confidence.labels(model, template).observe(confidence)
+
+    def set_traffic_split(self, arms: Iterable[Mapping[str, Any]]) -> None:
+        for arm in arms:
+            self.traffic_share.labels(arm["template_version"], arm["model"]).set(arm["share"])
 
     # PredictionLogWriter observer protocol
     def written(self, count: int, seconds: float) -> None:
@@ -68,7 +138,68 @@ class ServiceMetrics:
         self.log_dropped.inc(count)
 
     def write_failed(self) -> None:
-        self.log_write_errors.inc()
+        self.db_errors.labels("prediction_log").inc()
 
     def queue_depth(self, depth: int) -> None:
         self.log_queue_depth.set(depth)
+
+
+class ModelMetrics:
+    def __init__(self) -> None:
+        m = bentoml.metrics
+        self.batch_size = m.Histogram(
+            name="sentiloop_model_batch_size",
+            documentation="Texts scored per model call (after adaptive batching).",
+            buckets=SIZE_BUCKETS,
+        )
+        self.serving = m.Gauge(
+            name="sentiloop_serving_model_info",
+            documentation="1 for the model serving each reference (champion, challenger, ...).",
+            labelnames=["reference", "model_version", "kind"],
+            multiprocess_mode="livemax",
+        )
+        self.reference_label_share = m.Gauge(
+            name="sentiloop_reference_label_share",
+            documentation="Label mix of the model's training data (the drift reference).",
+            labelnames=["model_version", "label"],
+            multiprocess_mode="livemax",
+        )
+        self.reference_confidence = m.Gauge(
+            name="sentiloop_reference_mean_confidence",
+            documentation="Mean confidence of the model on its holdout (the drift reference).",
+            labelnames=["model_version"],
+            multiprocess_mode="livemax",
+        )
+        self.swaps = m.Counter(
+            name="sentiloop_model_swaps",
+            documentation="Live model switches, by reference.",
+            labelnames=["reference"],
+        )
+        self.load_errors = m.Counter(
+            name="sentiloop_model_load_errors",
+            documentation="Models that failed to load (the previous one kept serving).",
+        )
+        self._serving: dict[str, tuple[str, str]] = {}
+
+    # ScoringEngine observer protocol
+    def load_failed(self) -> None:
+        self.load_errors.inc()
+
+    def model_serving(
+        self, reference: str, version: str, kind: str, metadata: Mapping[str, Any]
+    ) -> None:
+        previous = self._serving.get(reference)
+        if previous == (version, kind):
+            return
+        if previous is None:
+            self.swaps.labels(reference)  # export 0 before the first swap
+        else:
+            self.serving.labels(reference, *previous).set(0)
+            self.swaps.labels(reference).inc()
+        self.serving.labels(reference, version, kind).set(1)
+        self._serving[reference] = (version, kind)
+        drift_reference = metadata.get("reference", {})
+        for label, share in drift_reference.get("label_share", {}).items():
+            self.reference_label_share.labels(version, label).set(share)
+        if "mean_confidence" in drift_reference:
+            self.reference_confidence.labels(version).set(drift_reference["mean_confidence"])

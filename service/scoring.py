@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -30,6 +30,26 @@ logger = logging.getLogger(__name__)
 
 # Reads the model tag currently holding a role ("champion"/"challenger") or None.
 AssignmentSource = Callable[[str], str | None]
+
+
+class EngineObserver(Protocol):
+    def model_serving(
+        self, reference: str, version: str, kind: str, metadata: Mapping[str, Any]
+    ) -> None: ...
+
+    def load_failed(self) -> None: ...
+
+
+class _NoObserver:
+    def model_serving(
+        self, reference: str, version: str, kind: str, metadata: Mapping[str, Any]
+    ) -> None:
+        pass
+
+    def load_failed(self) -> None:
+        pass
+
+
 ROLES = (CHAMPION, CHALLENGER)
 
 
@@ -64,8 +84,10 @@ class ScoringEngine:
         settings: Settings,
         registry: TemplateRegistry,
         assignments: AssignmentSource = no_assignments,
+        observer: EngineObserver | None = None,
     ) -> None:
         self._settings = settings
+        self._observer: EngineObserver = observer or _NoObserver()
         self._registry = registry
         self._assignments = assignments
         self._models: dict[str, LoadedModel] = {}
@@ -118,6 +140,9 @@ class ScoringEngine:
             for tag in [tag for tag in self._by_tag if tag not in in_use]:
                 del self._by_tag[tag]
         logger.info("model %s serves as %r", loaded.classifier.version, loaded.reference)
+        self._observer.model_serving(
+            loaded.reference, loaded.classifier.version, loaded.classifier.kind, loaded.metadata
+        )
 
     def load(self, references: Iterable[str]) -> None:
         """Load every referenced model now (start-up), so that requests never wait on it."""
@@ -150,6 +175,7 @@ class ScoringEngine:
                         continue
                     replacement = self._build(reference, tag)
                 except Exception as exc:
+                    self._observer.load_failed()
                     errors.append(f"{reference}: {type(exc).__name__}: {exc}")
                     logger.error(
                         "keeping %s as %r: cannot switch: %s",

@@ -109,3 +109,19 @@ class ServerProcess:
                 os.killpg(self.process.pid, 9)
                 self.process.wait(10)
         self._log.close()
+
+
+def prometheus_binary(name: str) -> str:
+    """Path of `prometheus`/`promtool`; scripts/test.sh installs them and sets
+    SENTILOOP_REQUIRE_PROMETHEUS=1, so there a missing binary fails instead of skipping."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian package prometheus)"
+        if os.environ.get("SENTILOOP_REQUIRE_PROMETHEUS"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

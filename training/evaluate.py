@@ -94,6 +94,7 @@ def evaluate(
         "per_class": per_class,
         "confusion_matrix": confusion,
         "ece": ece,
+        "mean_confidence": sum(confidences) / len(confidences),
         "reliability": reliability,
     }
 

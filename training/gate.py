@@ -3,6 +3,9 @@
 It must beat the champion on the fixed holdout by ``min_improvement`` of the
 chosen metric, and must not lose more than ``max_feedback_regression`` on the
 feedback holdout (checked only when that holdout has ``min_feedback_rows``).
+For domain adaptation, ``min_improvement`` may be negative (a tolerated loss on
+the base holdout) together with ``min_feedback_improvement`` (a required gain
+on the feedback holdout, which then must have enough rows).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ class GateConfig:
     metric: Metric = "macro_f1"
     min_improvement: float = 0.005
     max_feedback_regression: float = 0.0
+    min_feedback_improvement: float | None = None
     min_feedback_rows: int = 20
 
     def __post_init__(self) -> None:
@@ -54,6 +58,20 @@ def decide(
     feedback_new = candidate.get("feedback_holdout", {})
     feedback_old = champion.get("feedback_holdout", {})
     rows = int(feedback_new.get("n", 0))
+    if config.min_feedback_improvement is not None:
+        if rows < config.min_feedback_rows:
+            return GateDecision(
+                False,
+                f"a feedback-holdout gain is required but it has {rows} rows "
+                f"(< {config.min_feedback_rows})",
+            )
+        change = feedback_new[metric] - feedback_old[metric]
+        if change < config.min_feedback_improvement:
+            return GateDecision(
+                False,
+                f"feedback holdout {metric} {change:+.4f} is below the required "
+                f"+{config.min_feedback_improvement:.4f}",
+            )
     if rows >= config.min_feedback_rows:
         change = feedback_new[metric] - feedback_old[metric]
         if change < -config.max_feedback_regression:

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -27,6 +28,7 @@ from feedback import registry, runs, store
 from sentiloop.settings import Settings
 from service import model_store
 from service.classifiers import Classifier, FineTunedClassifier, ZeroShotClassifier
+from service.labels import LABELS
 from service.templates import PromptTemplate, TemplateRegistry
 from training.data import Example, load_examples
 from training.dataset import AssembledDataset, AssemblyConfig, assemble
@@ -103,6 +105,19 @@ def score_examples(
 ) -> dict[str, Any]:
     scores = classifier.predict([template.render(e.text) for e in examples], template)
     return evaluate([e.label for e in examples], scores)
+
+
+def drift_reference(
+    dataset: AssembledDataset, evaluation: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """What serving compares live traffic with: training label mix, holdout confidence."""
+    counts = Counter(example.label for example in dataset.train)
+    total = sum(counts.values()) or 1
+    reference: dict[str, Any] = {"label_share": {label: counts[label] / total for label in LABELS}}
+    holdout = evaluation["holdout"]["candidate"]
+    if holdout.get("n"):
+        reference["mean_confidence"] = holdout["mean_confidence"]
+    return reference
 
 
 def _write_report(report: dict[str, Any], directory: Path) -> None:
@@ -226,6 +241,7 @@ class TrainingPipeline:
                         }
                         for split, models in evaluation.items()
                     },
+                    "reference": drift_reference(dataset, evaluation),
                     "parent_model": champion_tag or champion.version,
                     "training_run_id": run_id,
                     "training": trained.to_dict(),

@@ -27,3 +27,12 @@ def test_sqlite_file_uses_wal(sqlite_url: str) -> None:
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
+
+
+def test_concurrent_upgrades_of_one_database_all_succeed(database_url: str) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(4) as pool:
+        list(pool.map(feedback.upgrade, [database_url] * 4))
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    assert current_revision(database_url) == head

@@ -86,3 +86,13 @@ def test_gate_skips_a_too_small_feedback_holdout() -> None:
 def test_gate_does_not_promote_on_an_empty_holdout() -> None:
     empty = {"holdout": {"n": 0}, "feedback_holdout": {"n": 0}}
     assert not decide(empty, empty, GateConfig()).promote
+
+
+def test_gate_can_require_a_feedback_gain_and_tolerate_a_base_loss() -> None:
+    adapt = GateConfig(min_improvement=-0.02, min_feedback_improvement=0.05)
+    assert decide(split_metrics(0.69, 0.80), split_metrics(0.70, 0.60), adapt).promote
+    refused = decide(split_metrics(0.69, 0.62), split_metrics(0.70, 0.60), adapt)
+    assert not refused.promote and "below the required +0.0500" in refused.reason
+    too_few = decide(split_metrics(0.75, 0.9, n=5), split_metrics(0.70, 0.6, n=5), adapt)
+    assert not too_few.promote and "5 rows" in too_few.reason
+    assert not decide(split_metrics(0.67, 0.9), split_metrics(0.70, 0.6), adapt).promote

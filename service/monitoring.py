@@ -1,0 +1,74 @@
+"""Refreshes the database-derived gauges (feedback accuracy, training runs) periodically."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from feedback import stats
+from feedback.store import utcnow
+from service.metrics import ApiMetrics
+
+logger = logging.getLogger(__name__)
+
+EVALUATION_METRICS = ("accuracy", "macro_f1", "ece")
+
+
+def refresh_gauges(
+    metrics: ApiMetrics, sessions: sessionmaker[Session], feedback_window: timedelta
+) -> None:
+    with sessions() as session:
+        agreement = stats.feedback_agreement(session=session, since=utcnow() - feedback_window)
+        training = stats.training_stats(session=session)
+    for version in agreement:
+        labels = (version.model_version, version.template_version)
+        metrics.feedback_accuracy.labels(*labels).set(version.accuracy)
+        metrics.feedback_window.labels(*labels).set(version.rows)
+    for (status, decision), count in training.runs.items():
+        metrics.training_runs.labels(status, decision).set(count)
+    if training.last_duration_s is not None and training.last_finished_at is not None:
+        metrics.training_last_duration.set(training.last_duration_s)
+        metrics.training_last_finished.set(training.last_finished_at.timestamp())
+    if training.last_promoted is not None:
+        metrics.training_last_promoted.set(1 if training.last_promoted else 0)
+    for split, by_model in training.last_metrics.items():
+        for model, values in by_model.items():
+            for name in EVALUATION_METRICS:
+                if isinstance(values, dict) and values.get(name) is not None:
+                    metrics.training_last_metric.labels(split, model, name).set(values[name])
+
+
+class GaugeRefresher:
+    """Calls ``refresh_gauges`` every ``interval_s`` in a daemon thread."""
+
+    def __init__(
+        self,
+        metrics: ApiMetrics,
+        sessions: sessionmaker[Session],
+        *,
+        interval_s: float,
+        feedback_window: timedelta,
+    ) -> None:
+        self._args = (metrics, sessions, feedback_window)
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gauge-refresher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                refresh_gauges(*self._args)
+            except Exception:  # a database hiccup must not kill monitoring
+                logger.exception("refreshing the monitoring gauges failed")
+            if self._stop.wait(self._interval_s):
+                return
