@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import CursorResult, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,6 +33,20 @@ def insert_predictions(*, session: Session, records: Sequence[PredictionRecord])
         row["confidence"] = record.confidence
         rows.append(row)
     session.execute(insert(Prediction), rows)
+
+
+def purge_texts(*, session: Session, before: datetime) -> int:
+    """Remove the logged texts of predictions older than ``before``; returns how many.
+
+    Rows stay (labels, scores, versions, feedback), only the text goes; the
+    caller commits.
+    """
+    result = session.execute(
+        update(Prediction)
+        .where(Prediction.created_at < before, Prediction.text.is_not(None))
+        .values(text=None, text_storage="purged")
+    )
+    return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
 def get_prediction(*, session: Session, prediction_id: str) -> Prediction | None:

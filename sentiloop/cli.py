@@ -22,6 +22,8 @@ templates_app = typer.Typer(help="Versioned prompt templates.", no_args_is_help=
 db_app = typer.Typer(help="The prediction and feedback database.", no_args_is_help=True)
 feedback_app = typer.Typer(help="Logged feedback.", no_args_is_help=True)
 models_app = typer.Typer(help="Models: store, champion/challenger, runs.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (stored hashed).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 app.add_typer(templates_app, name="templates")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
@@ -137,6 +139,44 @@ def db_upgrade(ctx: typer.Context, revision: str = "head") -> None:
     settings = _settings(ctx)
     feedback.upgrade(settings.resolved_database_url, revision)
     typer.echo(f"database at revision {revision}")
+
+
+@db_app.command("purge-texts")
+def db_purge_texts(
+    ctx: typer.Context,
+    older_than_days: Annotated[float, typer.Option(min=0, help="Age of texts to remove.")],
+) -> None:
+    """Retention: remove logged prediction texts older than N days (rows stay)."""
+    from datetime import timedelta
+
+    import feedback
+    from feedback import store
+
+    settings = _settings(ctx)
+    engine = feedback.make_engine(settings.resolved_database_url)
+    with feedback.make_session_factory(engine)() as session:
+        count = store.purge_texts(
+            session=session, before=store.utcnow() - timedelta(days=older_than_days)
+        )
+        session.commit()
+    engine.dispose()
+    typer.echo(f"removed the text of {count} predictions older than {older_than_days} days")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who uses the key, e.g. crm-prod.")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: predict,feedback,admin.")],
+    file: Annotated[Path, typer.Option(help="Key file (SENTILOOP_API_KEYS_FILE).")] = Path(
+        "var/api-keys.json"
+    ),
+) -> None:
+    """Create an API key: prints it once and stores only its hash in the key file."""
+    from service.auth import add_key
+
+    key = add_key(file, name, [scope.strip() for scope in scopes.split(",") if scope.strip()])
+    typer.echo(key)
+    typer.echo(f"stored the hash of key {name!r} in {file}; set SENTILOOP_API_KEYS_FILE", err=True)
 
 
 @feedback_app.command("export")

@@ -83,9 +83,17 @@ class Settings(BaseSettings):
         gt=0,
         description="How often the model service checks the database for a new champion.",
     )
-    admin_key: SecretStr | None = Field(
+    auth: Literal["required", "disabled"] | None = Field(
         default=None,
-        description="Key for the admin endpoints (header X-Admin-Key); disabled when unset.",
+        description="API-key authentication; when unset: required on PostgreSQL, disabled "
+        "on the embedded SQLite default (local development).",
+    )
+    api_keys: SecretStr | None = Field(
+        default=None, description='JSON list of {"name", "sha256", "scopes"} (hashed keys).'
+    )
+    api_keys_file: Path | None = Field(default=None, description="File with the same JSON.")
+    max_body_bytes: int = Field(
+        default=6_000_000, ge=1024, description="Largest accepted request body."
     )
     device: str = Field(default="cpu", description="torch device for inference.")
     max_length: int = Field(default=128, ge=8, le=512, description="Tokenizer max length.")
@@ -145,6 +153,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.home / 'sentiloop.db').resolve()}"
+
+    @property
+    def resolved_auth(self) -> Literal["required", "disabled"]:
+        if self.auth is not None:
+            return self.auth
+        return "disabled" if self.resolved_database_url.startswith("sqlite") else "required"
 
     @property
     def reports_dir(self) -> Path:

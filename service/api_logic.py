@@ -8,7 +8,6 @@ here into HTTP responses.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import time
 import uuid
@@ -17,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from starlette.responses import JSONResponse
 
 import feedback
 from feedback import store
@@ -209,24 +207,6 @@ class SentimentAPI:
         with self.sessions() as session:
             rows = store.iter_feedback_export(session=session, since=since, until=until)
             yield from serialize(rows, fmt)
-
-    def check_admin_key(self, presented: str | None) -> JSONResponse | None:
-        """None when ``presented`` is the admin key, else the 401/403 response to send."""
-        expected = self.settings.admin_key
-        if expected is None:
-            return JSONResponse(
-                {"error": "admin endpoints are disabled: set SENTILOOP_ADMIN_KEY", "field": None},
-                status_code=403,
-            )
-        if presented is None:
-            return JSONResponse(
-                {"error": "missing X-Admin-Key header", "field": "X-Admin-Key"}, status_code=401
-            )
-        if not hmac.compare_digest(presented.encode(), expected.get_secret_value().encode()):
-            return JSONResponse(
-                {"error": "wrong admin key", "field": "X-Admin-Key"}, status_code=403
-            )
-        return None
 
     def templates(self) -> list[dict[str, Any]]:
         return [self.registry.get(version).to_dict() for version in self.registry.versions]

@@ -26,6 +26,7 @@ from sentiloop.settings import Settings
 from service.api_logic import SentimentAPI, referenced_models
 from service.assignments import database_assignments
 from service.http_errors import DOMAIN_ERRORS, error_response
+from service.http_guard import GuardConfig, GuardMiddleware
 from service.metrics import ApiMetrics, ModelMetrics
 from service.schemas import (
     FeedbackRequest,
@@ -120,6 +121,7 @@ class SentiLoop:
         settings = Settings()
         configure_logging()
         registry = TemplateRegistry.load(settings.resolved_templates_dir)
+        GuardConfig.from_settings(settings)  # fail at start-up on a bad or missing key ring
         self.api = SentimentAPI(settings, registry, ApiMetrics())
 
     def __is_ready__(self) -> bool:
@@ -168,12 +170,8 @@ class SentiLoop:
         return ModelsResponse(**described, traffic_split=self.api.traffic_split())
 
     @bentoml.api(route="/v1/admin/reload-models", output_spec=ModelsResponse)
-    async def reload_models(self, ctx: bentoml.Context) -> ModelsResponse | Response:
-        """Switch to a newly promoted model now (needs the X-Admin-Key header)."""
-        denied = self.api.check_admin_key(ctx.request.headers.get("x-admin-key"))
-        if denied is not None:
-            ctx.response.status_code = denied.status_code
-            return denied
+    async def reload_models(self) -> ModelsResponse:
+        """Switch to a newly promoted model now (admin scope)."""
         described = await self.scorer.to_async.reload()
         return ModelsResponse(**described, traffic_split=self.api.traffic_split())
 
@@ -189,3 +187,6 @@ class SentiLoop:
             media_type=MEDIA_TYPES[format],
             headers={"Content-Disposition": f'attachment; filename="feedback.{format}"'},
         )
+
+
+SentiLoop.add_asgi_middleware(GuardMiddleware)  # type: ignore[attr-defined]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -14,13 +15,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import feedback
 from service import model_store
+from service.auth import hash_key
 from tests.e2e.conftest import TINY_METADATA, start_server
 from tests.support import ServerProcess
 from training.promotion import promote, rollback
 
 pytestmark = pytest.mark.slow
 
-ADMIN_KEY = "test-admin-key"
+CRM = {"Authorization": "Bearer slk_test_crm"}
+
+ADMIN_KEY = "slk_test_admin"
+CRM_KEY = "slk_test_crm"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,13 @@ def swap_server(
             "SENTILOOP_BASE_MODEL": str(tiny_model_dir),
             "SENTILOOP_MODEL_NAME": f"swap-{uuid.uuid4().hex[:6]}",
             "SENTILOOP_MODEL_POLL_INTERVAL_S": "0.5",
-            "SENTILOOP_ADMIN_KEY": ADMIN_KEY,
+            "SENTILOOP_AUTH": "required",
+            "SENTILOOP_API_KEYS": json.dumps(
+                [
+                    {"name": "ops", "sha256": hash_key(ADMIN_KEY), "scopes": ["admin"]},
+                    {"name": "crm", "sha256": hash_key(CRM_KEY), "scopes": ["predict"]},
+                ]
+            ),
         },
     )
     yield server
@@ -42,7 +53,7 @@ def swap_server(
 
 
 def champion_version(server: ServerProcess) -> str:
-    models = httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"]
+    models = httpx.get(f"{server.url}/v1/models", headers=CRM, timeout=10).json()["models"]
     return str(next(m for m in models if m["reference"] == "champion")["model_version"])
 
 
@@ -61,7 +72,7 @@ def test_promotion_switches_the_served_model_under_load(
     stop = threading.Event()
 
     def traffic() -> None:
-        with httpx.Client(base_url=swap_server.url, timeout=30) as client:
+        with httpx.Client(base_url=swap_server.url, headers=CRM, timeout=30) as client:
             while not stop.is_set():
                 response = client.post("/v1/predict", json={"texts": ["hello there", "bad day"]})
                 version = (
@@ -103,16 +114,16 @@ def test_admin_reload_needs_the_key_and_switches_at_once(
 ) -> None:
     url = f"{swap_server.url}/v1/admin/reload-models"
     assert httpx.post(url, json={}).status_code == 401
-    assert httpx.post(url, json={}, headers={"X-Admin-Key": "wrong"}).status_code == 403
+    assert httpx.post(url, json={}, headers=CRM).status_code == 403
     newer = model_store.save_model(tiny_model_dir, name="swap-e2e", metadata=TINY_METADATA)
     engine, sessions = server_sessions(swap_server)
     promote(sessions=sessions, tag=newer.tag, reason="e2e reload")
-    response = httpx.post(url, json={}, headers={"X-Admin-Key": ADMIN_KEY}, timeout=30)
+    response = httpx.post(url, json={}, headers={"X-API-Key": ADMIN_KEY}, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
     served = {m["reference"]: m["model_version"] for m in body["models"]}
     assert served["champion"] == newer.tag
     rollback(sessions=sessions)
     engine.dispose()
-    after = httpx.post(url, json={}, headers={"X-Admin-Key": ADMIN_KEY}, timeout=30).json()
+    after = httpx.post(url, json={}, headers={"X-API-Key": ADMIN_KEY}, timeout=30).json()
     assert {m["reference"]: m["model_version"] for m in after["models"]}["champion"] != newer.tag

@@ -199,3 +199,23 @@ def test_deleting_a_prediction_cascades_to_its_feedback(sessions: sessionmaker[S
         session.delete(session.get(Prediction, record.id))
         session.commit()
     assert count_feedback(sessions) == 0
+
+
+def test_purge_texts_removes_old_texts_and_keeps_rows(sessions: sessionmaker[Session]) -> None:
+    old = make_prediction(created_at=datetime.now(UTC) - timedelta(days=40))
+    new = make_prediction()
+    insert(sessions, old, new)
+    store.record_feedback(
+        session_factory=sessions,
+        feedback=feedback.FeedbackInput(prediction_id=old.id, verdict="correct"),
+    )
+    with sessions() as session:
+        assert (
+            store.purge_texts(session=session, before=datetime.now(UTC) - timedelta(days=30)) == 1
+        )
+        session.commit()
+    with sessions() as session:
+        purged, kept = session.get(Prediction, old.id), session.get(Prediction, new.id)
+        assert purged is not None and purged.text is None and purged.text_storage == "purged"
+        assert kept is not None and kept.text == "great service"
+    assert count_feedback(sessions) == 1
