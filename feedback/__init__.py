@@ -15,6 +15,7 @@ from feedback.errors import (
 from feedback.log_writer import PredictionLogWriter
 from feedback.migrate import upgrade, wait_for_schema
 from feedback.records import FeedbackInput, FeedbackResult, PredictionRecord
+from feedback.spool import Spool
 
 __all__ = [
     "DuplicateFeedback",
@@ -25,6 +26,7 @@ __all__ = [
     "PredictionLogWriter",
     "PredictionNotFound",
     "PredictionRecord",
+    "Spool",
     "StoreUnavailable",
     "make_engine",
     "make_session_factory",

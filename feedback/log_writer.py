@@ -3,7 +3,13 @@
 Requests hand records to a bounded queue and return at once; one background
 thread writes them in batches. When the queue is full the records are not
 queued: the writer counts them, logs a warning and tells its observer, so a
-drop is never silent. A failed write is retried with backoff, keeping the batch.
+drop is never silent.
+
+When a write fails (the database is down) and a spool is configured, the batch
+goes to the disk spool instead, and so do later batches until a probe write
+succeeds; then the spooled records are replayed into the database (records
+already there are skipped). Without a spool a failed write is retried with
+backoff, keeping the batch.
 """
 
 from __future__ import annotations
@@ -16,14 +22,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from feedback.models import Prediction
 from feedback.records import PredictionRecord
+from feedback.spool import Spool
 from feedback.store import insert_predictions
 
 logger = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S = 5.0
+_MIN_PROBE_S = 0.5
 
 
 class LogWriterObserver(Protocol):
@@ -34,6 +44,10 @@ class LogWriterObserver(Protocol):
     def write_failed(self) -> None: ...
 
     def queue_depth(self, depth: int) -> None: ...
+
+    def spooled(self, count: int) -> None: ...
+
+    def replayed(self, count: int) -> None: ...
 
 
 class _SilentObserver:
@@ -49,6 +63,12 @@ class _SilentObserver:
     def queue_depth(self, depth: int) -> None:
         pass
 
+    def spooled(self, count: int) -> None:
+        pass
+
+    def replayed(self, count: int) -> None:
+        pass
+
 
 @dataclass
 class LogWriterStats:
@@ -56,6 +76,8 @@ class LogWriterStats:
     written: int = 0
     dropped: int = 0
     failed_writes: int = 0
+    spooled: int = 0
+    replayed: int = 0
 
 
 class PredictionLogWriter:
@@ -67,8 +89,13 @@ class PredictionLogWriter:
         batch_size: int = 256,
         flush_interval_s: float = 0.2,
         observer: LogWriterObserver | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self._session_factory = session_factory
+        self._spool = spool
+        self._spooling = False
+        self._next_probe = 0.0
+        self._probe_backoff = _MIN_PROBE_S
         self._queue: queue.Queue[PredictionRecord] = queue.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
@@ -110,11 +137,11 @@ class PredictionLogWriter:
         return accepted
 
     def flush(self, timeout_s: float) -> bool:
-        """Wait until everything accepted so far is written; False on timeout."""
+        """Wait until everything accepted so far is written or spooled; False on timeout."""
         deadline = time.monotonic() + timeout_s
         with self._progress:
             target = self._stats.accepted
-            while self._stats.written < target:
+            while self._stats.written + self._stats.spooled < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -143,7 +170,86 @@ class PredictionLogWriter:
                 break
         return batch
 
+    def _insert(self, batch: list[PredictionRecord]) -> None:
+        started = time.perf_counter()
+        with self._session_factory() as session:
+            insert_predictions(session=session, records=batch)
+            session.commit()
+        self._observer.written(len(batch), time.perf_counter() - started)
+
+    def _to_spool(self, batch: list[PredictionRecord]) -> None:
+        assert self._spool is not None
+        self._spool.write(batch)
+        self._observer.spooled(len(batch))
+        with self._progress:
+            self._stats.spooled += len(batch)
+            self._progress.notify_all()
+
+    def _write_or_spool(self, batch: list[PredictionRecord]) -> None:
+        if self._spooling and time.monotonic() < self._next_probe:
+            self._to_spool(batch)
+            return
+        try:
+            self._insert(batch)
+        except Exception as exc:
+            with self._progress:
+                self._stats.failed_writes += 1
+            self._observer.write_failed()
+            if not self._spooling:
+                logger.error("database write failed (%s); spooling prediction records to %s",
+                             exc, self._spool.directory if self._spool else None)  # fmt: skip
+            self._spooling = True
+            self._next_probe = time.monotonic() + self._probe_backoff
+            self._probe_backoff = min(self._probe_backoff * 2, _MAX_BACKOFF_S)
+            self._to_spool(batch)
+            return
+        with self._progress:
+            self._stats.written += len(batch)
+            self._progress.notify_all()
+        if self._spooling:
+            logger.info("database writes succeed again; replaying the spool")
+        self._spooling = False
+        self._probe_backoff = _MIN_PROBE_S
+        self._replay_spool()
+
+    def _replay_spool(self) -> None:
+        assert self._spool is not None
+        for path in self._spool.pending():
+            claimed = self._spool.claim(path)
+            if claimed is None:
+                continue
+            records = self._spool.read(claimed)
+            try:
+                for start in range(0, len(records), self._batch_size):
+                    chunk = records[start : start + self._batch_size]
+                    with self._session_factory() as session:
+                        known = set(
+                            session.scalars(
+                                select(Prediction.id).where(
+                                    Prediction.id.in_([r.id for r in chunk])
+                                )
+                            )
+                        )
+                        insert_predictions(
+                            session=session, records=[r for r in chunk if r.id not in known]
+                        )
+                        session.commit()
+            except Exception:
+                logger.exception("replaying %s failed; it stays in the spool", claimed.name)
+                self._spool.release(claimed)
+                self._spooling = True
+                self._next_probe = time.monotonic() + self._probe_backoff
+                return
+            claimed.unlink()
+            self._observer.replayed(len(records))
+            with self._progress:
+                self._stats.replayed += len(records)
+            logger.info("replayed %d spooled prediction records", len(records))
+
     def _write(self, batch: list[PredictionRecord]) -> None:
+        if self._spool is not None:
+            self._write_or_spool(batch)
+            return
         backoff = 0.05
         while True:
             started = time.perf_counter()
@@ -169,9 +275,29 @@ class PredictionLogWriter:
                 self._progress.notify_all()
             return
 
+    def _probe(self) -> None:
+        """With no traffic, check whether the database is back, then replay."""
+        try:
+            with self._session_factory() as session:
+                session.execute(select(1))
+        except Exception:
+            self._next_probe = time.monotonic() + self._probe_backoff
+            self._probe_backoff = min(self._probe_backoff * 2, _MAX_BACKOFF_S)
+            return
+        self._spooling = False
+        self._probe_backoff = _MIN_PROBE_S
+        self._replay_spool()
+
     def _run(self) -> None:
+        if self._spool is not None and self._spool.pending():
+            try:  # records a previous process (or a crash) left behind
+                self._replay_spool()
+            except Exception:
+                logger.exception("replaying the spool at start failed")
         while not (self._stopping.is_set() and self._queue.empty()):
             batch = self._next_batch()
             if batch:
                 self._write(batch)
+            elif self._spooling and time.monotonic() >= self._next_probe:
+                self._probe()
             self._observer.queue_depth(self._queue.qsize())

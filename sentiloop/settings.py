@@ -161,6 +161,10 @@ class Settings(BaseSettings):
         return "disabled" if self.resolved_database_url.startswith("sqlite") else "required"
 
     @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
 

@@ -61,6 +61,7 @@ class SentimentAPI:
             batch_size=settings.log_batch_size,
             flush_interval_s=settings.log_flush_interval_s,
             observer=metrics,
+            spool=feedback.Spool(settings.spool_dir),
         )
         self.log_writer.start()
         metrics.set_traffic_split(self.traffic_split())

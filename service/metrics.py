@@ -67,6 +67,14 @@ class ApiMetrics:
             name="sentiloop_prediction_log_written",
             documentation="Prediction records written to the database.",
         )
+        self.log_spooled = m.Counter(
+            name="sentiloop_prediction_log_spooled",
+            documentation="Prediction records written to the disk spool (database down).",
+        )
+        self.log_replayed = m.Counter(
+            name="sentiloop_prediction_log_replayed",
+            documentation="Spooled prediction records replayed into the database.",
+        )
         self.log_queue_depth = m.Gauge(
             name="sentiloop_prediction_log_queue_depth",
             documentation="Prediction records waiting to be written.",
@@ -142,6 +150,12 @@ class ApiMetrics:
 
     def queue_depth(self, depth: int) -> None:
         self.log_queue_depth.set(depth)
+
+    def spooled(self, count: int) -> None:
+        self.log_spooled.inc(count)
+
+    def replayed(self, count: int) -> None:
+        self.log_replayed.inc(count)
 
 
 class ModelMetrics:

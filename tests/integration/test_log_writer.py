@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 import feedback
+from feedback import store
 from feedback.models import Prediction
 
 
@@ -24,6 +27,8 @@ class CountingObserver:
         self.dropped_total = 0
         self.written_total = 0
         self.failures = 0
+        self.spooled_total = 0
+        self.replayed_total = 0
 
     def written(self, count: int, seconds: float) -> None:
         self.written_total += count
@@ -36,6 +41,12 @@ class CountingObserver:
 
     def queue_depth(self, depth: int) -> None:
         pass
+
+    def spooled(self, count: int) -> None:
+        self.spooled_total += count
+
+    def replayed(self, count: int) -> None:
+        self.replayed_total += count
 
 
 def count_rows(url: str) -> int:
@@ -98,3 +109,53 @@ def test_failed_writes_are_retried_until_the_table_exists(sqlite_url: str) -> No
     writer.close()
     engine.dispose()
     assert count_rows(sqlite_url) == 3
+
+
+def test_database_down_spools_to_disk_then_replays(sqlite_url: str, tmp_path: Path) -> None:
+    engine = feedback.make_engine(sqlite_url)  # no tables yet: every write fails
+    observer = CountingObserver()
+    spool = feedback.Spool(tmp_path / "spool")
+    writer = feedback.PredictionLogWriter(
+        feedback.make_session_factory(engine), flush_interval_s=0.05, observer=observer, spool=spool
+    )
+    writer.start()
+    for _ in range(5):
+        writer.submit([record() for _ in range(20)])
+    assert writer.flush(10)  # accepted records are safe on disk
+    assert observer.spooled_total == 100 and spool.pending()
+    feedback.upgrade(sqlite_url)  # the database "comes back"
+    deadline = time.monotonic() + 20
+    while observer.replayed_total < 100 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    writer.submit([record() for _ in range(7)])
+    assert writer.flush(10)
+    writer.close()
+    engine.dispose()
+    assert observer.replayed_total == 100 and spool.pending() == []
+    assert count_rows(sqlite_url) == 107
+
+
+def test_leftover_spool_is_replayed_at_start_without_duplicates(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    feedback.upgrade(sqlite_url)
+    engine = feedback.make_engine(sqlite_url)
+    sessions = feedback.make_session_factory(engine)
+    already = [record() for _ in range(3)]
+    with sessions() as session:
+        store.insert_predictions(session=session, records=already)
+        session.commit()
+    spool = feedback.Spool(tmp_path / "spool")
+    spool.write(already + [record() for _ in range(5)])  # a crash left this behind
+    observer = CountingObserver()
+    writer = feedback.PredictionLogWriter(
+        sessions, observer=observer, spool=feedback.Spool(tmp_path / "spool")
+    )
+    writer.start()
+    deadline = time.monotonic() + 10
+    while observer.replayed_total < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    writer.close()
+    engine.dispose()
+    assert count_rows(sqlite_url) == 8
+    assert spool.pending() == []
