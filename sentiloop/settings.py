@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     )
     device: str = Field(default="cpu", description="torch device for inference.")
     max_length: int = Field(default=128, ge=8, le=512, description="Tokenizer max length.")
+    quantize: Literal["none", "int8"] = Field(
+        default="none",
+        description="Dynamic int8 quantization of fine-tuned models' linear layers (CPU).",
+    )
     torch_threads: int | None = Field(default=None, ge=1)
 
     templates_dir: Path | None = Field(
@@ -113,6 +117,9 @@ class Settings(BaseSettings):
     text_storage: TextStorage = Field(
         default="redacted",
         description="How prediction texts are logged: raw, redacted (PII masked) or none.",
+    )
+    log_predictions: bool = Field(
+        default=True, description="Log every prediction to the database (off: benchmarks only)."
     )
     log_queue_size: int = Field(default=10_000, ge=1)
     log_batch_size: int = Field(default=256, ge=1)

@@ -143,7 +143,8 @@ class SentimentAPI:
                     routing_key_sha256=routing_hash,
                 )
             )
-        self.log_writer.submit(records)
+        if self.settings.log_predictions:
+            self.log_writer.submit(records)
         for model_version in {p.model_version for p in predictions}:
             same_model = [p for p in predictions if p.model_version == model_version]
             self.metrics.observe_predictions(

@@ -45,7 +45,13 @@ class FineTunedClassifier:
     kind = "fine-tuned"
 
     def __init__(
-        self, directory: Path, *, version: str, device: str = "cpu", max_length: int = 128
+        self,
+        directory: Path,
+        *,
+        version: str,
+        device: str = "cpu",
+        max_length: int = 128,
+        quantize: str = "none",
     ) -> None:
         self.version = version
         self.directory = directory
@@ -55,7 +61,12 @@ class FineTunedClassifier:
         model = AutoModelForSequenceClassification.from_pretrained(
             str(directory), local_files_only=True
         )
-        self.model = model.to(self.device).eval()
+        model = model.to(self.device).eval()
+        if quantize == "int8":
+            model = torch.ao.quantization.quantize_dynamic(
+                model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+        self.model = model
         id2label = {int(i): normalize_label(name) for i, name in model.config.id2label.items()}
         if sorted(id2label.values()) != sorted(LABELS):
             raise ValueError(

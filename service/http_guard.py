@@ -1,4 +1,4 @@
-"""ASGI middleware at the HTTP boundary: request body size limit and API-key scopes.
+"""ASGI middleware at the HTTP boundary: body size limit, JSON media type, API-key scopes.
 
 Health, readiness, metrics and OpenAPI stay open; every /v1 endpoint needs a key
 with its scope when authentication is on (see ``Settings.resolved_auth``).
@@ -93,6 +93,18 @@ class GuardMiddleware:
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _send_json(send, 413, too_large, {})
+            return
+        media_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if (
+            scope["method"] == "POST"
+            and scope["path"].startswith("/v1/")
+            and media_type != "application/json"
+        ):
+            body = {
+                "error": f"Content-Type must be application/json, not {media_type!r}",
+                "field": "Content-Type",
+            }
+            await _send_json(send, 415, body, {})
             return
         needed = required_scope(scope["path"])
         if config.auth_required and needed is not None:

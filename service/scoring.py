@@ -129,6 +129,7 @@ class ScoringEngine:
             version=stored.tag,
             device=self._settings.device,
             max_length=self._settings.max_length,
+            quantize=self._settings.quantize,
         )
         return LoadedModel(reference, stored.tag, classifier, dict(stored.metadata))
 

@@ -92,3 +92,16 @@ def test_keys_never_reach_the_log(secured: ServerProcess) -> None:
     call(secured, "POST", "/v1/predict", KEYS["crm"][0], json={"text": "log check"})
     log = secured.log_path.read_text()
     assert all(key not in log for key, _ in KEYS.values())
+
+
+def test_non_json_bodies_are_415_naming_the_header(secured: ServerProcess) -> None:
+    response = httpx.post(
+        f"{secured.url}/v1/predict",
+        content=b"text=hello",
+        headers={
+            "Authorization": f"Bearer {KEYS['crm'][0]}",
+            "content-type": "multipart/form-data",
+        },
+        timeout=30,
+    )
+    assert response.status_code == 415 and response.json()["field"] == "Content-Type"

@@ -161,3 +161,19 @@ def test_unknown_tag_is_model_not_found(registry: TemplateRegistry, bentoml_home
     engine = ScoringEngine(Settings(), registry)
     with pytest.raises(model_store.ModelNotFound):
         engine.model("nothing:here")
+
+
+def test_int8_quantized_model_scores_close_to_fp32(
+    tiny_model_dir: Path, registry: TemplateRegistry
+) -> None:
+    from service.classifiers import FineTunedClassifier
+
+    template = registry.get("v1")
+    texts = [template.render(t) for t in ("great", "awful service today", "where is my parcel")]
+    fp32 = FineTunedClassifier(tiny_model_dir, version="fp32").predict(texts, template)
+    int8 = FineTunedClassifier(tiny_model_dir, version="int8", quantize="int8").predict(
+        texts, template
+    )
+    for full, quantized in zip(fp32, int8, strict=True):
+        assert sum(quantized.values()) == pytest.approx(1.0, abs=1e-5)
+        assert quantized == pytest.approx(full, abs=0.05)
