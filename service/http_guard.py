@@ -100,11 +100,11 @@ class GuardMiddleware:
             and scope["path"].startswith("/v1/")
             and media_type != "application/json"
         ):
-            body = {
+            rejection = {
                 "error": f"Content-Type must be application/json, not {media_type!r}",
                 "field": "Content-Type",
             }
-            await _send_json(send, 415, body, {})
+            await _send_json(send, 415, rejection, {})
             return
         needed = required_scope(scope["path"])
         if config.auth_required and needed is not None:
