@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,8 @@ from feedback.redaction import redact
 from sentiloop.settings import Settings
 from service.labels import scores_to_label
 from service.metrics import ApiMetrics
-from service.monitoring import GaugeRefresher
+from service.monitoring import refresh_gauges
+from service.periodic import PeriodicTask
 from service.routing import TrafficSplit
 from service.schemas import (
     FeedbackRequest,
@@ -65,11 +67,12 @@ class SentimentAPI:
         )
         self.log_writer.start()
         metrics.set_traffic_split(self.traffic_split())
-        self.gauges = GaugeRefresher(
-            metrics,
-            self.sessions,
-            interval_s=settings.metrics_refresh_interval_s,
-            feedback_window=timedelta(seconds=settings.feedback_accuracy_window_s),
+        window = timedelta(seconds=settings.feedback_accuracy_window_s)
+        self.gauges = PeriodicTask(
+            "gauge-refresher",
+            lambda: refresh_gauges(metrics, self.sessions, window),
+            settings.metrics_refresh_interval_s,
+            run_first=True,
         )
         self.gauges.start()
 
@@ -189,18 +192,7 @@ class SentimentAPI:
                 result.model_version,
                 result.template_version,
             ).inc()
-        return FeedbackResponse(
-            feedback_id=result.feedback_id,
-            prediction_id=result.prediction_id,
-            created_at=result.created_at,
-            kind=result.kind,  # type: ignore[arg-type]
-            predicted_label=result.predicted_label,  # type: ignore[arg-type]
-            effective_label=result.effective_label,  # type: ignore[arg-type]
-            agrees=result.agrees,
-            model_version=result.model_version,
-            template_version=result.template_version,
-            replayed=result.replayed,
-        )
+        return FeedbackResponse.model_validate(asdict(result))
 
     def export_feedback(
         self, fmt: ExportFormat, since: datetime | None, until: datetime | None

@@ -28,6 +28,7 @@ from service.assignments import database_assignments
 from service.http_errors import DOMAIN_ERRORS, error_response
 from service.http_guard import GuardConfig, GuardMiddleware
 from service.metrics import ApiMetrics, ModelMetrics
+from service.periodic import PeriodicTask
 from service.schemas import (
     FeedbackRequest,
     FeedbackResponse,
@@ -35,7 +36,7 @@ from service.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from service.scoring import ModelWatcher, ScoreItem, ScoreResult, ScoringEngine
+from service.scoring import ScoreItem, ScoreResult, ScoringEngine
 from service.templates import TemplateRegistry, UnknownTemplateVersion
 
 read_api = FastAPI(title="sentiloop", description="Read endpoints of sentiloop.")
@@ -86,7 +87,9 @@ class SentimentModel:
             observer=self.metrics,
         )
         self.engine.load(referenced_models(settings))
-        self.watcher = ModelWatcher(self.engine, settings.model_poll_interval_s)
+        self.watcher = PeriodicTask(
+            "model-watcher", self.engine.refresh, settings.model_poll_interval_s, run_first=False
+        )
         self.watcher.start()
 
     @bentoml.on_shutdown

@@ -9,9 +9,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
@@ -39,6 +39,21 @@ class Classifier(Protocol):
 def _length_sorted_chunks(texts: Sequence[str], size: int) -> list[list[int]]:
     order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
     return [order[start : start + size] for start in range(0, len(order), size)]
+
+
+def _encoded_chunks(
+    tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.device
+) -> Iterator[tuple[list[int], Any]]:
+    """(indices, tokenized chunk) per length-sorted chunk, each padded to its longest text."""
+    for chunk in _length_sorted_chunks(texts, INFERENCE_CHUNK):
+        encoded = tokenizer(
+            [texts[index] for index in chunk],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        yield chunk, encoded.to(device)
 
 
 class FineTunedClassifier:
@@ -78,14 +93,9 @@ class FineTunedClassifier:
     @torch.inference_mode()
     def predict(self, rendered: Sequence[str], template: PromptTemplate) -> list[Scores]:
         results: list[Scores] = [{} for _ in rendered]
-        for chunk in _length_sorted_chunks(rendered, INFERENCE_CHUNK):
-            encoded = self.tokenizer(
-                [rendered[index] for index in chunk],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
+        for chunk, encoded in _encoded_chunks(
+            self.tokenizer, rendered, self.max_length, self.device
+        ):
             probabilities = torch.softmax(self.model(**encoded).logits.float(), dim=-1).cpu()
             for row, index in enumerate(chunk):
                 results[index] = {
@@ -117,14 +127,7 @@ class ZeroShotClassifier:
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalized mean-pooled embeddings, one row per text."""
         rows: list[torch.Tensor] = [torch.empty(0)] * len(texts)
-        for chunk in _length_sorted_chunks(texts, INFERENCE_CHUNK):
-            encoded = self.tokenizer(
-                [texts[index] for index in chunk],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
+        for chunk, encoded in _encoded_chunks(self.tokenizer, texts, self.max_length, self.device):
             hidden = self.encoder(**encoded).last_hidden_state
             mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)

@@ -1,9 +1,8 @@
-"""Refreshes the database-derived gauges (feedback accuracy, training runs) periodically."""
+"""Refreshes the database-derived gauges (feedback accuracy, training runs)."""
 
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,36 +38,3 @@ def refresh_gauges(
             for name in EVALUATION_METRICS:
                 if isinstance(values, dict) and values.get(name) is not None:
                     metrics.training_last_metric.labels(split, model, name).set(values[name])
-
-
-class GaugeRefresher:
-    """Calls ``refresh_gauges`` every ``interval_s`` in a daemon thread."""
-
-    def __init__(
-        self,
-        metrics: ApiMetrics,
-        sessions: sessionmaker[Session],
-        *,
-        interval_s: float,
-        feedback_window: timedelta,
-    ) -> None:
-        self._args = (metrics, sessions, feedback_window)
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gauge-refresher", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                refresh_gauges(*self._args)
-            except Exception:  # a database hiccup must not kill monitoring
-                logger.exception("refreshing the monitoring gauges failed")
-            if self._stop.wait(self._interval_s):
-                return

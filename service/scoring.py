@@ -220,27 +220,3 @@ class ScoringEngine:
             ],
             "last_refresh_error": self.last_refresh_error,
         }
-
-
-class ModelWatcher:
-    """Calls ``engine.refresh()`` every ``interval_s`` seconds in a daemon thread."""
-
-    def __init__(self, engine: ScoringEngine, interval_s: float) -> None:
-        self._engine = engine
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                self._engine.refresh()
-            except Exception:  # the watcher must outlive any one failure
-                logger.exception("model refresh failed")
