@@ -100,14 +100,43 @@ class ServerProcess:
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
 
+    def kill_hard(self) -> None:
+        """SIGKILL the server and every worker it started, as a crash of the host would.
+
+        BentoML starts workers in sessions of their own, so the process group
+        alone does not reach them.
+        """
+        import psutil
+
+        try:
+            family = [psutil.Process(self.process.pid)]
+        except psutil.NoSuchProcess:
+            return
+        family += family[0].children(recursive=True)
+        for member in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.kill()
+        psutil.wait_procs(family, timeout=10)
+        self.process.wait(10)
+
     def stop(self) -> None:
+        """SIGTERM (graceful: BentoML stops its workers), then SIGKILL what is left."""
+        import psutil
+
         if self.process.poll() is None:
+            try:
+                family = psutil.Process(self.process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                family = []
             os.killpg(self.process.pid, 15)
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait(10)
+                self.kill_hard()
+            _, alive = psutil.wait_procs(family, timeout=10)
+            for straggler in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    straggler.kill()
         self._log.close()
 
 

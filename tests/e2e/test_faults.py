@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import sqlite3
 import threading
 import time
@@ -121,9 +119,8 @@ def test_kill_9_during_a_feedback_burst_loses_no_acknowledged_feedback(tmp_path:
     for thread in threads:
         thread.start()
     assert wait_until(lambda: len(acknowledged) >= 100, 60)
-    os.killpg(server.process.pid, signal.SIGKILL)  # no shutdown hooks, no flush
-    server.process.wait(10)
-    server.stop()  # closes its log; the process is already dead
+    server.kill_hard()  # SIGKILL to every process: no shutdown hooks, no flush
+    server.stop()  # closes its log
     stop.set()
     for thread in threads:
         thread.join(15)
