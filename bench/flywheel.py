@@ -122,19 +122,17 @@ def main() -> None:
     pool = [e for e in sst2("train") if len(e.text.split()) >= 8]
     rng.shuffle(pool)
 
-    base_source = DataSource(DATA / "tweet_sentiment_extraction" / "train.jsonl")
-    arguments = TrainingArguments(epochs=1, progress=False)
-    pipeline = TrainingPipeline(settings)
-    first = pipeline.run(
-        TrainingPlan(
-            base_data=base_source,
+    def plan(gate: GateConfig) -> TrainingPlan:
+        return TrainingPlan(
+            base_data=DataSource(DATA / "tweet_sentiment_extraction" / "train.jsonl"),
             holdout_data=DataSource(holdout_file),
             assembly=AssemblyConfig(max_base_examples=args.base_examples),
-            arguments=arguments,
-            gate=GateConfig(min_improvement=-1.0),
-        ),
-        trigger="bench:initial",
-    )
+            arguments=TrainingArguments(epochs=1, progress=False),
+            gate=gate,
+        )
+
+    pipeline = TrainingPipeline(settings)
+    first = pipeline.run(plan(GateConfig(min_improvement=-1.0)), trigger="bench:initial")
     logger.info("initial model %s (%s)", first.candidate_tag, first.reason)
     server = ServerProcess(env, scratch / "server.log")
     result: dict[str, Any] = {"machine": machine(), "arguments": vars(args), "rounds": []}
@@ -151,13 +149,7 @@ def main() -> None:
                 corrections += sent["corrections"]
                 started = time.perf_counter()
                 outcome = pipeline.run(
-                    TrainingPlan(
-                        base_data=base_source,
-                        holdout_data=DataSource(holdout_file),
-                        assembly=AssemblyConfig(max_base_examples=args.base_examples),
-                        arguments=arguments,
-                        gate=GateConfig(min_improvement=-0.02, min_feedback_improvement=0.01),
-                    ),
+                    plan(GateConfig(min_improvement=-0.02, min_feedback_improvement=0.01)),
                     trigger=f"bench:round{round_number}",
                 )
                 train_seconds = time.perf_counter() - started

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,6 +56,28 @@ def _encoded_chunks(
         yield chunk, encoded.to(device)
 
 
+@torch.inference_mode()
+def classify_texts(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    device: torch.device,
+    id2label: Mapping[int, str],
+) -> list[Scores]:
+    """Label probabilities of a sequence-classification model (in eval mode) per text."""
+    results: list[Scores] = [{} for _ in texts]
+    for chunk, encoded in _encoded_chunks(tokenizer, texts, max_length, device):
+        probabilities = torch.softmax(model(**encoded).logits.float(), dim=-1).cpu()
+        for row, index in enumerate(chunk):
+            results[index] = {
+                id2label[class_id]: float(probabilities[row, class_id])
+                for class_id in range(probabilities.shape[1])
+            }
+    return results
+
+
 class FineTunedClassifier:
     kind = "fine-tuned"
 
@@ -90,19 +112,15 @@ class FineTunedClassifier:
             )
         self._id2label = id2label
 
-    @torch.inference_mode()
     def predict(self, rendered: Sequence[str], template: PromptTemplate) -> list[Scores]:
-        results: list[Scores] = [{} for _ in rendered]
-        for chunk, encoded in _encoded_chunks(
-            self.tokenizer, rendered, self.max_length, self.device
-        ):
-            probabilities = torch.softmax(self.model(**encoded).logits.float(), dim=-1).cpu()
-            for row, index in enumerate(chunk):
-                results[index] = {
-                    self._id2label[class_id]: float(probabilities[row, class_id])
-                    for class_id in range(probabilities.shape[1])
-                }
-        return results
+        return classify_texts(
+            self.model,
+            self.tokenizer,
+            rendered,
+            max_length=self.max_length,
+            device=self.device,
+            id2label=self._id2label,
+        )
 
 
 def zero_shot_version(base_model: Path) -> str:

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from service.classifiers import classify_texts
 from service.labels import LABEL_TO_ID, LABELS
 from service.templates import PromptTemplate
 from training.data import Example
@@ -99,31 +100,6 @@ def _length_bucketed_batches(
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
-
-
-@torch.inference_mode()
-def predict_scores(
-    model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int = 64
-) -> list[dict[str, float]]:
-    model.eval()
-    id2label = {int(k): v for k, v in model.config.id2label.items()}
-    results: list[dict[str, float]] = [{} for _ in texts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        encoded = tokenizer(
-            [texts[i] for i in chunk],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
-        probabilities = torch.softmax(model(**encoded).logits.float(), dim=-1)
-        for row, index in enumerate(chunk):
-            results[index] = {
-                id2label[c]: float(probabilities[row, c]) for c in range(probabilities.shape[1])
-            }
-    return results
 
 
 def fine_tune(
@@ -215,7 +191,15 @@ def fine_tune(
             "seconds": time.perf_counter() - started,
         }
         if validation_texts:
-            scores = predict_scores(model, tokenizer, validation_texts, args.max_length)
+            model.eval()
+            scores = classify_texts(
+                model,
+                tokenizer,
+                validation_texts,
+                max_length=args.max_length,
+                device=torch.device("cpu"),
+                id2label=dict(enumerate(LABELS)),
+            )
             metrics = evaluate(validation_labels, scores)
             epoch_metrics.update(
                 validation_accuracy=metrics["accuracy"], validation_macro_f1=metrics["macro_f1"]
