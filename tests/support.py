@@ -180,10 +180,10 @@ class TcpProxy:
 
     def stop(self) -> None:
         """Refuse new connections and cut every open one."""
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
         with self._lock:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
             for sock in self._sockets:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
@@ -204,6 +204,10 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                if self._listener is not listener:  # cut while this one was connecting
+                    client.close()
+                    server.close()
+                    return
                 self._sockets += [client, server]
             for source, target in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
