@@ -13,7 +13,6 @@ from feedback.models import ModelAssignment
 from feedback.store import as_utc, utcnow
 
 Role = Literal["champion", "challenger"]
-ROLES: tuple[Role, ...] = ("champion", "challenger")
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from sentiloop.input_files import read_texts
@@ -36,6 +37,21 @@ def _settings(ctx: typer.Context) -> Settings:
     settings = ctx.obj
     assert isinstance(settings, Settings)
     return settings
+
+
+@contextlib.contextmanager
+def _database(ctx: typer.Context, *, migrate: bool) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the configured database; the engine is disposed on the way out."""
+    import feedback
+
+    settings = _settings(ctx)
+    if migrate and settings.auto_migrate:
+        feedback.upgrade(settings.resolved_database_url)
+    engine = feedback.make_engine(settings.resolved_database_url)
+    try:
+        yield feedback.make_session_factory(engine)
+    finally:
+        engine.dispose()
 
 
 @app.callback()
@@ -149,17 +165,13 @@ def db_purge_texts(
     """Retention: remove logged prediction texts older than N days (rows stay)."""
     from datetime import timedelta
 
-    import feedback
     from feedback import store
 
-    settings = _settings(ctx)
-    engine = feedback.make_engine(settings.resolved_database_url)
-    with feedback.make_session_factory(engine)() as session:
+    with _database(ctx, migrate=False) as sessions, sessions() as session:
         count = store.purge_texts(
             session=session, before=store.utcnow() - timedelta(days=older_than_days)
         )
         session.commit()
-    engine.dispose()
     typer.echo(f"removed the text of {count} predictions older than {older_than_days} days")
 
 
@@ -188,15 +200,12 @@ def feedback_export(
     until: Annotated[datetime | None, typer.Option(help="Feedback before (UTC).")] = None,
 ) -> None:
     """Export feedback joined with its predictions, for training and audit."""
-    import feedback
     from feedback import store
     from feedback.export import serialize
 
-    settings = _settings(ctx)
-    engine = feedback.make_engine(settings.resolved_database_url)
     out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
     try:
-        with feedback.make_session_factory(engine)() as session:
+        with _database(ctx, migrate=False) as sessions, sessions() as session:
             rows = store.iter_feedback_export(
                 session=session,
                 since=store.as_utc(since) if since else None,
@@ -207,7 +216,6 @@ def feedback_export(
     finally:
         if output:
             out.close()
-        engine.dispose()
 
 
 @app.command()
@@ -302,29 +310,17 @@ def train(
     typer.echo(f"report: {outcome.report_dir}")
 
 
-def _pipeline_sessions(ctx: typer.Context) -> tuple[Engine, sessionmaker[Session]]:
-    import feedback
-
-    settings = _settings(ctx)
-    if settings.auto_migrate:
-        feedback.upgrade(settings.resolved_database_url)
-    engine = feedback.make_engine(settings.resolved_database_url)
-    return engine, feedback.make_session_factory(engine)
-
-
 @models_app.command("list")
 def models_list(ctx: typer.Context) -> None:
     """Models in the BentoML store, oldest first, with their current role."""
     from feedback import registry
     from service import model_store
 
-    engine, sessions = _pipeline_sessions(ctx)
-    with sessions() as session:
+    with _database(ctx, migrate=True) as sessions, sessions() as session:
         roles = {
             registry.current(session=session, role="champion"): "champion",
             registry.current(session=session, role="challenger"): "challenger",
         }
-    engine.dispose()
     for stored in model_store.list_models(_settings(ctx).model_name):
         holdout = stored.metadata.get("metrics", {}).get("holdout", {})
         score = holdout.get("macro_f1")
@@ -339,9 +335,8 @@ def models_promote(ctx: typer.Context, tag: str) -> None:
     """Make a stored model the champion (the service switches within its poll interval)."""
     from training.promotion import promote
 
-    engine, sessions = _pipeline_sessions(ctx)
-    assignment = promote(sessions=sessions, tag=tag, reason="manual promotion")
-    engine.dispose()
+    with _database(ctx, migrate=True) as sessions:
+        assignment = promote(sessions=sessions, tag=tag, reason="manual promotion")
     typer.echo(f"champion: {assignment.model_tag}")
 
 
@@ -355,9 +350,8 @@ def models_rollback(
     """Make an earlier model champion again."""
     from training.promotion import rollback
 
-    engine, sessions = _pipeline_sessions(ctx)
-    assignment = rollback(sessions=sessions, tag=tag)
-    engine.dispose()
+    with _database(ctx, migrate=True) as sessions:
+        assignment = rollback(sessions=sessions, tag=tag)
     typer.echo(f"champion: {assignment.model_tag or 'zero-shot'} ({assignment.reason})")
 
 
@@ -366,11 +360,9 @@ def models_history(ctx: typer.Context, limit: int = 20) -> None:
     """Champion/challenger assignments, newest first."""
     from feedback import registry
 
-    engine, sessions = _pipeline_sessions(ctx)
-    with sessions() as session:
+    with _database(ctx, migrate=True) as sessions, sessions() as session:
         for a in registry.history(session=session, limit=limit):
             typer.echo(f"{a.created_at.isoformat()}\t{a.role}\t{a.model_tag}\t{a.reason}")
-    engine.dispose()
 
 
 @models_app.command("runs")
@@ -378,14 +370,12 @@ def models_runs(ctx: typer.Context, limit: int = 20) -> None:
     """Training runs, newest first: status, decision, counts, candidate."""
     from feedback import runs
 
-    engine, sessions = _pipeline_sessions(ctx)
-    with sessions() as session:
+    with _database(ctx, migrate=True) as sessions, sessions() as session:
         for run in runs.list_runs(session=session, limit=limit):
             typer.echo(
                 f"{run.id}\t{run.started_at}\t{run.trigger}\t{run.status}\t"
                 f"{run.decision}\t{run.candidate_tag}\t{json.dumps(run.counts)}"
             )
-    engine.dispose()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -78,8 +78,3 @@ def list_models(name: str) -> list[StoredModel]:
     models = [model for model in bentoml.models.list() if model.tag.name == name]
     models.sort(key=lambda model: model.info.creation_time)
     return [get_model(str(model.tag)) for model in models]
-
-
-def latest_model(name: str) -> StoredModel | None:
-    models = list_models(name)
-    return models[-1] if models else None

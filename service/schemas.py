@@ -119,8 +119,3 @@ class ModelsResponse(BaseModel):
     last_refresh_error: str | None = None
     traffic_split: list[dict[str, Any]]
     changes: list[str] = Field(default_factory=list)
-
-
-class ErrorBody(BaseModel):
-    error: str
-    field: str | None = None
