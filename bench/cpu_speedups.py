@@ -2,9 +2,11 @@
 
 Variants (cumulative): a transformers pipeline called per text (naive); batches
 of 32 padded to max length under no_grad; + dynamic padding; + length sorting;
-+ torch.inference_mode (sentiloop's FineTunedClassifier); + dynamic int8
-quantization of the linear layers; each at 1 and 2 torch threads where noted.
-Accuracy of fp32 vs int8 on tweet_sentiment_extraction test is reported.
++ torch.inference_mode; then sentiloop's FineTunedClassifier on each runtime:
+torch fp32, torch int8 (dynamic quantization of the linear layers), ONNX
+Runtime fp32 and ONNX Runtime int8 (the serving default), at 2 and 1 threads,
+with the latency of one text alone. Accuracy of every runtime on
+tweet_sentiment_extraction test is reported against torch fp32.
 
     python -m bench.cpu_speedups --model-dir PATH [--texts 1000]
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +33,7 @@ from bench.common import machine, tweets, write_result
 from bench.serve import build_model
 from sentiloop.logging_setup import configure_logging
 from sentiloop.settings import Settings
-from service.classifiers import FineTunedClassifier
+from service.classifiers import Backend, FineTunedClassifier, Quantization
 from service.templates import TemplateRegistry
 from training.evaluate import evaluate
 
@@ -69,6 +72,21 @@ def batched(
             model(**encoded)
 
 
+RUNTIMES: tuple[tuple[Backend, Quantization], ...] = (
+    ("torch", "none"), ("torch", "int8"), ("onnx", "none"), ("onnx", "int8"),
+)  # fmt: skip
+
+
+def one_text_ms(classifier: FineTunedClassifier, texts: list[str], template: Any) -> float:
+    """Median latency of scoring one text alone (what a lone request costs)."""
+    latencies = []
+    for text in texts:
+        started = time.perf_counter()
+        classifier.predict([text], template)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return statistics.median(latencies)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", type=Path, default=None)
@@ -82,10 +100,11 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
     naive = pipeline("text-classification", model=str(model_dir), top_k=None)
-    fp32 = FineTunedClassifier(model_dir, version="fp32")
-    int8 = FineTunedClassifier(model_dir, version="int8", quantize="int8")
+    cache = Path(tempfile.mkdtemp(prefix="sentiloop-onnx-"))
+    runtimes: dict[str, FineTunedClassifier] = {}
     n = len(texts)
     speeds: dict[str, float] = {}
+    single_ms: dict[str, float] = {}
     with threads(2):
         speeds["naive pipeline, one text per call"] = timed(
             lambda: [naive(t) for t in texts[:200]], 200
@@ -104,36 +123,41 @@ def main() -> None:
             lambda: batched(model, tokenizer, texts, pad="longest", sort=True, mode=torch.no_grad),
             n,
         )
-        speeds["+ inference_mode (sentiloop, 2 threads)"] = timed(
-            lambda: fp32.predict(texts, template), n
-        )
-        speeds["+ dynamic int8 quantization (2 threads)"] = timed(
-            lambda: int8.predict(texts, template), n
-        )
-    with threads(1):
-        speeds["sentiloop fp32, 1 thread"] = timed(lambda: fp32.predict(texts, template), n)
-        speeds["sentiloop int8, 1 thread"] = timed(lambda: int8.predict(texts, template), n)
+    for backend, quantize in RUNTIMES:
+        for count in (2, 1):
+            name = f"sentiloop {backend} {quantize}, {count} thread{'s' if count > 1 else ''}"
+            with threads(count):
+                classifier = FineTunedClassifier(
+                    model_dir, version=name, backend=backend, quantize=quantize,
+                    onnx_cache_dir=cache / quantize, threads=count,
+                )  # fmt: skip
+                speeds[name] = timed(lambda c=classifier: c.predict(texts, template), n)  # type: ignore[misc]
+                single_ms[name] = one_text_ms(classifier, texts[:200], template)
+            runtimes[f"{backend} {quantize}"] = classifier
     everything = [template.render(e.text) for e in rows]
     truth = [e.label for e in rows]
     accuracy = {
         name: evaluate(truth, classifier.predict(everything, template))["accuracy"]
-        for name, classifier in (("fp32", fp32), ("int8", int8))
+        for name, classifier in runtimes.items()
     }
-    change = (accuracy["int8"] - accuracy["fp32"]) * 100
+    reference = accuracy["torch none"]
+    change = {name: (value - reference) * 100 for name, value in accuracy.items()}
     result = {
         "machine": machine(),
         "model_dir": str(model_dir),
         "texts": n,
         "texts_per_s": speeds,
+        "one_text_p50_ms": single_ms,
         "tweet_test_accuracy": accuracy,
-        "int8_accuracy_change_points": change,
+        "accuracy_change_points_vs_torch_fp32": change,
     }
     write_result("cpu_speedups", result)
     base = speeds["naive pipeline, one text per call"]
     for name, speed in speeds.items():
-        print(f"{name:<46} {speed:8.1f} texts/s  ({speed / base:4.1f}x naive)")
-    print(f"tweet test accuracy fp32 {accuracy['fp32']:.4f}  int8 {accuracy['int8']:.4f}  "
-          f"({result['int8_accuracy_change_points']:+.2f} points)")  # fmt: skip
+        alone = f"  one text {single_ms[name]:5.2f} ms" if name in single_ms else ""
+        print(f"{name:<46} {speed:8.1f} texts/s  ({speed / base:4.1f}x naive){alone}")
+    for name, value in accuracy.items():
+        print(f"tweet test accuracy {name:<12} {value:.4f} ({change[name]:+.2f} points)")
 
 
 if __name__ == "__main__":

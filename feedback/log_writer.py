@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S = 5.0
 _MIN_PROBE_S = 0.5
+# How long the writer waits for more records after the first of a batch.
+_LINGER_S = 0.05
 
 
 class LogWriterObserver(Protocol):
@@ -159,13 +161,24 @@ class PredictionLogWriter:
             logger.error("prediction log writer stopped with %d records unwritten", left)
 
     def _next_batch(self) -> list[PredictionRecord]:
+        """Up to ``batch_size`` records; after the first, waits a moment for more, so that
+        a steady stream is written in a few large transactions rather than many small."""
         try:
             batch = [self._queue.get(timeout=self._flush_interval_s)]
         except queue.Empty:
             return []
+        linger_until = time.monotonic() + min(_LINGER_S, self._flush_interval_s)
         while len(batch) < self._batch_size:
             try:
                 batch.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            remaining = linger_until - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=remaining))
             except queue.Empty:
                 break
         return batch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from alembic.config import Config
 from sqlalchemy.engine import make_url
 
 from feedback.db import make_engine
+from sentiloop.file_lock import exclusive_file_lock
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -31,14 +31,8 @@ def _sqlite_file_lock(url: str) -> Iterator[None]:
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         yield
         return
-    lock_path = Path(f"{parsed.database}.migrate.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive_file_lock(Path(f"{parsed.database}.migrate.lock")):
+        yield
 
 
 def upgrade(url: str, revision: str = "head") -> None:

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     model_poll_interval_s: float = Field(
         default=5.0,
         gt=0,
-        description="How often the model service checks the database for a new champion.",
+        description="How often each worker checks the database for a new champion.",
     )
     auth: Literal["required", "disabled"] | None = Field(
         default=None,
@@ -97,11 +97,31 @@ class Settings(BaseSettings):
     )
     device: str = Field(default="cpu", description="torch device for inference.")
     max_length: int = Field(default=128, ge=8, le=512, description="Tokenizer max length.")
-    quantize: Literal["none", "int8"] = Field(
-        default="none",
-        description="Dynamic int8 quantization of fine-tuned models' linear layers (CPU).",
+    inference_backend: Literal["auto", "onnx", "torch"] = Field(
+        default="auto",
+        description="Runtime of fine-tuned models: onnx (ONNX Runtime, CPU only) or torch; "
+        "auto: onnx on the CPU, torch on other devices.",
     )
-    torch_threads: int | None = Field(default=None, ge=1)
+    quantize: Literal["none", "int8"] = Field(
+        default="int8",
+        description="Dynamic int8 quantization of fine-tuned models' weights (CPU).",
+    )
+    inference_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Threads per inference call; the runtime's default if unset.",
+    )
+    max_batch_texts: int = Field(
+        default=64, ge=1, description="Most texts the batcher scores in one model call."
+    )
+    concurrent_batches: int = Field(
+        default=1, ge=1, description="Model calls one worker runs at the same time."
+    )
+    max_queued_texts: int = Field(
+        default=4096,
+        ge=1,
+        description="Texts waiting for the model per worker beyond which requests get 503.",
+    )
 
     templates_dir: Path | None = Field(
         default=None, description="Directory of prompt template files; the packaged ones if unset."
@@ -174,6 +194,16 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def onnx_cache_dir(self) -> Path:
+        return self.home / "cache" / "onnx"
+
+    @property
+    def resolved_inference_backend(self) -> Literal["onnx", "torch"]:
+        if self.inference_backend != "auto":
+            return self.inference_backend
+        return "onnx" if self.device == "cpu" else "torch"
 
     @property
     def resolved_base_model(self) -> Path:

@@ -41,7 +41,7 @@ from service.text_keys import text_sha256
 
 logger = logging.getLogger(__name__)
 
-Classify = Callable[[list[ScoreItem]], Awaitable[list[ScoreResult]]]
+Classify = Callable[[Sequence[ScoreItem]], Awaitable[list[ScoreResult]]]
 
 
 class SentimentAPI:
@@ -210,7 +210,3 @@ class SentimentAPI:
             {"template_version": arm.template_version, "model": arm.model, "share": share}
             for arm, share in zip(self.split.arms, self.split.shares, strict=True)
         ]
-
-
-def referenced_models(settings: Settings) -> Sequence[str]:
-    return sorted({arm.model for arm in settings.traffic_split})

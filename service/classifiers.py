@@ -1,6 +1,7 @@
-"""Sentiment classifiers over rendered inputs (plain torch/transformers, no BentoML).
+"""Sentiment classifiers over rendered inputs (torch/ONNX Runtime, no BentoML).
 
-* ``FineTunedClassifier``: a sequence-classification model saved by training.
+* ``FineTunedClassifier``: a sequence-classification model saved by training,
+  run by ONNX Runtime on CPUs (``service.onnx_runtime``) or by torch.
 * ``ZeroShotClassifier``: the cold-start model. It embeds the rendered input
   and each label's verbalizer sentences with the base encoder (mean pooling)
   and turns the cosine similarities into scores with a softmax.
@@ -9,29 +10,45 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+import numpy as np
 import torch
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from service.labels import LABELS, normalize_label
+from service.onnx_runtime import OnnxLogits, onnx_model_file
 from service.templates import PromptTemplate
 
 logger = logging.getLogger(__name__)
 
 Scores = dict[str, float]
+Backend = Literal["torch", "onnx"]
+Quantization = Literal["none", "int8"]
+# Logits (batch x labels) of tokenized numpy inputs (input_ids, attention_mask, ...).
+LogitsFunction = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
-# Texts are sorted by length and cut into chunks of this size, so that each
-# chunk is padded only to its own longest text (dynamic padding).
-INFERENCE_CHUNK = 32
+# Texts are sorted by length and cut into chunks, so that each chunk is padded
+# only to its own longest text (dynamic padding). On a CPU, a model call costs
+# about the same per token at any batch size, so small chunks (little padding)
+# are fastest (bench/cpu_speedups.py); a GPU wants large ones.
+CPU_CHUNK_TEXTS = 8
+GPU_CHUNK_TEXTS = 64
+
+
+def chunk_texts_for(device: str) -> int:
+    return CPU_CHUNK_TEXTS if device == "cpu" else GPU_CHUNK_TEXTS
+
+
 ZERO_SHOT_SCALE = 25.0
 
 
 class Classifier(Protocol):
     version: str
     kind: str
+    runtime: str  # what executes it, e.g. "onnx-int8", "torch-fp32"
 
     def predict(self, rendered: Sequence[str], template: PromptTemplate) -> list[Scores]: ...
 
@@ -42,43 +59,65 @@ def _length_sorted_chunks(texts: Sequence[str], size: int) -> list[list[int]]:
 
 
 def _encoded_chunks(
-    tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.device
+    tokenizer: Any, texts: Sequence[str], max_length: int, tensor_type: str, chunk_texts: int
 ) -> Iterator[tuple[list[int], Any]]:
     """(indices, tokenized chunk) per length-sorted chunk, each padded to its longest text."""
-    for chunk in _length_sorted_chunks(texts, INFERENCE_CHUNK):
+    for chunk in _length_sorted_chunks(texts, chunk_texts):
         encoded = tokenizer(
             [texts[index] for index in chunk],
             padding=True,
             truncation=True,
             max_length=max_length,
-            return_tensors="pt",
+            return_tensors=tensor_type,
         )
-        yield chunk, encoded.to(device)
+        yield chunk, encoded
 
 
-@torch.inference_mode()
+def torch_logits(model: Any, device: torch.device) -> LogitsFunction:
+    """The logits function of a torch sequence-classification model in eval mode."""
+
+    @torch.inference_mode()
+    def logits(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        tensors = {name: torch.from_numpy(array).to(device) for name, array in inputs.items()}
+        return np.asarray(model(**tensors).logits.float().cpu().numpy())
+
+    return logits
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True))
+
+
 def classify_texts(
-    model: Any,
+    logits: LogitsFunction,
     tokenizer: Any,
     texts: Sequence[str],
     *,
     max_length: int,
-    device: torch.device,
     id2label: Mapping[int, str],
+    chunk_texts: int = CPU_CHUNK_TEXTS,
 ) -> list[Scores]:
-    """Label probabilities of a sequence-classification model (in eval mode) per text."""
+    """Label probabilities per text, from a logits function over tokenized batches."""
     results: list[Scores] = [{} for _ in texts]
-    for chunk, encoded in _encoded_chunks(tokenizer, texts, max_length, device):
-        probabilities = torch.softmax(model(**encoded).logits.float(), dim=-1).cpu()
+    for chunk, encoded in _encoded_chunks(tokenizer, texts, max_length, "np", chunk_texts):
+        probabilities = _softmax(logits(dict(encoded))).tolist()
         for row, index in enumerate(chunk):
             results[index] = {
-                id2label[class_id]: float(probabilities[row, class_id])
-                for class_id in range(probabilities.shape[1])
+                id2label[class_id]: probability
+                for class_id, probability in enumerate(probabilities[row])
             }
     return results
 
 
 class FineTunedClassifier:
+    """A model saved by training, run by ONNX Runtime (CPU) or torch.
+
+    ``backend="onnx"`` exports the model once to ``onnx_cache_dir`` (int8 when
+    ``quantize="int8"``); ``backend="torch"`` runs it eagerly (int8: torch's
+    dynamic quantization of the linear layers).
+    """
+
     kind = "fine-tuned"
 
     def __init__(
@@ -88,38 +127,52 @@ class FineTunedClassifier:
         version: str,
         device: str = "cpu",
         max_length: int = 128,
-        quantize: str = "none",
+        quantize: Quantization = "none",
+        backend: Backend = "torch",
+        onnx_cache_dir: Path | None = None,
+        threads: int | None = None,
     ) -> None:
         self.version = version
         self.directory = directory
-        self.device = torch.device(device)
         self.max_length = max_length
+        self.backend = backend
+        self.chunk_texts = chunk_texts_for(device)
+        self.runtime = f"{backend}-{'fp32' if quantize == 'none' else quantize}"
         self.tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(directory), local_files_only=True
-        )
-        model = model.to(self.device).eval()
-        if quantize == "int8":
-            model = torch.ao.quantization.quantize_dynamic(
-                model, {torch.nn.Linear}, dtype=torch.qint8
-            )
-        self.model = model
-        id2label = {int(i): normalize_label(name) for i, name in model.config.id2label.items()}
+        config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+        id2label = {int(i): normalize_label(name) for i, name in config.id2label.items()}
         if sorted(id2label.values()) != sorted(LABELS):
             raise ValueError(
                 f"model in {directory} has labels {sorted(id2label.values())}; "
                 f"expected {list(LABELS)}"
             )
         self._id2label = id2label
+        if backend == "onnx":
+            if device != "cpu":
+                raise ValueError("the onnx backend runs on the CPU; use backend=torch on GPUs")
+            if onnx_cache_dir is None:
+                raise ValueError("the onnx backend needs a cache directory for the export")
+            path = onnx_model_file(directory, onnx_cache_dir, quantize=quantize)
+            self._logits: LogitsFunction = OnnxLogits(path, threads=threads)
+            return
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(directory), local_files_only=True
+        )
+        model = model.to(torch.device(device)).eval()
+        if quantize == "int8":
+            model = torch.ao.quantization.quantize_dynamic(
+                model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+        self._logits = torch_logits(model, torch.device(device))
 
     def predict(self, rendered: Sequence[str], template: PromptTemplate) -> list[Scores]:
         return classify_texts(
-            self.model,
+            self._logits,
             self.tokenizer,
             rendered,
             max_length=self.max_length,
-            device=self.device,
             id2label=self._id2label,
+            chunk_texts=self.chunk_texts,
         )
 
 
@@ -134,6 +187,7 @@ class ZeroShotClassifier:
 
     def __init__(self, base_model: Path, *, device: str = "cpu", max_length: int = 128) -> None:
         self.version = zero_shot_version(base_model)
+        self.runtime = "torch-fp32"
         self.device = torch.device(device)
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_model), local_files_only=True)
@@ -145,7 +199,11 @@ class ZeroShotClassifier:
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalized mean-pooled embeddings, one row per text."""
         rows: list[torch.Tensor] = [torch.empty(0)] * len(texts)
-        for chunk, encoded in _encoded_chunks(self.tokenizer, texts, self.max_length, self.device):
+        chunks = _encoded_chunks(
+            self.tokenizer, texts, self.max_length, "pt", chunk_texts_for(self.device.type)
+        )
+        for chunk, encoded in chunks:
+            encoded = encoded.to(self.device)
             hidden = self.encoder(**encoded).last_hidden_state
             mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)

@@ -8,6 +8,7 @@ from http import HTTPStatus
 from starlette.responses import JSONResponse
 
 import feedback
+from service.batching import Overloaded
 from service.model_store import ModelNotFound
 from service.templates import UnknownTemplateVersion
 
@@ -20,6 +21,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], HTTPStatus], ...] = (
     (feedback.IdempotencyConflict, HTTPStatus.CONFLICT),
     (feedback.DuplicateFeedback, HTTPStatus.CONFLICT),
     (feedback.StoreUnavailable, HTTPStatus.SERVICE_UNAVAILABLE),
+    (Overloaded, HTTPStatus.SERVICE_UNAVAILABLE),
 )
 
 DOMAIN_ERRORS = tuple(error for error, _ in STATUS_BY_ERROR)

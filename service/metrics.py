@@ -8,7 +8,8 @@ multiprocess collection serves them on ``/metrics`` next to its own
 from the database (feedback accuracy, training runs) hold the same value in
 every worker, so they are combined with ``livemax``.
 
-``ApiMetrics`` lives in the API service, ``ModelMetrics`` in the model service.
+``ApiMetrics`` covers requests, feedback and the database; ``ModelMetrics`` the
+models each worker serves and its batching.
 """
 
 from __future__ import annotations
@@ -166,6 +167,16 @@ class ModelMetrics:
             documentation="Texts scored per model call (after adaptive batching).",
             buckets=SIZE_BUCKETS,
         )
+        self.batch_requests = m.Histogram(
+            name="sentiloop_model_batch_requests",
+            documentation="Requests sharing one model call (after adaptive batching).",
+            buckets=SIZE_BUCKETS,
+        )
+        self.call_seconds = m.Histogram(
+            name="sentiloop_model_call_seconds",
+            documentation="Duration of one model call (tokenization and inference).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
         self.serving = m.Gauge(
             name="sentiloop_serving_model_info",
             documentation="1 for the model serving each reference (champion, challenger, ...).",
@@ -186,14 +197,21 @@ class ModelMetrics:
         )
         self.swaps = m.Counter(
             name="sentiloop_model_swaps",
-            documentation="Live model switches, by reference.",
+            documentation="Live model switches, by reference (counted in every worker).",
             labelnames=["reference"],
         )
         self.load_errors = m.Counter(
             name="sentiloop_model_load_errors",
-            documentation="Models that failed to load (the previous one kept serving).",
+            documentation="Models that failed to load (the previous one kept serving), "
+            "counted in every worker.",
         )
         self._serving: dict[str, tuple[str, str]] = {}
+
+    # MicroBatcher observer protocol
+    def batch_scored(self, texts: int, requests: int, seconds: float) -> None:
+        self.batch_size.observe(texts)
+        self.batch_requests.observe(requests)
+        self.call_seconds.observe(seconds)
 
     # ScoringEngine observer protocol
     def load_failed(self) -> None:

@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pydantic import BaseModel
-
 from sentiloop.settings import CHALLENGER, CHAMPION, ZERO_SHOT, Settings
 from service import model_store
 from service.classifiers import Classifier, FineTunedClassifier, Scores, ZeroShotClassifier
@@ -53,15 +51,17 @@ class _NoObserver:
 ROLES = (CHAMPION, CHALLENGER)
 
 
-class ScoreItem(BaseModel):
-    """One raw text to score; it crosses from the API service to the model service."""
+@dataclass(frozen=True, slots=True)
+class ScoreItem:
+    """One raw text to score with a template version and a model reference."""
 
     text: str
     template_version: str
     model: str = CHAMPION
 
 
-class ScoreResult(BaseModel):
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
     scores: Scores
     model_version: str
 
@@ -124,12 +124,16 @@ class ScoringEngine:
             )
             return LoadedModel(reference, None, zero_shot, {"base_model": str(base)})
         stored = model_store.get_model(tag)
+        settings = self._settings
         classifier = FineTunedClassifier(
             stored.path,
             version=stored.tag,
-            device=self._settings.device,
-            max_length=self._settings.max_length,
-            quantize=self._settings.quantize,
+            device=settings.device,
+            max_length=settings.max_length,
+            quantize=settings.quantize,
+            backend=settings.resolved_inference_backend,
+            onnx_cache_dir=settings.onnx_cache_dir / stored.tag.replace(":", "-"),
+            threads=settings.inference_threads,
         )
         return LoadedModel(reference, stored.tag, classifier, dict(stored.metadata))
 
@@ -214,6 +218,7 @@ class ScoringEngine:
                     "reference": model.reference,
                     "model_version": model.classifier.version,
                     "kind": model.classifier.kind,
+                    "runtime": model.classifier.runtime,
                     "metadata": model.metadata,
                 }
                 for model in sorted(loaded, key=lambda m: m.reference)

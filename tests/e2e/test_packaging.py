@@ -23,7 +23,7 @@ def test_bentoml_build_packages_services_templates_and_migrations(tmp_path: Path
     )  # fmt: skip
     [bento] = list((tmp_path / "bentos" / "sentiloop").glob("*/bento.yaml"))
     info = yaml.safe_load(bento.read_text())
-    assert {s["name"] for s in info["services"]} == {"sentiloop", "sentiloop-model"}
+    assert {s["name"] for s in info["services"]} == {"sentiloop"}
     source = bento.parent / "src"
     for needed in (
         "service/prompt_templates/v1.toml",

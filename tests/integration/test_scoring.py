@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -76,7 +78,8 @@ def test_pinned_model_tag_serves_with_its_tag_and_metadata(
 ) -> None:
     stored = model_store.save_model(tiny_model_dir, name="scoring-test", metadata=METADATA)
     assert (bentoml_home / "models" / "scoring-test").is_dir()
-    engine = ScoringEngine(Settings(model_tag=stored.tag), registry)
+    # fp32: dynamic int8 quantizes activations per batch, so companions move scores a little.
+    engine = ScoringEngine(Settings(model_tag=stored.tag, quantize="none"), registry)
     champion = engine.model(CHAMPION)
     assert champion.classifier.version == stored.tag
     assert champion.metadata["template_versions"] == ["v1"]
@@ -163,17 +166,78 @@ def test_unknown_tag_is_model_not_found(registry: TemplateRegistry, bentoml_home
         engine.model("nothing:here")
 
 
-def test_int8_quantized_model_scores_close_to_fp32(
-    tiny_model_dir: Path, registry: TemplateRegistry
-) -> None:
+def _classifier(model_dir: Path, cache: Path, backend: str, quantize: str) -> Any:
     from service.classifiers import FineTunedClassifier
 
+    return FineTunedClassifier(
+        model_dir, version=f"{backend}-{quantize}", backend=backend,  # type: ignore[arg-type]
+        quantize=quantize, onnx_cache_dir=cache,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+SAMPLE_TEXTS = ("great", "awful service today", "where is my parcel", "ok " * 60, "x")
+
+
+@pytest.fixture(scope="module")
+def torch_fp32_scores(tiny_model_dir: Path, registry: TemplateRegistry) -> list[dict[str, float]]:
     template = registry.get("v1")
-    texts = [template.render(t) for t in ("great", "awful service today", "where is my parcel")]
-    fp32 = FineTunedClassifier(tiny_model_dir, version="fp32").predict(texts, template)
-    int8 = FineTunedClassifier(tiny_model_dir, version="int8", quantize="int8").predict(
-        texts, template
-    )
-    for full, quantized in zip(fp32, int8, strict=True):
-        assert sum(quantized.values()) == pytest.approx(1.0, abs=1e-5)
-        assert quantized == pytest.approx(full, abs=0.05)
+    texts = [template.render(t) for t in SAMPLE_TEXTS]
+    scores: list[dict[str, float]] = _classifier(
+        tiny_model_dir, Path("unused"), "torch", "none"
+    ).predict(texts, template)
+    # The reference itself must tell texts apart, or agreeing with it proves nothing.
+    spread = max(s["positive"] for s in scores) - min(s["positive"] for s in scores)
+    assert spread > 0.1
+    return scores
+
+
+@pytest.mark.parametrize(
+    ("backend", "quantize", "tolerance"),
+    [("onnx", "none", 1e-4), ("onnx", "int8", 0.05), ("torch", "int8", 0.05)],
+)
+def test_backends_score_like_torch_fp32(
+    tiny_model_dir: Path,
+    registry: TemplateRegistry,
+    torch_fp32_scores: list[dict[str, float]],
+    tmp_path: Path,
+    backend: str,
+    quantize: str,
+    tolerance: float,
+) -> None:
+    template = registry.get("v1")
+    texts = [template.render(t) for t in SAMPLE_TEXTS]
+    classifier = _classifier(tiny_model_dir, tmp_path, backend, quantize)
+    batched = classifier.predict(texts, template)
+    alone = [classifier.predict([text], template)[0] for text in texts]
+    for reference, got in zip(torch_fp32_scores * 2, batched + alone, strict=True):
+        assert sum(got.values()) == pytest.approx(1.0, abs=1e-5)
+        assert got == pytest.approx(reference, abs=tolerance)
+
+
+def test_onnx_export_is_made_once_and_shared(
+    tiny_model_dir: Path, registry: TemplateRegistry, tmp_path: Path
+) -> None:
+    """Workers starting together: one exports while the others wait, then all reuse it."""
+    template = registry.get("v1")
+    with ThreadPoolExecutor(3) as pool:
+        classifiers = list(
+            pool.map(lambda _: _classifier(tiny_model_dir, tmp_path, "onnx", "int8"), range(3))
+        )
+    made = sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith("."))
+    assert made == ["model.int8.onnx", "model.onnx"]
+    stamp = (tmp_path / "model.int8.onnx").stat().st_mtime_ns
+    again = _classifier(tiny_model_dir, tmp_path, "onnx", "int8")
+    assert (tmp_path / "model.int8.onnx").stat().st_mtime_ns == stamp
+    texts = [template.render("fine, thanks")]
+    assert {str(c.predict(texts, template)) for c in [*classifiers, again]} == {
+        str(classifiers[0].predict(texts, template))
+    }
+
+
+def test_onnx_backend_refuses_a_gpu_device(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from service.classifiers import FineTunedClassifier
+
+    with pytest.raises(ValueError, match="CPU"):
+        FineTunedClassifier(
+            tiny_model_dir, version="x", backend="onnx", device="cuda", onnx_cache_dir=tmp_path
+        )
