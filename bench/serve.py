@@ -9,7 +9,7 @@ Variants: sentiloop without prediction logging, and sentiloop running the
 eager torch fp32 model. A closed-loop async client keeps C requests in flight
 for a fixed time per configuration.
 
-    python -m bench.serve [--seconds 5] [--rounds 3] [--concurrency 1 8 32 128]
+    python -m bench.serve [--seconds 5] [--rounds 5] [--concurrency 1 8 32 128]
 
 Prints a table and writes bench/results/serve.json.
 """
@@ -173,7 +173,7 @@ def start_baseline(model_dir: Path, log_path: Path) -> tuple[subprocess.Popen[by
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5, help="per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--batch", type=int, default=32, help="texts per request in batch runs")
     args = parser.parse_args()

@@ -102,9 +102,10 @@ class Settings(BaseSettings):
         description="Runtime of fine-tuned models: onnx (ONNX Runtime, CPU only) or torch; "
         "auto: onnx on the CPU, torch on other devices.",
     )
-    quantize: Literal["none", "int8"] = Field(
-        default="int8",
-        description="Dynamic int8 quantization of fine-tuned models' weights (CPU).",
+    quantize: Literal["auto", "none", "int8"] = Field(
+        default="auto",
+        description="Dynamic int8 quantization of fine-tuned models (CPU only); "
+        "auto: int8 on the CPU, none on other devices.",
     )
     inference_threads: int | None = Field(
         default=None,
@@ -198,6 +199,12 @@ class Settings(BaseSettings):
     @property
     def onnx_cache_dir(self) -> Path:
         return self.home / "cache" / "onnx"
+
+    @property
+    def resolved_quantize(self) -> Literal["none", "int8"]:
+        if self.quantize != "auto":
+            return self.quantize
+        return "int8" if self.device == "cpu" else "none"
 
     @property
     def resolved_inference_backend(self) -> Literal["onnx", "torch"]:

@@ -147,6 +147,8 @@ class FineTunedClassifier:
                 f"expected {list(LABELS)}"
             )
         self._id2label = id2label
+        if quantize != "none" and device != "cpu":
+            raise ValueError(f"{quantize} quantization runs on the CPU; use quantize=none")
         if backend == "onnx":
             if device != "cpu":
                 raise ValueError("the onnx backend runs on the CPU; use backend=torch on GPUs")

@@ -130,7 +130,7 @@ class ScoringEngine:
             version=stored.tag,
             device=settings.device,
             max_length=settings.max_length,
-            quantize=settings.quantize,
+            quantize=settings.resolved_quantize,
             backend=settings.resolved_inference_backend,
             onnx_cache_dir=settings.onnx_cache_dir / stored.tag.replace(":", "-"),
             threads=settings.inference_threads,

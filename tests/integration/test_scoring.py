@@ -234,10 +234,18 @@ def test_onnx_export_is_made_once_and_shared(
     }
 
 
-def test_onnx_backend_refuses_a_gpu_device(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_cpu_only_runtimes_refuse_a_gpu_device(tiny_model_dir: Path, tmp_path: Path) -> None:
     from service.classifiers import FineTunedClassifier
 
     with pytest.raises(ValueError, match="CPU"):
         FineTunedClassifier(
             tiny_model_dir, version="x", backend="onnx", device="cuda", onnx_cache_dir=tmp_path
         )
+    with pytest.raises(ValueError, match="CPU"):
+        FineTunedClassifier(tiny_model_dir, version="x", quantize="int8", device="cuda")
+
+
+def test_runtime_defaults_follow_the_device() -> None:
+    cpu, gpu = Settings(), Settings(device="cuda")
+    assert (cpu.resolved_inference_backend, cpu.resolved_quantize) == ("onnx", "int8")
+    assert (gpu.resolved_inference_backend, gpu.resolved_quantize) == ("torch", "none")
