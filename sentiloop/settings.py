@@ -6,6 +6,7 @@ Every value can be set by an environment variable named ``SENTILOOP_<FIELD>``
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -110,13 +111,17 @@ class Settings(BaseSettings):
     inference_threads: int | None = Field(
         default=None,
         ge=1,
-        description="Threads per inference call; the runtime's default if unset.",
+        description="Threads per model call; unset: 1 on the CPU (calls run side by side "
+        "instead), the runtime's default elsewhere.",
     )
     max_batch_texts: int = Field(
         default=64, ge=1, description="Most texts the batcher scores in one model call."
     )
-    concurrent_batches: int = Field(
-        default=1, ge=1, description="Model calls one worker runs at the same time."
+    concurrent_batches: int | None = Field(
+        default=None,
+        ge=1,
+        description="Model calls one worker runs at the same time; unset: one per CPU core "
+        "on the CPU, 1 elsewhere.",
     )
     max_queued_texts: int = Field(
         default=4096,
@@ -199,6 +204,18 @@ class Settings(BaseSettings):
     @property
     def onnx_cache_dir(self) -> Path:
         return self.home / "cache" / "onnx"
+
+    @property
+    def resolved_inference_threads(self) -> int | None:
+        if self.inference_threads is not None:
+            return self.inference_threads
+        return 1 if self.device == "cpu" else None
+
+    @property
+    def resolved_concurrent_batches(self) -> int:
+        if self.concurrent_batches is not None:
+            return self.concurrent_batches
+        return (os.cpu_count() or 1) if self.device == "cpu" else 1
 
     @property
     def resolved_quantize(self) -> Literal["none", "int8"]:

@@ -39,8 +39,9 @@ class InferenceWorker:
         sessions: sessionmaker[Session],
         metrics: ModelMetrics,
     ) -> None:
-        if settings.inference_threads:
-            torch.set_num_threads(settings.inference_threads)
+        threads = settings.resolved_inference_threads
+        if threads:
+            torch.set_num_threads(threads)
         self.engine = ScoringEngine(
             settings, registry, database_assignments(sessions), observer=metrics
         )
@@ -49,7 +50,7 @@ class InferenceWorker:
             self.engine.score,
             max_batch_texts=settings.max_batch_texts,
             max_queued_texts=settings.max_queued_texts,
-            concurrent_batches=settings.concurrent_batches,
+            concurrent_batches=settings.resolved_concurrent_batches,
             observer=metrics,
         )
         self.watcher = PeriodicTask(

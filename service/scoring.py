@@ -133,7 +133,7 @@ class ScoringEngine:
             quantize=settings.resolved_quantize,
             backend=settings.resolved_inference_backend,
             onnx_cache_dir=settings.onnx_cache_dir / stored.tag.replace(":", "-"),
-            threads=settings.inference_threads,
+            threads=settings.resolved_inference_threads,
         )
         return LoadedModel(reference, stored.tag, classifier, dict(stored.metadata))
 

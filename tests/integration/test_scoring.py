@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -249,3 +250,8 @@ def test_runtime_defaults_follow_the_device() -> None:
     cpu, gpu = Settings(), Settings(device="cuda")
     assert (cpu.resolved_inference_backend, cpu.resolved_quantize) == ("onnx", "int8")
     assert (gpu.resolved_inference_backend, gpu.resolved_quantize) == ("torch", "none")
+    # CPU: one single-threaded model call per core side by side; GPU: one call at a time.
+    assert (cpu.resolved_inference_threads, cpu.resolved_concurrent_batches) == (
+        1, os.cpu_count() or 1,
+    )  # fmt: skip
+    assert (gpu.resolved_inference_threads, gpu.resolved_concurrent_batches) == (None, 1)
