@@ -13,7 +13,7 @@ from feedback.errors import (
     StoreUnavailable,
 )
 from feedback.log_writer import PredictionLogWriter
-from feedback.migrate import upgrade, wait_for_schema
+from feedback.migrate import upgrade
 from feedback.records import FeedbackInput, FeedbackResult, PredictionRecord
 from feedback.spool import Spool
 
@@ -32,5 +32,4 @@ __all__ = [
     "make_session_factory",
     "ping",
     "upgrade",
-    "wait_for_schema",
 ]

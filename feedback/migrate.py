@@ -60,31 +60,3 @@ def current_revision(url: str) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
-
-
-def head_revision() -> str:
-    from alembic.script import ScriptDirectory
-
-    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-    assert head is not None
-    return head
-
-
-def wait_for_schema(url: str, timeout_s: float, poll_s: float = 0.5) -> None:
-    """Block until another process has migrated ``url`` to head; raise after ``timeout_s``."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    head = head_revision()
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if current_revision(url) == head:
-                return
-        except Exception as exc:  # not reachable yet
-            last_error = exc
-        time.sleep(poll_s)
-    raise TimeoutError(
-        f"database schema is not at revision {head} after {timeout_s:.0f}s "
-        f"(last error: {last_error}); run `sentiloop db upgrade`"
-    )

@@ -135,7 +135,6 @@ class FineTunedClassifier:
         self.version = version
         self.directory = directory
         self.max_length = max_length
-        self.backend = backend
         self.chunk_texts = chunk_texts_for(device)
         self.runtime = f"{backend}-{'fp32' if quantize == 'none' else quantize}"
         self.tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)

@@ -9,7 +9,6 @@ polls the database for a new champion/challenger every
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,8 +22,6 @@ from service.metrics import ModelMetrics
 from service.periodic import PeriodicTask
 from service.scoring import ScoreItem, ScoreResult, ScoringEngine
 from service.templates import TemplateRegistry
-
-logger = logging.getLogger(__name__)
 
 
 def referenced_models(settings: Settings) -> Sequence[str]:
