@@ -96,10 +96,6 @@ class ScoringEngine:
         self._refresh_lock = threading.Lock()
         self.last_refresh_error: str | None = None
 
-    @property
-    def registry(self) -> TemplateRegistry:
-        return self._registry
-
     def target_tag(self, reference: str) -> str | None:
         """The stored model tag ``reference`` should serve now (None: zero-shot)."""
         if reference == ZERO_SHOT:
