@@ -1,4 +1,4 @@
-# sentiloop API service (models run in its workers) on CPU.
+# sentiloop API service on CPU (one API worker feeding a model process per core).
 #   docker build -t sentiloop .
 #   docker run -p 3000:3000 -v sentiloop-data:/data sentiloop
 # PostgreSQL: add -e DATABASE_URL=postgresql+psycopg://user:pass@host:5432/db

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import json
 import logging
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -45,11 +46,26 @@ def xlmt(language: str, split: str) -> list[Example]:
 
 
 def machine() -> dict[str, Any]:
+    """What the figures depend on: results move a lot between CPUs (AVX-512/AMX or not)."""
+    model, flags = "", set[str]()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "cpu_features": sorted(
+            flag for flag in flags if flag in {"avx2", "avx512f", "avx512_vnni", "amx_int8"}
+        ),
     }
 
 

@@ -5,7 +5,8 @@ of 32 padded to max length under no_grad; + dynamic padding; + length sorting;
 + torch.inference_mode; then sentiloop's FineTunedClassifier on each runtime:
 torch fp32, torch int8 (dynamic quantization of the linear layers), ONNX
 Runtime fp32 and ONNX Runtime int8 (the serving default), at 2 and 1 threads,
-with the latency of one text alone. Accuracy of every runtime on
+with the latency of one text alone, and ONNX Runtime int8 on one thread at
+several chunk sizes (texts per model call, length-sorted). Accuracy of every runtime on
 tweet_sentiment_extraction test is reported against torch fp32.
 
     python -m bench.cpu_speedups --model-dir PATH [--texts 1000]
@@ -33,7 +34,7 @@ from bench.common import machine, tweets, write_result
 from bench.serve import build_model
 from sentiloop.logging_setup import configure_logging
 from sentiloop.settings import Settings
-from service.classifiers import Backend, FineTunedClassifier, Quantization
+from service.classifiers import CPU_CHUNK_TEXTS, Backend, FineTunedClassifier, Quantization
 from service.templates import TemplateRegistry
 from training.evaluate import evaluate
 
@@ -72,6 +73,7 @@ def batched(
             model(**encoded)
 
 
+CHUNK_SIZES = (1, 2, 4, 8, 16, 32)
 RUNTIMES: tuple[tuple[Backend, Quantization], ...] = (
     ("torch", "none"), ("torch", "int8"), ("onnx", "none"), ("onnx", "int8"),
 )  # fmt: skip
@@ -134,6 +136,14 @@ def main() -> None:
                 speeds[name] = timed(lambda c=classifier: c.predict(texts, template), n)  # type: ignore[misc]
                 single_ms[name] = one_text_ms(classifier, texts[:200], template)
             runtimes[f"{backend} {quantize}"] = classifier
+    # Chunk size of the serving default (ONNX int8, one thread per call).
+    chunked = runtimes["onnx int8"]
+    chunk_speeds: dict[str, float] = {}
+    with threads(1):
+        for size in CHUNK_SIZES:
+            chunked.chunk_texts = size
+            chunk_speeds[str(size)] = timed(lambda: chunked.predict(texts, template), n)
+    chunked.chunk_texts = CPU_CHUNK_TEXTS
     everything = [template.render(e.text) for e in rows]
     truth = [e.label for e in rows]
     accuracy = {
@@ -148,6 +158,7 @@ def main() -> None:
         "texts": n,
         "texts_per_s": speeds,
         "one_text_p50_ms": single_ms,
+        "onnx_int8_1_thread_texts_per_s_by_chunk_size": chunk_speeds,
         "tweet_test_accuracy": accuracy,
         "accuracy_change_points_vs_torch_fp32": change,
     }
@@ -156,6 +167,8 @@ def main() -> None:
     for name, speed in speeds.items():
         alone = f"  one text {single_ms[name]:5.2f} ms" if name in single_ms else ""
         print(f"{name:<46} {speed:8.1f} texts/s  ({speed / base:4.1f}x naive){alone}")
+    for chunk_size, speed in chunk_speeds.items():
+        print(f"onnx int8, 1 thread, chunks of {chunk_size:>2}: {speed:8.1f} texts/s")
     for name, value in accuracy.items():
         print(f"tweet test accuracy {name:<12} {value:.4f} ({change[name]:+.2f} points)")
 

@@ -1,15 +1,19 @@
 """Throughput and latency of /v1/predict: sentiloop vs a naive baseline, in one run.
 
 Both serve the same model (all-MiniLM-L6-v2 with a 3-class head) on this
-machine: sentiloop through `bentoml serve` with its defaults (ONNX Runtime
-int8, adaptive batching in the API worker, length-sorted dynamic padding,
-prediction logging to SQLite), the baseline as a transformers pipeline called
-per request in a plain Starlette app (bench/naive_app.py, one uvicorn worker).
-Variants: sentiloop without prediction logging, and sentiloop running the
-eager torch fp32 model. A closed-loop async client keeps C requests in flight
-for a fixed time per configuration.
+machine: sentiloop through `bentoml serve` with its defaults (one API worker
+feeding a single-threaded model process per core, ONNX Runtime int8, adaptive
+batching, length-sorted dynamic padding, prediction logging to SQLite), the
+baseline as a transformers pipeline called per request in a plain Starlette
+app (bench/naive_app.py, one uvicorn worker). Variants: sentiloop without
+prediction logging, sentiloop running the eager torch fp32 model, and
+sentiloop with the model in threads of the worker instead of processes. A
+closed-loop client keeps C requests in flight for a fixed time per
+configuration: wrk (Debian package `wrk`) where installed, as it takes little
+of the CPU the servers share with it; else an aiohttp client.
 
     python -m bench.serve [--seconds 5] [--rounds 5] [--concurrency 1 8 32 128]
+                          [--client wrk|aiohttp]
 
 Prints a table and writes bench/results/serve.json.
 """
@@ -19,8 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,13 +65,49 @@ def build_model(directory: Path) -> Path:
     return directory
 
 
+WRK_SCRIPT = ROOT / "bench" / "wrk_post.lua"
+
+
+def request_bodies(texts: list[str], batch: int) -> list[str]:
+    """JSON bodies of ``batch`` texts each (single-text requests use ``text``)."""
+    return [
+        json.dumps({"text": texts[start]} if batch == 1 else {"texts": [
+            texts[(start + i) % len(texts)] for i in range(batch)]})
+        for start in range(0, len(texts), batch)
+    ]  # fmt: skip
+
+
+def load_wrk(url: str, bodies: Path, concurrency: int, seconds: float) -> dict[str, Any]:
+    """wrk with one thread keeps ``concurrency`` connections busy; a C client costs the
+    servers far less CPU than a Python one (the machine is shared)."""
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "120s",
+         "-s", str(WRK_SCRIPT), f"{url}/v1/predict", "--", str(bodies)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    found = re.search(r"WRK_RESULT (\{.*\})", output)
+    if found is None:
+        raise RuntimeError(f"wrk printed no result:\n{output}")
+    raw = json.loads(found.group(1))
+    elapsed = raw["duration_us"] / 1e6
+    ok = raw["requests"] - raw["non_2xx"]
+    batch = int(bodies.stem.rpartition("-")[2])
+    return {
+        "requests": ok, "errors": raw["errors"],
+        "requests_per_s": ok / elapsed, "texts_per_s": ok * batch / elapsed,
+        "p50_ms": raw["p50_us"] / 1000, "p95_ms": raw["p95_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000, "mean_ms": raw["mean_us"] / 1000,
+    }  # fmt: skip
+
+
 async def load(
     url: str, texts: list[str], batch: int, concurrency: int, seconds: float
 ) -> dict[str, Any]:
     """Keep ``concurrency`` requests in flight for ``seconds``; latency per request.
 
-    The client is aiohttp: it shares the 2 cores with the servers, and httpx's
-    pool alone topped out near 400 requests/s here (aiohttp: ~1,300).
+    The aiohttp client (where wrk is not installed) shares the cores with the
+    servers; httpx's pool alone topped out near 400 requests/s here (aiohttp:
+    ~1,300).
     """
     latencies: list[float] = []
     errors = 0
@@ -124,17 +167,41 @@ def wait_ready(url: str, path: str, timeout_s: float = 180) -> None:
     raise TimeoutError(url)
 
 
+def wait_for_quiet_cpu(busy_below: float = 15.0, longest_s: float = 30.0) -> None:
+    """Wait until the machine is nearly idle. A server keeps working after its client
+    stops (the baseline drained queued requests for seconds after a run at concurrency
+    32), and that work would be charged to the next server measured."""
+    import psutil
+
+    deadline = time.monotonic() + longest_s
+    while psutil.cpu_percent(interval=0.5) > busy_below and time.monotonic() < deadline:
+        pass
+
+
 def measure_interleaved(
     servers: dict[str, str],
     plans: dict[str, list[tuple[int, int]]],
     texts: list[str],
     seconds: float,
     rounds: int,
+    bodies_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Every server runs, idle but up, through the whole benchmark; each configuration
     is measured in ``rounds`` rounds that visit the servers in turn, and the round
     with the median throughput is reported. A slow spell of the (shared) machine
-    then hits every server alike instead of whichever ran at the time."""
+    then hits every server alike instead of whichever ran at the time.
+
+    With ``bodies_dir`` the client is wrk (request bodies written there), else aiohttp.
+    """
+
+    def measure(url: str, batch: int, concurrency: int, seconds: float) -> dict[str, Any]:
+        if bodies_dir is None:
+            return asyncio.run(load(url, texts, batch, concurrency, seconds))
+        bodies = bodies_dir / f"bodies-{batch}.txt"
+        if not bodies.exists():
+            bodies.write_text("\n".join(request_bodies(texts, batch)) + "\n")
+        return load_wrk(url, bodies, concurrency, seconds)
+
     configurations = sorted({config for plan in plans.values() for config in plan})
     rows = []
     for batch, concurrency in configurations:
@@ -144,8 +211,9 @@ def measure_interleaved(
             order = taking_part[round_number % len(taking_part) :]
             order += taking_part[: round_number % len(taking_part)]
             for name in order:
-                asyncio.run(load(servers[name], texts, batch, concurrency, 1))  # warm-up
-                result = asyncio.run(load(servers[name], texts, batch, concurrency, seconds))
+                wait_for_quiet_cpu()
+                measure(servers[name], batch, concurrency, 1)  # warm-up
+                result = measure(servers[name], batch, concurrency, seconds)
                 measured[name].append(result)
                 logger.info("%s batch=%d c=%d round %d: %.1f texts/s", name, batch,
                             concurrency, round_number, result["texts_per_s"])  # fmt: skip
@@ -176,6 +244,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--batch", type=int, default=32, help="texts per request in batch runs")
+    parser.add_argument(
+        "--client", choices=["wrk", "aiohttp"], default="wrk" if shutil.which("wrk") else "aiohttp"
+    )
     args = parser.parse_args()
     configure_logging()
     scratch = Path(tempfile.mkdtemp(prefix="sentiloop-bench-serve-"))
@@ -197,6 +268,14 @@ def main() -> None:
             {"SENTILOOP_INFERENCE_BACKEND": "torch", "SENTILOOP_QUANTIZE": "none"},
             [(1, 1), (1, 32)],
         ),
+        # The previous layout: single-threaded model calls in threads of the worker.
+        "sentiloop-threads": (
+            {
+                "SENTILOOP_MODEL_PROCESSES": "0",
+                "SENTILOOP_CONCURRENT_BATCHES": str(os.cpu_count() or 1),
+            },
+            [(1, 32), (b, 8)],
+        ),
     }
     with contextlib.ExitStack() as running:
         baseline, baseline_url = start_baseline(model_dir, scratch / "baseline.log")
@@ -217,7 +296,8 @@ def main() -> None:
             servers[name], plans[name] = server.url, sub_plan
         for url in servers.values():
             wait_ready(url, "/v1/predict")
-        results = measure_interleaved(servers, plans, texts, args.seconds, args.rounds)
+        bodies_dir = scratch if args.client == "wrk" else None
+        results = measure_interleaved(servers, plans, texts, args.seconds, args.rounds, bodies_dir)
 
     def rate(server: str, batch: int, concurrency: int) -> float:
         row = next(
@@ -234,6 +314,9 @@ def main() -> None:
         "logging_on_vs_off_batch_c8": rate("sentiloop", b, 8) / rate("sentiloop-no-log", b, 8),
         "onnx_int8_vs_torch_fp32_c32_single": rate("sentiloop", 1, 32)
         / rate("sentiloop-torch-fp32", 1, 32),
+        "processes_vs_threads_c32_single": rate("sentiloop", 1, 32)
+        / rate("sentiloop-threads", 1, 32),
+        "processes_vs_threads_batch_c8": rate("sentiloop", b, 8) / rate("sentiloop-threads", b, 8),
     }
     p50_c1 = next(r["p50_ms"] for r in results if (r["server"], r["batch"], r["concurrency"])
                   == ("sentiloop", 1, 1))  # fmt: skip
@@ -241,6 +324,7 @@ def main() -> None:
         "serve",
         {
             "machine": machine(),
+            "client": args.client,
             "seconds_per_round": args.seconds,
             "rounds": args.rounds,
             "results": results,

@@ -117,11 +117,17 @@ class Settings(BaseSettings):
     max_batch_texts: int = Field(
         default=64, ge=1, description="Most texts the batcher scores in one model call."
     )
-    concurrent_batches: int | None = Field(
+    model_processes: int | None = Field(
         default=None,
+        ge=0,
+        description="Model processes per API worker, each running one single-threaded "
+        "model call at a time; 0: the model runs in threads of the worker "
+        "(concurrent_batches of them). Unset: one per CPU core on the CPU, 0 elsewhere.",
+    )
+    concurrent_batches: int = Field(
+        default=1,
         ge=1,
-        description="Model calls one worker runs at the same time; unset: one per CPU core "
-        "on the CPU, 1 elsewhere.",
+        description="Model calls one worker runs at the same time when model_processes is 0.",
     )
     max_queued_texts: int = Field(
         default=4096,
@@ -212,10 +218,18 @@ class Settings(BaseSettings):
         return 1 if self.device == "cpu" else None
 
     @property
-    def resolved_concurrent_batches(self) -> int:
-        if self.concurrent_batches is not None:
-            return self.concurrent_batches
-        return (os.cpu_count() or 1) if self.device == "cpu" else 1
+    def resolved_model_processes(self) -> int:
+        if self.model_processes is not None:
+            return self.model_processes
+        if self.device != "cpu":
+            return 0
+        # The CPUs this process may run on (a container's cpuset); set the value
+        # explicitly under a CPU quota (docker --cpus), which this cannot see.
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
 
     @property
     def resolved_quantize(self) -> Literal["none", "int8"]:

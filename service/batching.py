@@ -3,11 +3,12 @@
 Requests queue their items; an inference thread scores everything that is
 waiting as one batch (up to ``max_batch_texts``; a larger request forms a
 batch of its own), then takes what arrived meanwhile. A lone request is scored
-at once; under load, batches grow with the load. ``concurrent_batches`` model
-calls may run at once (each in its own thread). Running in the worker that
-parsed the request saves the hop to a separate model process (serialization,
-a second HTTP server and its dispatcher), which cost more than the model
-itself for single short texts.
+at once; under load, batches grow with the load. One model call runs at a time
+per slot: a model process (``service.model_process``, the CPU default) or a
+thread of the worker (``ThreadSlot``). Batching in the worker that parsed
+the request saves the hop to a separate model server (serialization, a second
+HTTP server and its dispatcher), which cost more than the model itself for
+single short texts.
 
 When more than ``max_queued_texts`` texts wait, new requests are refused
 (``Overloaded``, answered 503 with Retry-After) instead of queueing without
@@ -17,6 +18,7 @@ bound.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -30,6 +32,29 @@ from service.scoring import ScoreItem, ScoreResult
 logger = logging.getLogger(__name__)
 
 Score = Callable[[Sequence[ScoreItem]], list[ScoreResult]]
+
+
+class ModelSlot(Protocol):
+    """Where one model call at a time runs."""
+
+    async def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadSlot:
+    """Runs a scoring function in a thread of its own."""
+
+    def __init__(self, score: Score, name: str = "inference") -> None:
+        self._score = score
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._score, items)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 class Overloaded(Exception):
@@ -52,15 +77,14 @@ class MicroBatcher:
 
     def __init__(
         self,
-        score: Score,
+        slots: Sequence[ModelSlot],
         *,
         max_batch_texts: int,
         max_queued_texts: int,
-        concurrent_batches: int = 1,
         observer: BatchObserver | None = None,
     ) -> None:
-        self._score = score
-        self._concurrent_batches = concurrent_batches
+        """Batches run on ``slots``, one at a time on each; the batcher closes them."""
+        self._slots = list(slots)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._max_batch_texts = max_batch_texts
         self._max_queued_texts = max_queued_texts
@@ -69,9 +93,6 @@ class MicroBatcher:
         self._queued_texts = 0
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(
-            max_workers=concurrent_batches, thread_name_prefix="inference"
-        )
 
     @property
     def queued_texts(self) -> int:
@@ -93,7 +114,8 @@ class MicroBatcher:
     def close(self) -> None:
         if self._runner is not None:
             self._runner.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for slot in self._slots:
+            slot.close()
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
         if self._wakeup is None or self._runner is None or self._runner.done():
@@ -101,11 +123,18 @@ class MicroBatcher:
             self._runner = loop.create_task(self._run(self._wakeup), name="micro-batcher")
         return self._wakeup
 
-    def _take(self) -> list[_Waiting]:
-        """The oldest waiting requests that fit in one batch (at least one)."""
+    def _take(self, free_slots: int) -> list[_Waiting]:
+        """The oldest waiting requests that fit in one batch (at least one request).
+
+        With other slots free too, the waiting texts are shared out between them
+        rather than all going into this batch: requests that arrive together
+        would otherwise stay together, one slot busy and the others idle.
+        """
+        share = -(-self._queued_texts // free_slots)  # ceiling division
+        limit = min(self._max_batch_texts, share)
         batch = [self._waiting.popleft()]
         texts = len(batch[0].items)
-        while self._waiting and texts + len(self._waiting[0].items) <= self._max_batch_texts:
+        while self._waiting and texts + len(self._waiting[0].items) <= limit:
             batch.append(self._waiting.popleft())
             texts += len(batch[-1].items)
         self._queued_texts -= texts
@@ -113,31 +142,33 @@ class MicroBatcher:
 
     async def _run(self, wakeup: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        free_slots = asyncio.Semaphore(self._concurrent_batches)
+        free: asyncio.Queue[ModelSlot] = asyncio.Queue()
+        for slot in self._slots:
+            free.put_nowait(slot)
 
-        def finished(task: asyncio.Task[None]) -> None:
+        def finished(slot: ModelSlot, task: asyncio.Task[None]) -> None:
             self._in_flight.discard(task)
-            free_slots.release()
+            free.put_nowait(slot)
 
         while True:
             if not self._waiting:
                 wakeup.clear()
                 await wakeup.wait()
                 continue
-            await free_slots.acquire()  # a model call slot; meanwhile requests gather
-            batch = self._take()
+            slot = await free.get()  # a free model slot; meanwhile requests gather
+            batch = self._take(free_slots=free.qsize() + 1)
             if not batch:
-                free_slots.release()
+                free.put_nowait(slot)
                 continue
-            task = loop.create_task(self._score_batch(loop, batch))
+            task = loop.create_task(self._score_batch(slot, batch))
             self._in_flight.add(task)
-            task.add_done_callback(finished)
+            task.add_done_callback(functools.partial(finished, slot))
 
-    async def _score_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
+    async def _score_batch(self, slot: ModelSlot, batch: list[_Waiting]) -> None:
         items = [item for waiting in batch for item in waiting.items]
         started = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._executor, self._score, items)
+            results = await slot.score(items)
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0], exc)
@@ -147,7 +178,7 @@ class MicroBatcher:
             logger.warning("batch of %d requests failed (%s); scoring them one by one",
                            len(batch), exc)  # fmt: skip
             for waiting in batch:
-                await self._score_batch(loop, [waiting])
+                await self._score_batch(slot, [waiting])
             return
         if self._observer is not None:
             self._observer.batch_scored(len(items), len(batch), time.perf_counter() - started)

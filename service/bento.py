@@ -123,7 +123,7 @@ class SentiLoop:
 
     @read_api.get("/models")
     async def list_models(self) -> ModelsResponse:
-        described = self.inference.describe()
+        described = await self.inference.describe()
         return ModelsResponse(**described, traffic_split=self.api.traffic_split())
 
     @bentoml.api(route="/v1/admin/reload-models", output_spec=ModelsResponse)

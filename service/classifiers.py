@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from service.labels import LABELS, normalize_label
 from service.onnx_runtime import OnnxLogits, onnx_model_file
 from service.templates import PromptTemplate
+from service.tokenization import ChunkTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +34,9 @@ LogitsFunction = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 # Texts are sorted by length and cut into chunks, so that each chunk is padded
 # only to its own longest text (dynamic padding). On a CPU, a model call costs
 # about the same per token at any batch size, so small chunks (little padding)
-# are fastest (bench/cpu_speedups.py); a GPU wants large ones.
-CPU_CHUNK_TEXTS = 8
+# are fastest: chunks of 4 beat 8 by ~6% and 32 by ~40% (ONNX int8,
+# bench/cpu_speedups.py); a GPU wants large ones.
+CPU_CHUNK_TEXTS = 4
 GPU_CHUNK_TEXTS = 64
 
 
@@ -51,26 +53,6 @@ class Classifier(Protocol):
     runtime: str  # what executes it, e.g. "onnx-int8", "torch-fp32"
 
     def predict(self, rendered: Sequence[str], template: PromptTemplate) -> list[Scores]: ...
-
-
-def _length_sorted_chunks(texts: Sequence[str], size: int) -> list[list[int]]:
-    order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
-    return [order[start : start + size] for start in range(0, len(order), size)]
-
-
-def _encoded_chunks(
-    tokenizer: Any, texts: Sequence[str], max_length: int, tensor_type: str, chunk_texts: int
-) -> Iterator[tuple[list[int], Any]]:
-    """(indices, tokenized chunk) per length-sorted chunk, each padded to its longest text."""
-    for chunk in _length_sorted_chunks(texts, chunk_texts):
-        encoded = tokenizer(
-            [texts[index] for index in chunk],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors=tensor_type,
-        )
-        yield chunk, encoded
 
 
 def torch_logits(model: Any, device: torch.device) -> LogitsFunction:
@@ -91,17 +73,16 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def classify_texts(
     logits: LogitsFunction,
-    tokenizer: Any,
+    tokenizer: ChunkTokenizer,
     texts: Sequence[str],
     *,
-    max_length: int,
     id2label: Mapping[int, str],
     chunk_texts: int = CPU_CHUNK_TEXTS,
 ) -> list[Scores]:
-    """Label probabilities per text, from a logits function over tokenized batches."""
+    """Label probabilities per text, from a logits function over tokenized chunks."""
     results: list[Scores] = [{} for _ in texts]
-    for chunk, encoded in _encoded_chunks(tokenizer, texts, max_length, "np", chunk_texts):
-        probabilities = _softmax(logits(dict(encoded))).tolist()
+    for chunk, inputs in tokenizer.chunks(texts, chunk_texts):
+        probabilities = _softmax(logits(inputs)).tolist()
         for row, index in enumerate(chunk):
             results[index] = {
                 id2label[class_id]: probability
@@ -137,7 +118,9 @@ class FineTunedClassifier:
         self.max_length = max_length
         self.chunk_texts = chunk_texts_for(device)
         self.runtime = f"{backend}-{'fp32' if quantize == 'none' else quantize}"
-        self.tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        self.tokenizer = ChunkTokenizer(
+            AutoTokenizer.from_pretrained(str(directory), local_files_only=True), max_length
+        )
         config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
         id2label = {int(i): normalize_label(name) for i, name in config.id2label.items()}
         if sorted(id2label.values()) != sorted(LABELS):
@@ -171,7 +154,6 @@ class FineTunedClassifier:
             self._logits,
             self.tokenizer,
             rendered,
-            max_length=self.max_length,
             id2label=self._id2label,
             chunk_texts=self.chunk_texts,
         )
@@ -191,7 +173,9 @@ class ZeroShotClassifier:
         self.runtime = "torch-fp32"
         self.device = torch.device(device)
         self.max_length = max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(str(base_model), local_files_only=True)
+        self.tokenizer = ChunkTokenizer(
+            AutoTokenizer.from_pretrained(str(base_model), local_files_only=True), max_length
+        )
         self.encoder = AutoModel.from_pretrained(str(base_model), local_files_only=True)
         self.encoder = self.encoder.to(self.device).eval()
         self._label_embeddings: dict[str, torch.Tensor] = {}
@@ -200,11 +184,8 @@ class ZeroShotClassifier:
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalized mean-pooled embeddings, one row per text."""
         rows: list[torch.Tensor] = [torch.empty(0)] * len(texts)
-        chunks = _encoded_chunks(
-            self.tokenizer, texts, self.max_length, "pt", chunk_texts_for(self.device.type)
-        )
-        for chunk, encoded in chunks:
-            encoded = encoded.to(self.device)
+        for chunk, inputs in self.tokenizer.chunks(texts, chunk_texts_for(self.device.type)):
+            encoded = {name: torch.from_numpy(a).to(self.device) for name, a in inputs.items()}
             hidden = self.encoder(**encoded).last_hidden_state
             mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)

@@ -1,9 +1,16 @@
-"""The models of one API worker: scoring engine, batcher and model watcher together.
+"""The models of one API worker: scoring engines, batcher and model watcher together.
 
-Every worker holds its own copy of the models it serves (a few tens of MB for
-the default int8 ONNX model), batches its own requests (``MicroBatcher``) and
-polls the database for a new champion/challenger every
-``model_poll_interval_s`` seconds, swapping without a restart.
+Two layouts, both behind one adaptive batcher (``MicroBatcher``):
+
+* model processes (the CPU default, ``service.model_process``): each holds its
+  own engine and copy of the models (a few tens of MB for the default int8
+  ONNX model) and runs one single-threaded model call at a time;
+* in-worker (``SENTILOOP_MODEL_PROCESSES=0``, the GPU default): one engine in
+  the worker, ``concurrent_batches`` model calls in its threads.
+
+Every ``model_poll_interval_s`` seconds the watcher asks each engine to look
+for a new champion/challenger in the database and swap without a restart; a
+model process swaps between two batches, the others keep serving meanwhile.
 """
 
 from __future__ import annotations
@@ -17,11 +24,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sentiloop.settings import Settings
 from service.assignments import database_assignments
-from service.batching import MicroBatcher
+from service.batching import MicroBatcher, ModelSlot, ThreadSlot
 from service.metrics import ModelMetrics
+from service.model_process import ModelProcess
 from service.periodic import PeriodicTask
 from service.scoring import ScoreItem, ScoreResult, ScoringEngine
 from service.templates import TemplateRegistry
+
+# Long enough for a model process to start and load its models (an ONNX export
+# on a machine's first start included).
+MODEL_PROCESS_START_TIMEOUT_S = 600.0
 
 
 def referenced_models(settings: Settings) -> Sequence[str]:
@@ -36,35 +48,73 @@ class InferenceWorker:
         sessions: sessionmaker[Session],
         metrics: ModelMetrics,
     ) -> None:
-        threads = settings.resolved_inference_threads
-        if threads:
-            torch.set_num_threads(threads)
-        self.engine = ScoringEngine(
-            settings, registry, database_assignments(sessions), observer=metrics
-        )
-        self.engine.load(referenced_models(settings))  # before the first request
+        self._metrics = metrics
+        self._processes: list[ModelProcess] = []
+        self._engine: ScoringEngine | None = None
+        slots: list[ModelSlot]
+        processes = settings.resolved_model_processes
+        if processes:
+            self._processes = [
+                ModelProcess(settings, str(index), MODEL_PROCESS_START_TIMEOUT_S)
+                for index in range(processes)
+            ]
+            for process in self._processes:  # all start at once; wait for each
+                self._report(process.wait_started())
+            slots = list(self._processes)
+        else:
+            threads = settings.resolved_inference_threads
+            if threads:
+                torch.set_num_threads(threads)
+            engine = ScoringEngine(
+                settings, registry, database_assignments(sessions), observer=metrics
+            )
+            engine.load(referenced_models(settings))  # before the first request
+            self._engine = engine
+            slots = [
+                ThreadSlot(engine.score, f"inference-{index}")
+                for index in range(settings.concurrent_batches)
+            ]
         self.batcher = MicroBatcher(
-            self.engine.score,
+            slots,
             max_batch_texts=settings.max_batch_texts,
             max_queued_texts=settings.max_queued_texts,
-            concurrent_batches=settings.resolved_concurrent_batches,
             observer=metrics,
         )
         self.watcher = PeriodicTask(
-            "model-watcher", self.engine.refresh, settings.model_poll_interval_s, run_first=False
+            "model-watcher", self._refresh, settings.model_poll_interval_s, run_first=False
         )
         self.watcher.start()
 
     async def classify(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
         return await self.batcher.classify(items)
 
-    def describe(self) -> dict[str, Any]:
-        return self.engine.describe()
+    async def describe(self) -> dict[str, Any]:
+        if self._engine is not None:
+            return self._engine.describe()
+        return await asyncio.to_thread(self._processes[0].call, "describe")
 
     async def reload(self) -> dict[str, Any]:
-        """Check the database for a new champion/challenger now (this worker)."""
-        changes = await asyncio.to_thread(self.engine.refresh)
-        return {"changes": changes, **self.engine.describe()}
+        """Check the database for a new champion/challenger now (every engine of this worker)."""
+        return await asyncio.to_thread(self._refresh)
+
+    def _refresh(self) -> dict[str, Any]:
+        if self._engine is not None:
+            changes = self._engine.refresh()
+            return {"changes": changes, **self._engine.describe()}
+        # One process at a time: the others keep scoring while one loads a model.
+        reports = [self._report(process.call("refresh")) for process in self._processes]
+        changes = sorted({change for report in reports for change in report["changes"]})
+        return {**reports[0], "changes": changes}
+
+    def _report(self, described: dict[str, Any]) -> dict[str, Any]:
+        """Mirror what a model process serves in this worker's metrics."""
+        for model in described["models"]:
+            self._metrics.model_serving(
+                model["reference"], model["model_version"], model["kind"], model["metadata"]
+            )
+        if described.get("last_refresh_error") and described.get("changes") is not None:
+            self._metrics.load_failed()
+        return described
 
     def close(self) -> None:
         self.watcher.stop()

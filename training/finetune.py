@@ -25,6 +25,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from service.classifiers import classify_texts, torch_logits
 from service.labels import LABEL_TO_ID, LABELS
 from service.templates import PromptTemplate
+from service.tokenization import ChunkTokenizer
 from training.data import Example
 from training.evaluate import evaluate
 
@@ -194,9 +195,8 @@ def fine_tune(
             model.eval()
             scores = classify_texts(
                 torch_logits(model, torch.device("cpu")),
-                tokenizer,
+                ChunkTokenizer(tokenizer, args.max_length),
                 validation_texts,
-                max_length=args.max_length,
                 id2label=dict(enumerate(LABELS)),
             )
             metrics = evaluate(validation_labels, scores)

@@ -17,6 +17,7 @@ from feedback import registry as feedback_registry
 from sentiloop.settings import CHALLENGER, CHAMPION, ZERO_SHOT, Settings
 from service import model_store
 from service.assignments import database_assignments
+from service.onnx_runtime import EXPORT_LAYOUT
 from service.scoring import ScoreItem, ScoringEngine
 from service.templates import TemplateRegistry
 
@@ -225,10 +226,11 @@ def test_onnx_export_is_made_once_and_shared(
             pool.map(lambda _: _classifier(tiny_model_dir, tmp_path, "onnx", "int8"), range(3))
         )
     made = sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith("."))
-    assert made == ["model.int8.onnx", "model.onnx"]
-    stamp = (tmp_path / "model.int8.onnx").stat().st_mtime_ns
+    int8 = f"model.{EXPORT_LAYOUT}.int8.onnx"
+    assert made == [int8, f"model.{EXPORT_LAYOUT}.onnx"]
+    stamp = (tmp_path / int8).stat().st_mtime_ns
     again = _classifier(tiny_model_dir, tmp_path, "onnx", "int8")
-    assert (tmp_path / "model.int8.onnx").stat().st_mtime_ns == stamp
+    assert (tmp_path / int8).stat().st_mtime_ns == stamp
     texts = [template.render("fine, thanks")]
     assert {str(c.predict(texts, template)) for c in [*classifiers, again]} == {
         str(classifiers[0].predict(texts, template))
@@ -250,8 +252,9 @@ def test_runtime_defaults_follow_the_device() -> None:
     cpu, gpu = Settings(), Settings(device="cuda")
     assert (cpu.resolved_inference_backend, cpu.resolved_quantize) == ("onnx", "int8")
     assert (gpu.resolved_inference_backend, gpu.resolved_quantize) == ("torch", "none")
-    # CPU: one single-threaded model call per core side by side; GPU: one call at a time.
-    assert (cpu.resolved_inference_threads, cpu.resolved_concurrent_batches) == (
-        1, os.cpu_count() or 1,
-    )  # fmt: skip
-    assert (gpu.resolved_inference_threads, gpu.resolved_concurrent_batches) == (None, 1)
+    # CPU: a single-threaded model process per usable core; GPU: the model in the worker,
+    # on the runtime's threads.
+    assert (cpu.resolved_inference_threads, gpu.resolved_inference_threads) == (1, None)
+    assert cpu.resolved_model_processes == len(os.sched_getaffinity(0))
+    assert gpu.resolved_model_processes == 0
+    assert Settings(model_processes=0).resolved_model_processes == 0

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from service.batching import MicroBatcher, Overloaded
+from service.batching import MicroBatcher, Overloaded, ThreadSlot
 from service.scoring import ScoreItem, ScoreResult
 
 
@@ -42,7 +42,7 @@ async def _until(condition: threading.Event) -> None:
 
 def test_lone_request_is_scored_at_once_and_gets_its_own_results() -> None:
     scorer = RecordingScorer()
-    batcher = MicroBatcher(scorer, max_batch_texts=8, max_queued_texts=100)
+    batcher = MicroBatcher([ThreadSlot(scorer)], max_batch_texts=8, max_queued_texts=100)
 
     async def scenario() -> list[ScoreResult]:
         return await batcher.classify(items("a", "bb"))
@@ -55,7 +55,7 @@ def test_lone_request_is_scored_at_once_and_gets_its_own_results() -> None:
 
 def test_requests_arriving_during_a_model_call_share_the_next_one() -> None:
     scorer = RecordingScorer()
-    batcher = MicroBatcher(scorer, max_batch_texts=8, max_queued_texts=100)
+    batcher = MicroBatcher([ThreadSlot(scorer)], max_batch_texts=8, max_queued_texts=100)
 
     async def scenario() -> list[list[ScoreResult]]:
         scorer.gate.clear()
@@ -79,7 +79,7 @@ def test_requests_arriving_during_a_model_call_share_the_next_one() -> None:
 
 def test_a_request_larger_than_a_batch_is_scored_whole() -> None:
     scorer = RecordingScorer()
-    batcher = MicroBatcher(scorer, max_batch_texts=2, max_queued_texts=100)
+    batcher = MicroBatcher([ThreadSlot(scorer)], max_batch_texts=2, max_queued_texts=100)
     texts = [f"t{i}" for i in range(5)]
     results = asyncio.run(batcher.classify(items(*texts)))
     assert [r.model_version for r in results] == texts
@@ -89,7 +89,7 @@ def test_a_request_larger_than_a_batch_is_scored_whole() -> None:
 
 def test_a_failing_request_does_not_fail_the_requests_batched_with_it() -> None:
     scorer = RecordingScorer()
-    batcher = MicroBatcher(scorer, max_batch_texts=8, max_queued_texts=100)
+    batcher = MicroBatcher([ThreadSlot(scorer)], max_batch_texts=8, max_queued_texts=100)
 
     async def scenario() -> list[list[ScoreResult] | BaseException]:
         scorer.gate.clear()
@@ -111,7 +111,7 @@ def test_a_failing_request_does_not_fail_the_requests_batched_with_it() -> None:
 
 def test_a_full_queue_refuses_new_requests_and_recovers() -> None:
     scorer = RecordingScorer()
-    batcher = MicroBatcher(scorer, max_batch_texts=4, max_queued_texts=3)
+    batcher = MicroBatcher([ThreadSlot(scorer)], max_batch_texts=4, max_queued_texts=3)
 
     async def scenario() -> list[ScoreResult]:
         scorer.gate.clear()
@@ -134,7 +134,7 @@ def test_a_full_queue_refuses_new_requests_and_recovers() -> None:
 
 def test_a_cancelled_request_is_not_scored_and_does_not_disturb_others() -> None:
     scorer = RecordingScorer()
-    batcher = MicroBatcher(scorer, max_batch_texts=8, max_queued_texts=100)
+    batcher = MicroBatcher([ThreadSlot(scorer)], max_batch_texts=8, max_queued_texts=100)
 
     async def scenario() -> list[ScoreResult]:
         scorer.gate.clear()
@@ -164,7 +164,8 @@ def test_concurrent_batches_run_side_by_side() -> None:
             both_running.set()
         return scorer(items)
 
-    batcher = MicroBatcher(score, max_batch_texts=1, max_queued_texts=100, concurrent_batches=2)
+    slots = [ThreadSlot(score), ThreadSlot(score)]
+    batcher = MicroBatcher(slots, max_batch_texts=1, max_queued_texts=100)
 
     async def scenario() -> list[list[ScoreResult]]:
         return list(
@@ -174,4 +175,21 @@ def test_concurrent_batches_run_side_by_side() -> None:
     results = asyncio.run(scenario())
     assert [[r.model_version for r in result] for result in results] == [["a"], ["b"]]
     assert sorted(map(tuple, scorer.calls)) == [("a",), ("b",)]
+    batcher.close()
+
+
+def test_requests_waiting_together_are_shared_out_between_free_slots() -> None:
+    """Four requests queued at once with two free slots: two model calls of two, not one
+    call of four beside an idle slot (which would keep them in lockstep)."""
+    scorer = RecordingScorer()
+    batcher = MicroBatcher(
+        [ThreadSlot(scorer), ThreadSlot(scorer)], max_batch_texts=8, max_queued_texts=100
+    )
+
+    async def scenario() -> list[list[ScoreResult]]:
+        return list(await asyncio.gather(*(batcher.classify(items(t)) for t in "abcd")))
+
+    results = asyncio.run(scenario())
+    assert [[r.model_version for r in result] for result in results] == [["a"], ["b"], ["c"], ["d"]]
+    assert sorted(map(tuple, scorer.calls)) == [("a", "b"), ("c", "d")]
     batcher.close()
