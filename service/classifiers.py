@@ -32,10 +32,11 @@ Quantization = Literal["none", "int8"]
 LogitsFunction = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
 # Texts are sorted by length and cut into chunks, so that each chunk is padded
-# only to its own longest text (dynamic padding). On a CPU, a model call costs
-# about the same per token at any batch size, so small chunks (little padding)
-# are fastest: chunks of 4 beat 8 by ~6% and 32 by ~40% (ONNX int8,
-# bench/cpu_speedups.py); a GPU wants large ones.
+# only to its own longest text (dynamic padding). On a CPU a model call costs
+# about the same per token at chunks of 4 to 16 texts (one thread alone: 806,
+# 816 and 795 texts/s; two calls side by side: 4 beat 8 by ~6%), and 32 is
+# slower (749), so small chunks (least padding in a mixed batch) are used
+# (bench/cpu_speedups.py); a GPU wants large ones.
 CPU_CHUNK_TEXTS = 4
 GPU_CHUNK_TEXTS = 64
 
