@@ -92,11 +92,11 @@ def serve_model_process(settings: Settings, batches: Connection, control: Connec
     try:
         engine = _load_engine(settings)
     except Exception as exc:
-        control.send((False, RuntimeError(f"model process failed to start: {exc!r}")))
+        control.send((0, False, RuntimeError(f"model process failed to start: {exc!r}")))
         raise
     gc.collect()
     gc.freeze()  # see service.bento: full collections over torch's objects stall a process
-    control.send((True, engine.describe()))
+    control.send((0, True, engine.describe()))
     handlers: dict[str, Callable[[Any], Any]] = {
         "score": engine.score,
         "describe": lambda _: engine.describe(),
@@ -106,21 +106,21 @@ def serve_model_process(settings: Settings, batches: Connection, control: Connec
         for connection in wait([batches, control]):
             assert isinstance(connection, Connection)
             try:
-                kind, payload = connection.recv()
+                number, kind, payload = connection.recv()
             except EOFError:  # the worker is gone
                 return
             try:
-                answer: tuple[bool, Any] = (True, handlers[kind](payload))
+                answer: tuple[int, bool, Any] = (number, True, handlers[kind](payload))
             except Exception as exc:
-                answer = (False, _transportable(exc))
+                answer = (number, False, _transportable(exc))
             connection.send(answer)
 
 
 # --- in the API worker --------------------------------------------------------------
 
 
-def _outcome(answer: tuple[bool, Any]) -> Any:
-    ok, value = answer
+def _outcome(answer: tuple[int, bool, Any]) -> Any:
+    _, ok, value = answer
     if not ok:
         raise value
     return value
@@ -136,6 +136,9 @@ class ModelProcess:
         self._start_timeout_s = start_timeout_s
         self._control_lock = threading.Lock()
         self._pending: asyncio.Future[list[ScoreResult]] | None = None
+        # Numbers each batch, so that a late answer (its caller cancelled) can never
+        # be taken for the answer to the next batch.
+        self._batch_number = 0
         self._reading: asyncio.AbstractEventLoop | None = None
         self._restarting: asyncio.Future[None] | None = None
         self._closing = False
@@ -170,7 +173,7 @@ class ModelProcess:
         self.wait_started()
         with self._control_lock:
             try:
-                self._control.send((kind, None))
+                self._control.send((0, kind, None))
                 return _outcome(self._control.recv())
             except (EOFError, OSError) as exc:
                 raise ModelProcessDied(f"model process {self._name} died") from exc
@@ -185,8 +188,9 @@ class ModelProcess:
             self._reading = loop
         future: asyncio.Future[list[ScoreResult]] = loop.create_future()
         self._pending = future
+        self._batch_number += 1
         try:
-            self._batches.send(("score", list(items)))
+            self._batches.send((self._batch_number, "score", list(items)))
         except OSError as exc:
             self._pending = None
             self._died(loop)
@@ -194,17 +198,21 @@ class ModelProcess:
         return await future
 
     def _on_answer(self) -> None:
-        future, self._pending = self._pending, None
         try:
             answer = self._batches.recv()
         except (EOFError, OSError):
             assert self._reading is not None
+            future, self._pending = self._pending, None
             self._died(self._reading)
             if future is not None and not future.done():
                 future.set_exception(ModelProcessDied(f"model process {self._name} died"))
             return
         except Exception as exc:  # an answer that cannot be unpickled
-            answer = (False, RuntimeError(f"unreadable answer from model process: {exc!r}"))
+            error = RuntimeError(f"unreadable answer from model process: {exc!r}")
+            answer = (self._batch_number, False, error)
+        if answer[0] != self._batch_number:
+            return  # the answer to a batch whose caller went away
+        future, self._pending = self._pending, None
         if future is None or future.done():
             return
         try:

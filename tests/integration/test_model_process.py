@@ -88,3 +88,25 @@ def test_a_killed_process_fails_its_batch_and_is_started_again(settings: Setting
         assert handle._process.pid != first_pid
     finally:
         handle.close()
+
+
+def test_a_late_answer_is_never_taken_for_the_next_batch(
+    process: ModelProcess, settings: Settings
+) -> None:
+    """A batch whose caller went away still gets answered; that answer must be dropped,
+    not handed to the batch sent after it."""
+    others = [ScoreItem(text=f"another text {n}", template_version="v1") for n in range(3)]
+    engine = ScoringEngine(settings, TemplateRegistry.load(settings.resolved_templates_dir))
+    expected = engine.score(others)
+
+    async def scenario() -> list[object]:
+        await process.score(items())  # the event loop now watches the pipe
+        abandoned = asyncio.ensure_future(process.score(items() * 20))
+        await asyncio.sleep(0)  # sent; now its caller goes away
+        abandoned.cancel()
+        return list(await process.score(others))
+
+    got = asyncio.run(scenario())
+    assert len(got) == len(others)
+    for mine, theirs in zip(got, expected, strict=True):
+        assert mine.scores == pytest.approx(theirs.scores, abs=1e-6)  # type: ignore[attr-defined]
