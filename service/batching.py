@@ -1,14 +1,14 @@
 """Adaptive batching inside an API worker: concurrent requests share model calls.
 
-Requests queue their items; an inference thread scores everything that is
-waiting as one batch (up to ``max_batch_texts``; a larger request forms a
-batch of its own), then takes what arrived meanwhile. A lone request is scored
-at once; under load, batches grow with the load. One model call runs at a time
-per slot: a model process (``service.model_process``, the CPU default) or a
-thread of the worker (``ThreadSlot``). Batching in the worker that parsed
-the request saves the hop to a separate model server (serialization, a second
-HTTP server and its dispatcher), which cost more than the model itself for
-single short texts.
+Requests queue their items; whenever a model slot is free, it scores the
+oldest waiting requests as one batch (up to ``max_batch_texts``, and no more
+than its share when other slots are free too; a larger request forms a batch
+of its own). A lone request is scored at once; under load, batches grow with
+the load. One model call runs at a time per slot: a model process
+(``service.model_process``, the CPU default) or a thread of the worker
+(``ThreadSlot``). Batching in the worker that parsed the request saves the hop
+to a separate model server (serialization, a second HTTP server and its
+dispatcher), which cost more than the model itself for single short texts.
 
 When more than ``max_queued_texts`` texts wait, new requests are refused
 (``Overloaded``, answered 503 with Retry-After) instead of queueing without

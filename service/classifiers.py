@@ -116,7 +116,6 @@ class FineTunedClassifier:
     ) -> None:
         self.version = version
         self.directory = directory
-        self.max_length = max_length
         self.chunk_texts = chunk_texts_for(device)
         self.runtime = f"{backend}-{'fp32' if quantize == 'none' else quantize}"
         self.tokenizer = ChunkTokenizer(
@@ -173,7 +172,6 @@ class ZeroShotClassifier:
         self.version = zero_shot_version(base_model)
         self.runtime = "torch-fp32"
         self.device = torch.device(device)
-        self.max_length = max_length
         self.tokenizer = ChunkTokenizer(
             AutoTokenizer.from_pretrained(str(base_model), local_files_only=True), max_length
         )

@@ -19,12 +19,11 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from sentiloop.settings import Settings
-from service.assignments import database_assignments
 from service.batching import MicroBatcher, ModelSlot, ThreadSlot
+from service.engines import load_engine, refresh_report
 from service.metrics import ModelMetrics
 from service.model_process import ModelProcess
 from service.periodic import PeriodicTask
@@ -34,10 +33,6 @@ from service.templates import TemplateRegistry
 # Long enough for a model process to start and load its models (an ONNX export
 # on a machine's first start included).
 MODEL_PROCESS_START_TIMEOUT_S = 600.0
-
-
-def referenced_models(settings: Settings) -> Sequence[str]:
-    return sorted({arm.model for arm in settings.traffic_split})
 
 
 class InferenceWorker:
@@ -62,13 +57,7 @@ class InferenceWorker:
                 self._report(process.wait_started())
             slots = list(self._processes)
         else:
-            threads = settings.resolved_inference_threads
-            if threads:
-                torch.set_num_threads(threads)
-            engine = ScoringEngine(
-                settings, registry, database_assignments(sessions), observer=metrics
-            )
-            engine.load(referenced_models(settings))  # before the first request
+            engine = load_engine(settings, registry, sessions, observer=metrics)
             self._engine = engine
             slots = [
                 ThreadSlot(engine.score, f"inference-{index}")
@@ -99,8 +88,7 @@ class InferenceWorker:
 
     def _refresh(self) -> dict[str, Any]:
         if self._engine is not None:
-            changes = self._engine.refresh()
-            return {"changes": changes, **self._engine.describe()}
+            return refresh_report(self._engine)
         # One process at a time: the others keep scoring while one loads a model.
         reports = [self._report(process.call("refresh")) for process in self._processes]
         changes = sorted({change for report in reports for change in report["changes"]})

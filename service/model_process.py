@@ -31,8 +31,12 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+import feedback
+from sentiloop.logging_setup import configure_logging
 from sentiloop.settings import Settings
-from service.scoring import ScoreItem, ScoreResult, ScoringEngine
+from service.engines import load_engine, refresh_report
+from service.scoring import ScoreItem, ScoreResult
+from service.templates import TemplateRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -42,34 +46,6 @@ class ModelProcessDied(RuntimeError):
 
 
 # --- inside the model process ---------------------------------------------------
-
-
-def _load_engine(settings: Settings) -> ScoringEngine:
-    import torch
-
-    import feedback
-    from sentiloop.logging_setup import configure_logging
-    from service.assignments import database_assignments
-    from service.inference import referenced_models
-    from service.templates import TemplateRegistry
-
-    configure_logging()
-    threads = settings.resolved_inference_threads
-    if threads:
-        torch.set_num_threads(threads)
-    sessions = feedback.make_session_factory(feedback.make_engine(settings.resolved_database_url))
-    engine = ScoringEngine(
-        settings,
-        TemplateRegistry.load(settings.resolved_templates_dir),
-        database_assignments(sessions),
-    )
-    engine.load(referenced_models(settings))
-    return engine
-
-
-def _refresh(engine: ScoringEngine) -> dict[str, Any]:
-    changes = engine.refresh()
-    return {"changes": changes, **engine.describe()}
 
 
 def _transportable(error: Exception) -> Exception:
@@ -89,8 +65,14 @@ def serve_model_process(settings: Settings, batches: Connection, control: Connec
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging()
     try:
-        engine = _load_engine(settings)
+        sessions = feedback.make_session_factory(
+            feedback.make_engine(settings.resolved_database_url)
+        )
+        engine = load_engine(
+            settings, TemplateRegistry.load(settings.resolved_templates_dir), sessions
+        )
     except Exception as exc:
         control.send((0, False, RuntimeError(f"model process failed to start: {exc!r}")))
         raise
@@ -100,7 +82,7 @@ def serve_model_process(settings: Settings, batches: Connection, control: Connec
     handlers: dict[str, Callable[[Any], Any]] = {
         "score": engine.score,
         "describe": lambda _: engine.describe(),
-        "refresh": lambda _: _refresh(engine),
+        "refresh": lambda _: refresh_report(engine),
     }
     while True:
         for connection in wait([batches, control]):
