@@ -5,6 +5,11 @@ thread writes them in batches. When the queue is full the records are not
 queued: the writer counts them, logs a warning and tells its observer, so a
 drop is never silent.
 
+The writer thread is not woken per record: it sleeps until a batch is full, the
+flush interval has passed, someone waits in ``flush`` or the writer closes. On
+a busy server a wake-up per record cost more than the write itself, as every
+wake-up takes the GIL from the event loop that serves the requests.
+
 When a write fails (the database is down) and a spool is configured, the batch
 goes to the disk spool instead, and so do later batches until a probe write
 succeeds; then the spooled records are replayed into the database (records
@@ -15,9 +20,9 @@ backoff, keeping the batch.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,8 +39,6 @@ logger = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S = 5.0
 _MIN_PROBE_S = 0.5
-# How long the writer waits for more records after the first of a batch.
-_LINGER_S = 0.05
 
 
 class LogWriterObserver(Protocol):
@@ -98,12 +101,16 @@ class PredictionLogWriter:
         self._spooling = False
         self._next_probe = 0.0
         self._probe_backoff = _MIN_PROBE_S
-        self._queue: queue.Queue[PredictionRecord] = queue.Queue(maxsize=queue_size)
+        self._queue: deque[PredictionRecord] = deque()
+        self._queue_size = queue_size
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._observer: LogWriterObserver = observer or _SilentObserver()
         self._stats = LogWriterStats()
-        self._progress = threading.Condition()
+        # Guards the queue's bound and the counters; flush() waits on it for progress.
+        self._progress = threading.Condition(threading.Lock())
+        self._flushers = 0
+        self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
 
@@ -117,25 +124,23 @@ class PredictionLogWriter:
 
     def submit(self, records: Sequence[PredictionRecord]) -> int:
         """Queue records without blocking; returns how many were accepted."""
-        accepted = 0
-        for record in records:
-            try:
-                self._queue.put_nowait(record)
-            except queue.Full:
-                break
-            accepted += 1
-        dropped = len(records) - accepted
         with self._progress:
+            room = max(0, self._queue_size - len(self._queue))
+            accepted = len(records) if len(records) <= room else room
+            self._queue.extend(records[:accepted] if accepted < len(records) else records)
             self._stats.accepted += accepted
+            dropped = len(records) - accepted
             self._stats.dropped += dropped
+            batch_ready = len(self._queue) >= self._batch_size
+        if batch_ready and not self._wake.is_set():
+            self._wake.set()
         if dropped:
             logger.warning(
                 "prediction log queue full (%d records): %d prediction records not logged",
-                self._queue.maxsize,
+                self._queue_size,
                 dropped,
             )
             self._observer.dropped(dropped)
-        self._observer.queue_depth(self._queue.qsize())
         return accepted
 
     def flush(self, timeout_s: float) -> bool:
@@ -143,44 +148,44 @@ class PredictionLogWriter:
         deadline = time.monotonic() + timeout_s
         with self._progress:
             target = self._stats.accepted
-            while self._stats.written + self._stats.spooled < target:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._progress.wait(remaining)
+            self._flushers += 1
+            self._wake.set()
+            try:
+                while self._stats.written + self._stats.spooled < target:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._progress.wait(remaining)
+            finally:
+                self._flushers -= 1
         return True
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued (up to ``timeout_s``) and stop the thread."""
         self.flush(timeout_s)
         self._stopping.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
-        left = self._queue.qsize()
+        left = len(self._queue)
         if left:
             logger.error("prediction log writer stopped with %d records unwritten", left)
 
+    def _should_wait(self) -> bool:
+        if self._stopping.is_set():
+            return False
+        return not self._queue or (len(self._queue) < self._batch_size and self._flushers == 0)
+
     def _next_batch(self) -> list[PredictionRecord]:
-        """Up to ``batch_size`` records; after the first, waits a moment for more, so that
-        a steady stream is written in a few large transactions rather than many small."""
-        try:
-            batch = [self._queue.get(timeout=self._flush_interval_s)]
-        except queue.Empty:
-            return []
-        linger_until = time.monotonic() + min(_LINGER_S, self._flush_interval_s)
-        while len(batch) < self._batch_size:
-            try:
-                batch.append(self._queue.get_nowait())
-                continue
-            except queue.Empty:
-                pass
-            remaining = linger_until - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(self._queue.get(timeout=remaining))
-            except queue.Empty:
-                break
+        """Up to ``batch_size`` records, once a batch is full, the flush interval has
+        passed, a caller flushes or the writer stops: a steady stream is written in a
+        few large transactions, with few wake-ups of this thread."""
+        if self._should_wait():
+            self._wake.wait(self._flush_interval_s)
+            self._wake.clear()
+        batch: list[PredictionRecord] = []
+        while self._queue and len(batch) < self._batch_size:
+            batch.append(self._queue.popleft())
         return batch
 
     def _insert(self, batch: list[PredictionRecord]) -> None:
@@ -307,10 +312,10 @@ class PredictionLogWriter:
                 self._replay_spool()
             except Exception:
                 logger.exception("replaying the spool at start failed")
-        while not (self._stopping.is_set() and self._queue.empty()):
+        while not (self._stopping.is_set() and not self._queue):
             batch = self._next_batch()
             if batch:
                 self._write(batch)
             elif self._spooling and time.monotonic() >= self._next_probe:
                 self._probe()
-            self._observer.queue_depth(self._queue.qsize())
+            self._observer.queue_depth(len(self._queue))

@@ -74,6 +74,62 @@ def test_every_accepted_record_is_written(database_url: str) -> None:
     assert observer.written_total == 1500 and observer.dropped_total == 0
 
 
+class TransactionCounter(CountingObserver):
+    def __init__(self) -> None:
+        super().__init__()
+        self.transactions = 0
+
+    def written(self, count: int, seconds: float) -> None:
+        super().written(count, seconds)
+        self.transactions += 1
+
+
+def wait_for_rows(url: str, expected: int, timeout_s: float) -> float:
+    """Seconds until ``expected`` rows are in the table (fails after ``timeout_s``)."""
+    started = time.monotonic()
+    while count_rows(url) < expected:
+        assert time.monotonic() - started < timeout_s, f"fewer than {expected} rows"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_a_trickle_of_records_is_written_once_per_flush_interval(sqlite_url: str) -> None:
+    """The writer is not woken per record (each wake-up takes the GIL from the event
+    loop): records arriving one by one within the interval share one transaction."""
+    feedback.upgrade(sqlite_url)
+    engine = feedback.make_engine(sqlite_url)
+    observer = TransactionCounter()
+    writer = feedback.PredictionLogWriter(
+        feedback.make_session_factory(engine), flush_interval_s=1.5, observer=observer
+    )
+    writer.start()
+    time.sleep(0.1)  # the writer is waiting
+    for _ in range(12):
+        writer.submit([record()])
+        time.sleep(0.02)
+    wait_for_rows(sqlite_url, 12, timeout_s=5)  # written without a flush() call
+    assert observer.transactions <= 2
+    writer.close()
+    engine.dispose()
+
+
+def test_a_full_batch_is_written_without_waiting_for_the_interval(sqlite_url: str) -> None:
+    feedback.upgrade(sqlite_url)
+    engine = feedback.make_engine(sqlite_url)
+    writer = feedback.PredictionLogWriter(
+        feedback.make_session_factory(engine), batch_size=20, flush_interval_s=60
+    )
+    writer.start()
+    time.sleep(0.1)
+    writer.submit([record() for _ in range(20)])
+    assert wait_for_rows(sqlite_url, 20, timeout_s=10) < 10
+    writer.submit([record()])
+    assert writer.flush(5)  # a flush does not wait for the interval either
+    assert count_rows(sqlite_url) == 21
+    writer.close()
+    engine.dispose()
+
+
 def test_full_queue_drops_loudly_and_counts(
     sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
