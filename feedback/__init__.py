@@ -12,6 +12,7 @@ from feedback.errors import (
     PredictionNotFound,
     StoreUnavailable,
 )
+from feedback.ids import time_ordered_id
 from feedback.log_writer import PredictionLogWriter
 from feedback.migrate import upgrade
 from feedback.records import FeedbackInput, FeedbackResult, PredictionRecord
@@ -31,5 +32,6 @@ __all__ = [
     "make_engine",
     "make_session_factory",
     "ping",
+    "time_ordered_id",
     "upgrade",
 ]

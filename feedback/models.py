@@ -20,7 +20,7 @@ class Prediction(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     text: Mapped[str | None] = mapped_column(Text)
     text_storage: Mapped[str] = mapped_column(String(16))
-    text_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    text_sha256: Mapped[str] = mapped_column(String(64))
     label: Mapped[str] = mapped_column(String(16))
     scores: Mapped[dict[str, float]] = mapped_column(JSON)
     confidence: Mapped[float] = mapped_column(Float)

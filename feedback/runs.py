@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -10,6 +9,7 @@ from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from feedback.ids import time_ordered_id
 from feedback.models import Feedback, Lock, TrainingRun
 from feedback.store import utcnow
 
@@ -55,7 +55,7 @@ def release_lock(*, session_factory: sessionmaker[Session], name: str, holder: s
 
 def start_run(*, session: Session, trigger: str, feedback_cutoff: datetime) -> str:
     run = TrainingRun(
-        id=str(uuid.uuid4()),
+        id=time_ordered_id(),
         started_at=utcnow(),
         trigger=trigger,
         status="running",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.errors import DuplicateFeedback, IdempotencyConflict, PredictionNotFound
+from feedback.ids import time_ordered_id
 from feedback.models import Feedback, Prediction
 from feedback.records import FeedbackInput, FeedbackResult, PredictionRecord
 
@@ -137,7 +137,7 @@ def record_feedback(
                 raise DuplicateFeedback(feedback.prediction_id, twin)
         kind, effective_label, agrees = _judge(feedback, prediction.label)
         row = Feedback(
-            id=str(uuid.uuid4()),
+            id=time_ordered_id(),
             prediction_id=feedback.prediction_id,
             created_at=utcnow(),
             kind=kind,

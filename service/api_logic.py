@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -122,7 +121,7 @@ class SentimentAPI:
         for text, result in zip(texts, results, strict=True):
             label = scores_to_label(result.scores)
             prediction = Prediction(
-                prediction_id=str(uuid.uuid4()),
+                prediction_id=feedback.time_ordered_id(),
                 label=label,
                 scores=result.scores,  # type: ignore[arg-type]
                 confidence=result.scores[label],
