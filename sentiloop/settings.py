@@ -153,9 +153,17 @@ class Settings(BaseSettings):
     log_predictions: bool = Field(
         default=True, description="Log every prediction to the database (off: benchmarks only)."
     )
-    log_queue_size: int = Field(default=10_000, ge=1)
-    log_batch_size: int = Field(default=256, ge=1)
-    log_flush_interval_s: float = Field(default=0.2, gt=0)
+    log_queue_size: int = Field(
+        default=10_000, ge=1, description="Bound of the prediction-log queue; beyond it, drops."
+    )
+    log_batch_size: int = Field(
+        default=256,
+        ge=1,
+        description="Prediction-log rows per transaction; a full batch is written at once.",
+    )
+    log_flush_interval_s: float = Field(
+        default=0.2, gt=0, description="Longest a logged prediction waits before it is written."
+    )
     metrics_refresh_interval_s: float = Field(
         default=15.0, gt=0, description="How often database-derived gauges are refreshed."
     )

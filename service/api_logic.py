@@ -96,6 +96,40 @@ class SentimentAPI:
             return redact(text)
         return None
 
+    def _log(
+        self,
+        request: PredictRequest,
+        texts: list[str],
+        results: list[ScoreResult],
+        predictions: list[Prediction],
+        latency_ms: float,
+    ) -> None:
+        """Hand the request's prediction records to the log writer (no waiting)."""
+        now = datetime.now(UTC)
+        routing_hash = (
+            hashlib.sha256(request.routing_key.encode()).hexdigest()
+            if request.routing_key is not None
+            else None
+        )
+        self.log_writer.submit(
+            [
+                feedback.PredictionRecord(
+                    id=prediction.prediction_id,
+                    created_at=now,
+                    text=self._stored_text(text),
+                    text_storage=self.settings.text_storage,
+                    text_sha256=text_sha256(text),
+                    label=prediction.label,
+                    scores=result.scores,
+                    model_version=prediction.model_version,
+                    template_version=prediction.template_version,
+                    latency_ms=latency_ms,
+                    routing_key_sha256=routing_hash,
+                )
+                for text, result, prediction in zip(texts, results, predictions, strict=True)
+            ]
+        )
+
     async def predict(self, request: PredictRequest, classify: Classify) -> PredictResponse:
         if request.template_version is not None:
             self.registry.get(request.template_version)  # 404 for an unknown version
@@ -110,43 +144,22 @@ class SentimentAPI:
             ]
         )
         latency_ms = (time.perf_counter() - started) * 1000
-        now = datetime.now(UTC)
-        routing_hash = (
-            hashlib.sha256(request.routing_key.encode()).hexdigest()
-            if request.routing_key is not None
-            else None
-        )
         predictions: list[Prediction] = []
-        records: list[feedback.PredictionRecord] = []
-        for text, result in zip(texts, results, strict=True):
+        for result in results:
             label = scores_to_label(result.scores)
-            prediction = Prediction(
-                prediction_id=feedback.time_ordered_id(),
-                label=label,
-                scores=result.scores,  # type: ignore[arg-type]
-                confidence=result.scores[label],
-                model_version=result.model_version,
-                template_version=route.template_version,
-                latency_ms=round(latency_ms, 3),
-            )
-            predictions.append(prediction)
-            records.append(
-                feedback.PredictionRecord(
-                    id=prediction.prediction_id,
-                    created_at=now,
-                    text=self._stored_text(text),
-                    text_storage=self.settings.text_storage,
-                    text_sha256=text_sha256(text),
+            predictions.append(
+                Prediction(
+                    prediction_id=feedback.time_ordered_id(),
                     label=label,
-                    scores=result.scores,
+                    scores=result.scores,  # type: ignore[arg-type]
+                    confidence=result.scores[label],
                     model_version=result.model_version,
                     template_version=route.template_version,
-                    latency_ms=latency_ms,
-                    routing_key_sha256=routing_hash,
+                    latency_ms=round(latency_ms, 3),
                 )
             )
         if self.settings.log_predictions:
-            self.log_writer.submit(records)
+            self._log(request, texts, results, predictions, latency_ms)
         for model_version in {p.model_version for p in predictions}:
             same_model = [p for p in predictions if p.model_version == model_version]
             self.metrics.observe_predictions(
