@@ -125,9 +125,8 @@ class PredictionLogWriter:
     def submit(self, records: Sequence[PredictionRecord]) -> int:
         """Queue records without blocking; returns how many were accepted."""
         with self._progress:
-            room = max(0, self._queue_size - len(self._queue))
-            accepted = len(records) if len(records) <= room else room
-            self._queue.extend(records[:accepted] if accepted < len(records) else records)
+            accepted = min(len(records), max(0, self._queue_size - len(self._queue)))
+            self._queue.extend(records[:accepted])
             self._stats.accepted += accepted
             dropped = len(records) - accepted
             self._stats.dropped += dropped
@@ -189,11 +188,20 @@ class PredictionLogWriter:
         return batch
 
     def _insert(self, batch: list[PredictionRecord]) -> None:
+        """Write ``batch`` in one transaction and count it written; raises on failure."""
         started = time.perf_counter()
         with self._session_factory() as session:
             insert_predictions(session=session, records=batch)
             session.commit()
         self._observer.written(len(batch), time.perf_counter() - started)
+        with self._progress:
+            self._stats.written += len(batch)
+            self._progress.notify_all()
+
+    def _count_failed_write(self) -> None:
+        with self._progress:
+            self._stats.failed_writes += 1
+        self._observer.write_failed()
 
     def _to_spool(self, batch: list[PredictionRecord]) -> None:
         assert self._spool is not None
@@ -210,9 +218,7 @@ class PredictionLogWriter:
         try:
             self._insert(batch)
         except Exception as exc:
-            with self._progress:
-                self._stats.failed_writes += 1
-            self._observer.write_failed()
+            self._count_failed_write()
             if not self._spooling:
                 logger.error("database write failed (%s); spooling prediction records to %s",
                              exc, self._spool.directory if self._spool else None)  # fmt: skip
@@ -221,9 +227,6 @@ class PredictionLogWriter:
             self._probe_backoff = min(self._probe_backoff * 2, _MAX_BACKOFF_S)
             self._to_spool(batch)
             return
-        with self._progress:
-            self._stats.written += len(batch)
-            self._progress.notify_all()
         if self._spooling:
             logger.info("database writes succeed again; replaying the spool")
         self._spooling = False
@@ -270,15 +273,11 @@ class PredictionLogWriter:
             return
         backoff = 0.05
         while True:
-            started = time.perf_counter()
             try:
-                with self._session_factory() as session:
-                    insert_predictions(session=session, records=batch)
-                    session.commit()
+                self._insert(batch)
+                return
             except Exception:
-                with self._progress:
-                    self._stats.failed_writes += 1
-                self._observer.write_failed()
+                self._count_failed_write()
                 logger.exception(
                     "writing %d prediction records failed; retrying in %.2fs", len(batch), backoff
                 )
@@ -286,12 +285,6 @@ class PredictionLogWriter:
                     logger.error("prediction log writer stopping: %d records lost", len(batch))
                     return
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
-                continue
-            self._observer.written(len(batch), time.perf_counter() - started)
-            with self._progress:
-                self._stats.written += len(batch)
-                self._progress.notify_all()
-            return
 
     def _probe(self) -> None:
         """With no traffic, check whether the database is back, then replay."""
