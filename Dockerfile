@@ -1,7 +1,12 @@
 # sentiloop API service on CPU (one API worker feeding a model process per core).
 #   docker build -t sentiloop .
-#   docker run -p 3000:3000 -v sentiloop-data:/data sentiloop
+#   docker run --rm -v sentiloop-data:/data sentiloop \
+#     sentiloop keys create --name crm --scopes predict,feedback --file /data/api-keys.json
+#   docker run -p 3000:3000 -v sentiloop-data:/data \
+#     -e SENTILOOP_API_KEYS_FILE=/data/api-keys.json sentiloop
 # PostgreSQL: add -e DATABASE_URL=postgresql+psycopg://user:pass@host:5432/db
+# A container is reached from other hosts, so API keys are required here
+# (without them the service refuses to start and says how to create one).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,7 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     BENTOML_HOME=/data/bentoml \
-    SENTILOOP_HOME=/data
+    SENTILOOP_HOME=/data \
+    SENTILOOP_AUTH=required
 
 WORKDIR /app
 

@@ -13,7 +13,12 @@ configuration: wrk (Debian package `wrk`) where installed, as it takes little
 of the CPU the servers share with it; else an aiohttp client.
 
     python -m bench.serve [--seconds 5] [--rounds 5] [--concurrency 1 8 32 128]
-                          [--client wrk|aiohttp]
+                          [--client wrk|aiohttp] [--reference-checkout DIR]
+
+``--reference-checkout`` serves another source tree of sentiloop (say
+``git worktree add /tmp/before HEAD~3``) as the variant "reference", with the
+same settings, in the same interleaved rounds: before/after figures of a
+change from one run.
 
 Prints a table and writes bench/results/serve.json.
 """
@@ -247,6 +252,11 @@ def main() -> None:
     parser.add_argument(
         "--client", choices=["wrk", "aiohttp"], default="wrk" if shutil.which("wrk") else "aiohttp"
     )
+    parser.add_argument(
+        "--reference-checkout",
+        type=Path,
+        help="another sentiloop source tree to serve beside this one (before/after)",
+    )
     args = parser.parse_args()
     configure_logging()
     scratch = Path(tempfile.mkdtemp(prefix="sentiloop-bench-serve-"))
@@ -277,6 +287,10 @@ def main() -> None:
             [(1, 32), (b, 8)],
         ),
     }
+    checkouts = {name: ROOT for name in variants}
+    if args.reference_checkout is not None:
+        variants["reference"] = ({}, [(1, 1), (1, 32), (b, 8)])
+        checkouts["reference"] = args.reference_checkout.resolve()
     with contextlib.ExitStack() as running:
         baseline, baseline_url = start_baseline(model_dir, scratch / "baseline.log")
         running.callback(baseline.wait, 30)
@@ -290,6 +304,7 @@ def main() -> None:
                 {"SENTILOOP_HOME": str(home / "home"), "SENTILOOP_MODEL_TAG": stored.tag,
                  "SENTILOOP_AUTH": "disabled", **extra},
                 home / "server.log",
+                checkout=checkouts[name],
             )  # fmt: skip
             running.callback(server.stop)
             server.wait_ready()
@@ -318,6 +333,10 @@ def main() -> None:
         / rate("sentiloop-threads", 1, 32),
         "processes_vs_threads_batch_c8": rate("sentiloop", b, 8) / rate("sentiloop-threads", b, 8),
     }
+    if args.reference_checkout is not None:
+        ratios["this_vs_reference_c1_single"] = rate("sentiloop", 1, 1) / rate("reference", 1, 1)
+        ratios["this_vs_reference_c32_single"] = rate("sentiloop", 1, 32) / rate("reference", 1, 32)
+        ratios["this_vs_reference_batch_c8"] = rate("sentiloop", b, 8) / rate("reference", b, 8)
     p50_c1 = next(r["p50_ms"] for r in results if (r["server"], r["batch"], r["concurrency"])
                   == ("sentiloop", 1, 1))  # fmt: skip
     write_result(

@@ -39,5 +39,16 @@ class DuplicateFeedback(FeedbackError):
 
 
 class StoreUnavailable(FeedbackError):
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"the feedback store is unavailable: {reason}")
+    """The database cannot take the feedback now. The message is for clients: it
+    names no host, port or driver detail (the server log has those)."""
+
+    def __init__(self, what: str = "the feedback store is unavailable") -> None:
+        super().__init__(f"{what}; retry shortly")
+
+
+class InvalidTimeRange(FeedbackError):
+    """A ``since``/``until`` bound that cannot be expressed in UTC."""
+
+    def __init__(self, field: str, value: object) -> None:
+        super().__init__(f"{field}={value} is out of range once converted to UTC")
+        self.field = field

@@ -1,4 +1,8 @@
-"""Serializes exported feedback rows as JSON Lines or CSV, one chunk per row."""
+"""Serializes exported feedback rows as JSON Lines or CSV, one chunk per row.
+
+CSV text cells that a spreadsheet would run as a formula are neutralised;
+JSON Lines keep every value as stored.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +25,16 @@ def _csv_line(values: list[Any]) -> str:
     return buffer.getvalue()
 
 
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV
+# Injection"): such text cells get a leading apostrophe, shown but not evaluated.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_cell(value: Any) -> Any:
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
     return "" if value is None else value
 
 

@@ -27,3 +27,14 @@ def time_ordered_id() -> str:
     value = (value & ~_VERSION_MASK) | _VERSION_7
     value = (value & ~_VARIANT_MASK) | _RFC_VARIANT
     return str(uuid.UUID(int=value))
+
+
+def created_at_of(identifier: str) -> float | None:
+    """Unix seconds at which a version-7 id was made; None for anything else."""
+    try:
+        parsed = uuid.UUID(identifier)
+    except ValueError:
+        return None
+    if parsed.version != 7:
+        return None
+    return (parsed.int >> 80) / 1000.0

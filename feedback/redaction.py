@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-# 13-19 digits, optionally grouped by spaces or dashes, checked with Luhn below.
-_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
+# Unicode-aware: internationalised addresses (jörg@exämple.de) and the full-width at
+# sign (U+FF20).
+_EMAIL = re.compile(r"[\w.%+-]+[@\uff20][\w-]+(?:\.[\w-]+)*\.\w{2,}")
+# 13-19 digits (any script's digits, full-width ones included), optionally grouped
+# by spaces, dots or dashes, checked with Luhn below.
+_CARD = re.compile(r"(?<!\w)(?:\d[\s.\-\u2010-\u2015\uff0d]?){12,18}\d(?!\w)")
 # International or national phone numbers: 7+ digits with the usual separators.
 _PHONE = re.compile(r"(?<![\w+])\+?\d[\d ().-]{5,}\d(?!\w)")
 
@@ -39,7 +42,7 @@ def _mask_phone(match: re.Match[str]) -> str:
 
 
 # Every pattern above needs an "@" or a digit: texts without one (most) skip the three passes.
-_MAY_HOLD_PII = re.compile(r"[@\d]")
+_MAY_HOLD_PII = re.compile(r"[@\uff20\d]")
 
 
 def redact(text: str) -> str:

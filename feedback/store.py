@@ -13,7 +13,12 @@ from sqlalchemy import CursorResult, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from feedback.errors import DuplicateFeedback, IdempotencyConflict, PredictionNotFound
+from feedback.errors import (
+    DuplicateFeedback,
+    IdempotencyConflict,
+    InvalidTimeRange,
+    PredictionNotFound,
+)
 from feedback.ids import time_ordered_id
 from feedback.models import Feedback, Prediction
 from feedback.records import FeedbackInput, FeedbackResult, PredictionRecord
@@ -44,18 +49,28 @@ def insert_predictions(*, session: Session, records: Sequence[PredictionRecord])
     session.execute(insert(PREDICTIONS_TABLE), rows)
 
 
-def purge_texts(*, session: Session, before: datetime) -> int:
-    """Remove the logged texts of predictions older than ``before``; returns how many.
+def purge_texts(*, session: Session, before: datetime) -> tuple[int, int]:
+    """Remove the logged texts of predictions and the comments of feedback older
+    than ``before``; returns how many of each.
 
-    Rows stay (labels, scores, versions, feedback), only the text goes; the
-    caller commits.
+    Rows stay (labels, scores, versions, feedback), only the free text goes; the
+    caller commits, then ``feedback.db.discard_freed_pages`` removes what the
+    database file and its log still hold.
     """
-    result = session.execute(
+    texts = session.execute(
         update(Prediction)
         .where(Prediction.created_at < before, Prediction.text.is_not(None))
         .values(text=None, text_storage="purged")
     )
-    return int(cast(CursorResult[Any], result).rowcount or 0)
+    comments = session.execute(
+        update(Feedback)
+        .where(Feedback.created_at < before, Feedback.comment.is_not(None))
+        .values(comment=None)
+    )
+    return (
+        int(cast(CursorResult[Any], texts).rowcount or 0),
+        int(cast(CursorResult[Any], comments).rowcount or 0),
+    )
 
 
 def get_prediction(*, session: Session, prediction_id: str) -> Prediction | None:
@@ -227,6 +242,20 @@ def iter_feedback_export(
             "comment": fb.comment,
             "source": fb.source,
         }
+
+
+def utc_bounds(
+    since: datetime | None, until: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """``[since, until)`` in UTC (naive times are UTC); ``InvalidTimeRange`` names the
+    bound that overflows (year 9999 with a negative offset, say)."""
+    bounds = []
+    for name, moment in (("since", since), ("until", until)):
+        try:
+            bounds.append(None if moment is None else as_utc(moment))
+        except OverflowError as exc:
+            raise InvalidTimeRange(name, moment.isoformat() if moment else moment) from exc
+    return bounds[0], bounds[1]
 
 
 def as_utc(moment: datetime) -> datetime:

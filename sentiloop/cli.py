@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from sentiloop.input_files import read_texts
@@ -31,6 +33,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(feedback_app, name="feedback")
 
 DEFAULT_URL = "http://127.0.0.1:3000"
+logger = logging.getLogger("sentiloop.cli")
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -60,12 +63,44 @@ def main(ctx: typer.Context) -> None:
     ctx.obj = Settings()
 
 
+LOCAL_HOST = "127.0.0.1"
+
+
+def serving_host(settings: Settings, host: str | None) -> str:
+    """The address to bind: all interfaces with authentication on, the loopback
+    address with it off; a public address without authentication only when
+    ``allow_unauthenticated_remote`` says so."""
+    authenticated = settings.resolved_auth == "required"
+    if host is None:
+        return "0.0.0.0" if authenticated else LOCAL_HOST
+    local = host in ("localhost", "::1") or host.startswith("127.")
+    if not (authenticated or local or settings.allow_unauthenticated_remote):
+        raise typer.BadParameter(
+            f"refusing to serve on {host} with authentication off: anyone who can reach it "
+            "could read and change data. Configure API keys (`sentiloop keys create`, "
+            "SENTILOOP_API_KEYS_FILE) or set SENTILOOP_ALLOW_UNAUTHENTICATED_REMOTE=true",
+            param_hint="--host",
+        )
+    return host
+
+
 @app.command()
 def serve(
+    ctx: typer.Context,
     port: Annotated[int, typer.Option(help="Port of the HTTP API.")] = 3000,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "0.0.0.0",
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address to bind (default: 0.0.0.0 with authentication on, 127.0.0.1 with it off)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the API with BentoML (`bentoml serve service.bento:SentiLoop`)."""
+    settings = _settings(ctx)
+    host = serving_host(settings, host)
+    logger.info("serving on http://%s:%d (authentication %s)", host, port,
+                "on" if settings.resolved_auth == "required" else "OFF: local clients only"
+                if not settings.allow_unauthenticated_remote else "OFF")  # fmt: skip
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     command = [
         sys.executable, "-m", "bentoml", "serve", "service.bento:SentiLoop",
@@ -162,17 +197,26 @@ def db_purge_texts(
     ctx: typer.Context,
     older_than_days: Annotated[float, typer.Option(min=0, help="Age of texts to remove.")],
 ) -> None:
-    """Retention: remove logged prediction texts older than N days (rows stay)."""
+    """Retention: remove logged prediction texts and feedback comments older than N
+    days (rows stay), and the copies the database still keeps on disk."""
     from datetime import timedelta
 
+    import feedback
     from feedback import store
 
-    with _database(ctx, migrate=False) as sessions, sessions() as session:
-        count = store.purge_texts(
-            session=session, before=store.utcnow() - timedelta(days=older_than_days)
-        )
-        session.commit()
-    typer.echo(f"removed the text of {count} predictions older than {older_than_days} days")
+    with _database(ctx, migrate=False) as sessions:
+        with sessions() as session:
+            texts, comments = store.purge_texts(
+                session=session, before=store.utcnow() - timedelta(days=older_than_days)
+            )
+            session.commit()
+            engine = session.get_bind()
+        assert isinstance(engine, Engine)
+        disk = feedback.discard_freed_pages(engine)
+    typer.echo(
+        f"removed the text of {texts} predictions and the comment of {comments} feedback "
+        f"rows older than {older_than_days} days; {disk}"
+    )
 
 
 @keys_app.command("create")
@@ -203,14 +247,11 @@ def feedback_export(
     from feedback import store
     from feedback.export import serialize
 
+    since, until = store.utc_bounds(since, until)
     out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
     try:
         with _database(ctx, migrate=False) as sessions, sessions() as session:
-            rows = store.iter_feedback_export(
-                session=session,
-                since=store.as_utc(since) if since else None,
-                until=store.as_utc(until) if until else None,
-            )
+            rows = store.iter_feedback_export(session=session, since=since, until=until)
             for chunk in serialize(rows, format):
                 out.write(chunk)
     finally:

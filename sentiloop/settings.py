@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         description="API-key authentication; when unset: required on PostgreSQL, disabled "
         "on the embedded SQLite default (local development).",
     )
+    allow_unauthenticated_remote: bool = Field(
+        default=False,
+        description="With authentication off, also answer /v1 requests from other hosts "
+        "(and let `sentiloop serve` bind a public address). Off: local clients only.",
+    )
     api_keys: SecretStr | None = Field(
         default=None, description='JSON list of {"name", "sha256", "scopes"} (hashed keys).'
     )
@@ -128,6 +133,21 @@ class Settings(BaseSettings):
         default=1,
         ge=1,
         description="Model calls one worker runs at the same time when model_processes is 0.",
+    )
+    model_call_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=25,
+        description="Deadline of one model call in a model process; a process that misses "
+        "it is killed and restarted, and its batch is tried once more elsewhere (two tries "
+        "stay within the 60 s request timeout).",
+    )
+    shutdown_drain_s: float = Field(
+        default=3.0,
+        ge=0,
+        description="On SIGTERM, keep serving this long with readiness 503 and "
+        "`Connection: close` before the server stops accepting and finishes in-flight "
+        "requests.",
     )
     max_queued_texts: int = Field(
         default=4096,

@@ -40,6 +40,9 @@ from service.text_keys import text_sha256
 
 logger = logging.getLogger(__name__)
 
+# Allowance for clocks of replicas that disagree, when judging a prediction id's age.
+_CLOCK_SKEW_S = 1.0
+
 Classify = Callable[[Sequence[ScoreItem]], Awaitable[list[ScoreResult]]]
 
 
@@ -81,10 +84,15 @@ class SentimentAPI:
         self.engine.dispose()
 
     def is_ready(self) -> bool:
+        """Ready when the database answers and prediction-log writes succeed."""
+        problem = self.log_writer.problem
+        if problem is not None:
+            logger.warning("not ready: %s", problem)
+            return False
         try:
             feedback.ping(self.engine)
         except SQLAlchemyError as exc:
-            logger.warning("not ready: database unreachable: %s", exc)
+            logger.warning("not ready: database unreachable: %s", type(exc).__name__)
             return False
         return True
 
@@ -176,26 +184,23 @@ class SentimentAPI:
             prediction_id=request.prediction_id,
             label=request.label,
             verdict=request.verdict,
-            comment=request.comment,
+            comment=self._stored_text(request.comment) if request.comment else None,
             source=request.source,
             idempotency_key=request.idempotency_key,
         )
-        deadline = time.monotonic() + self.settings.feedback_lookup_wait_s
         started = time.perf_counter()
         while True:
             try:
                 result = store.record_feedback(session_factory=self.sessions, feedback=item)
                 break
             except feedback.PredictionNotFound:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if not self._wait_for_prediction(request.prediction_id):
                     raise
-                # The prediction may still be queued here or in another worker.
-                if self.log_writer.flush(min(remaining, 0.5)):
-                    time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
             except OperationalError as exc:
                 self.metrics.db_errors.labels("feedback").inc()
-                raise feedback.StoreUnavailable(str(exc.orig)) from exc
+                logger.warning("feedback not stored: database unavailable: %s",
+                               str(exc.orig).splitlines()[0] if exc.orig else exc)  # fmt: skip
+                raise feedback.StoreUnavailable() from exc
         self.metrics.db_write_seconds.labels("feedback").observe(time.perf_counter() - started)
         if not result.replayed:
             self.metrics.feedback.labels(
@@ -205,6 +210,29 @@ class SentimentAPI:
                 result.template_version,
             ).inc()
         return FeedbackResponse.model_validate(asdict(result))
+
+    def _wait_for_prediction(self, prediction_id: str) -> bool:
+        """Whether to look for an unknown prediction again, after a short wait.
+
+        Only a prediction made moments ago may still wait in a log queue (this
+        worker's or another's): its time-ordered id says when it was made, so an
+        old or foreign id is answered 404 at once instead of holding a thread.
+        While this worker's log writes fail, a recent prediction may sit in the
+        spool: that is a 503 (retry), not a 404.
+        """
+        created = feedback.created_at_of(prediction_id)
+        wait_s = self.settings.feedback_lookup_wait_s
+        age = time.time() - created if created is not None else None
+        if age is None or not -_CLOCK_SKEW_S < age < wait_s + _CLOCK_SKEW_S:
+            return False
+        if not self.log_writer.healthy:
+            raise feedback.StoreUnavailable(
+                "the prediction log is behind (database writes are failing)"
+            )
+        remaining = wait_s + _CLOCK_SKEW_S - age
+        if self.log_writer.flush(min(remaining, 0.5)):
+            time.sleep(min(0.05, remaining))
+        return True
 
     def export_feedback(
         self, fmt: ExportFormat, since: datetime | None, until: datetime | None

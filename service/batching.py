@@ -12,7 +12,10 @@ dispatcher), which cost more than the model itself for single short texts.
 
 When more than ``max_queued_texts`` texts wait, new requests are refused
 (``Overloaded``, answered 503 with Retry-After) instead of queueing without
-bound.
+bound. A slot that fails with ``ModelUnavailable`` (its model process died or
+hung) is taken out of service until it is ``ready`` again, and the requests of
+its batch go back to the front of the queue for one more try on another slot;
+a second failure answers them with ``ModelUnavailable`` (503).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from service.scoring import ScoreItem, ScoreResult
+from service.scoring import ModelUnavailable, ScoreItem, ScoreResult
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,15 @@ class ModelSlot(Protocol):
 
     async def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]: ...
 
+    async def ready(self) -> None:
+        """Return once the slot can take batches again (after ``ModelUnavailable``)."""
+        ...
+
     def close(self) -> None: ...
+
+
+# Tries of a request on slots that fail with ModelUnavailable before it gets a 503.
+MAX_TRIES = 2
 
 
 class ThreadSlot:
@@ -52,6 +63,9 @@ class ThreadSlot:
     async def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._score, items)
+
+    async def ready(self) -> None:
+        return None
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -70,6 +84,7 @@ class BatchObserver(Protocol):
 class _Waiting:
     items: Sequence[ScoreItem]
     future: asyncio.Future[list[ScoreResult]]
+    tries: int = 0
 
 
 class MicroBatcher:
@@ -146,9 +161,18 @@ class MicroBatcher:
         for slot in self._slots:
             free.put_nowait(slot)
 
+        async def back_when_ready(slot: ModelSlot) -> None:
+            await slot.ready()
+            free.put_nowait(slot)
+
         def finished(slot: ModelSlot, task: asyncio.Task[None]) -> None:
             self._in_flight.discard(task)
-            free.put_nowait(slot)
+            if not task.cancelled() and isinstance(task.exception(), ModelUnavailable):
+                waiting = loop.create_task(back_when_ready(slot))
+                self._in_flight.add(waiting)
+                waiting.add_done_callback(self._in_flight.discard)
+            else:
+                free.put_nowait(slot)
 
         while True:
             if not self._waiting:
@@ -169,6 +193,9 @@ class MicroBatcher:
         started = time.perf_counter()
         try:
             results = await slot.score(items)
+        except ModelUnavailable as exc:
+            self._retry(batch, exc)
+            raise  # the slot stays out of service until it is ready again
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0], exc)
@@ -177,8 +204,12 @@ class MicroBatcher:
             # others it was batched with: score each on its own.
             logger.warning("batch of %d requests failed (%s); scoring them one by one",
                            len(batch), exc)  # fmt: skip
-            for waiting in batch:
-                await self._score_batch(slot, [waiting])
+            for index, waiting in enumerate(batch):
+                try:
+                    await self._score_batch(slot, [waiting])
+                except ModelUnavailable as unavailable:
+                    self._retry(batch[index + 1 :], unavailable)
+                    raise
             return
         if self._observer is not None:
             self._observer.batch_scored(len(items), len(batch), time.perf_counter() - started)
@@ -187,6 +218,21 @@ class MicroBatcher:
             count = len(waiting.items)
             _settle(waiting, results[offset : offset + count])
             offset += count
+
+    def _retry(self, batch: list[_Waiting], error: ModelUnavailable) -> None:
+        """Queue the batch's requests again, first in line, unless they had their tries."""
+        again = []
+        for waiting in batch:
+            waiting.tries += 1
+            if waiting.tries >= MAX_TRIES:
+                _settle(waiting, error)
+            elif not waiting.future.done():
+                again.append(waiting)
+        for waiting in reversed(again):
+            self._waiting.appendleft(waiting)
+            self._queued_texts += len(waiting.items)
+        if again and self._wakeup is not None:
+            self._wakeup.set()
 
 
 def _settle(waiting: _Waiting, outcome: list[ScoreResult] | Exception) -> None:

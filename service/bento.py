@@ -8,7 +8,7 @@ Serve with ``bentoml serve service.bento:SentiLoop`` (or ``sentiloop serve``).
 """
 
 import gc
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import bentoml
@@ -17,12 +17,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
+from feedback import store
 from feedback.export import MEDIA_TYPES
 from sentiloop.logging_setup import configure_logging
 from sentiloop.settings import Settings
 from service.api_logic import SentimentAPI
 from service.http_errors import DOMAIN_ERRORS, error_response
 from service.http_guard import GuardConfig, GuardMiddleware
+from service.http_paths import RouteLabelPaths
 from service.inference import InferenceWorker
 from service.metrics import ApiMetrics, ModelMetrics
 from service.schemas import (
@@ -32,7 +34,11 @@ from service.schemas import (
     PredictRequest,
     PredictResponse,
 )
+from service.shutdown import Drain
 from service.templates import TemplateRegistry, UnknownTemplateVersion
+
+# One per worker process: SIGTERM is a process-wide event.
+_DRAIN = Drain()
 
 read_api = FastAPI(title="sentiloop", description="Read endpoints of sentiloop.")
 
@@ -47,12 +53,6 @@ async def _bad_query(_: Request, exc: RequestValidationError) -> JSONResponse:
     )
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 # Per-request overheads kept off the hot path (README, "Performance"): an
 # access-log line per request cost ~10% of a worker's throughput and the
 # OpenTelemetry spans of /v1/predict ~20% (the request metrics on /metrics carry
@@ -61,6 +61,9 @@ def _utc(moment: datetime | None) -> datetime | None:
 # services.sentiloop.tracing.excluded_urls=/readyz'.
 @bentoml.service(
     name="sentiloop",
+    # Threads for the synchronous endpoints (feedback, export, templates): with
+    # BentoML's default of one, feedback requests queued behind each other.
+    threads=8,
     traffic={"timeout": 60},
     logging={"access": {"enabled": False}},
     tracing={"excluded_urls": ["/v1/predict"]},
@@ -70,6 +73,7 @@ class SentiLoop:
     def __init__(self) -> None:
         settings = Settings()
         configure_logging()
+        _DRAIN.install(settings.shutdown_drain_s)
         registry = TemplateRegistry.load(settings.resolved_templates_dir)
         GuardConfig.from_settings(settings)  # fail at start-up on a bad or missing key ring
         self.api = SentimentAPI(settings, registry, ApiMetrics())
@@ -81,7 +85,7 @@ class SentiLoop:
         gc.freeze()
 
     def __is_ready__(self) -> bool:
-        return self.api.is_ready()
+        return not _DRAIN.draining and self.api.is_ready()
 
     @bentoml.on_shutdown
     def close(self) -> None:
@@ -123,7 +127,7 @@ class SentiLoop:
 
     @read_api.get("/models")
     async def list_models(self) -> ModelsResponse:
-        described = await self.inference.describe()
+        described = self.inference.describe()
         return ModelsResponse(**described, traffic_split=self.api.traffic_split())
 
     @bentoml.api(route="/v1/admin/reload-models", output_spec=ModelsResponse)
@@ -139,12 +143,30 @@ class SentiLoop:
         format: Literal["jsonl", "csv"] = "jsonl",
         since: datetime | None = None,
         until: datetime | None = None,
-    ) -> StreamingResponse:
+    ) -> Response:
+        try:
+            since, until = store.utc_bounds(since, until)
+        except DOMAIN_ERRORS as error:
+            return error_response(error)
         return StreamingResponse(
-            self.api.export_feedback(format, _utc(since), _utc(until)),
+            self.api.export_feedback(format, since, until),
             media_type=MEDIA_TYPES[format],
             headers={"Content-Disposition": f'attachment; filename="feedback.{format}"'},
         )
 
 
 SentiLoop.add_asgi_middleware(GuardMiddleware)  # type: ignore[attr-defined]
+
+
+class _WrappedService(type(SentiLoop)):  # type: ignore[misc]
+    """The BentoML service, its ASGI app wrapped outside BentoML's own middleware:
+    in ``RouteLabelPaths`` (BentoML's metrics label requests by path) and in the
+    drain (``Connection: close`` once SIGTERM arrived)."""
+
+    __slots__ = ()
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        return RouteLabelPaths(_DRAIN.wrap(super().to_asgi(is_main)))
+
+
+SentiLoop.__class__ = _WrappedService  # type: ignore[method-assign]

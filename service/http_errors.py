@@ -10,11 +10,13 @@ from starlette.responses import JSONResponse
 import feedback
 from service.batching import Overloaded
 from service.model_store import ModelNotFound
+from service.scoring import ModelUnavailable
 from service.templates import UnknownTemplateVersion
 
 logger = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: tuple[tuple[type[Exception], HTTPStatus], ...] = (
+    (feedback.InvalidTimeRange, HTTPStatus.BAD_REQUEST),
     (UnknownTemplateVersion, HTTPStatus.NOT_FOUND),
     (feedback.PredictionNotFound, HTTPStatus.NOT_FOUND),
     (ModelNotFound, HTTPStatus.NOT_FOUND),
@@ -22,6 +24,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], HTTPStatus], ...] = (
     (feedback.DuplicateFeedback, HTTPStatus.CONFLICT),
     (feedback.StoreUnavailable, HTTPStatus.SERVICE_UNAVAILABLE),
     (Overloaded, HTTPStatus.SERVICE_UNAVAILABLE),
+    (ModelUnavailable, HTTPStatus.SERVICE_UNAVAILABLE),
 )
 
 DOMAIN_ERRORS = tuple(error for error, _ in STATUS_BY_ERROR)

@@ -11,11 +11,15 @@ Two layouts, both behind one adaptive batcher (``MicroBatcher``):
 Every ``model_poll_interval_s`` seconds the watcher asks each engine to look
 for a new champion/challenger in the database and swap without a restart; a
 model process swaps between two batches, the others keep serving meanwhile.
+A model process being restarted is skipped (it starts with the current
+models), and ``describe`` answers from what each process last reported, so
+neither waits on a process that is down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,11 +31,13 @@ from service.engines import load_engine, refresh_report
 from service.metrics import ModelMetrics
 from service.model_process import ModelProcess
 from service.periodic import PeriodicTask
-from service.scoring import ScoreItem, ScoreResult, ScoringEngine
+from service.scoring import ModelUnavailable, ScoreItem, ScoreResult, ScoringEngine
 from service.templates import TemplateRegistry
 
+logger = logging.getLogger(__name__)
+
 # Long enough for a model process to start and load its models (an ONNX export
-# on a machine's first start included).
+# on a machine's first start included); a refresh may load a model too.
 MODEL_PROCESS_START_TIMEOUT_S = 600.0
 
 
@@ -50,7 +56,13 @@ class InferenceWorker:
         processes = settings.resolved_model_processes
         if processes:
             self._processes = [
-                ModelProcess(settings, str(index), MODEL_PROCESS_START_TIMEOUT_S)
+                ModelProcess(
+                    settings,
+                    str(index),
+                    start_timeout_s=MODEL_PROCESS_START_TIMEOUT_S,
+                    call_timeout_s=settings.model_call_timeout_s,
+                    on_restart=metrics.process_restarted,
+                )
                 for index in range(processes)
             ]
             for process in self._processes:  # all start at once; wait for each
@@ -77,10 +89,16 @@ class InferenceWorker:
     async def classify(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
         return await self.batcher.classify(items)
 
-    async def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
+        """What serves now (never waits on a model process)."""
         if self._engine is not None:
             return self._engine.describe()
-        return await asyncio.to_thread(self._processes[0].call, "describe")
+        reported = [p.described for p in self._processes if p.described is not None]
+        described = dict(reported[0]) if reported else {"models": []}
+        down = [p.name for p in self._processes if not p.available]
+        if down:
+            described["restarting_model_processes"] = down
+        return described
 
     async def reload(self) -> dict[str, Any]:
         """Check the database for a new champion/challenger now (every engine of this worker)."""
@@ -90,9 +108,16 @@ class InferenceWorker:
         if self._engine is not None:
             return refresh_report(self._engine)
         # One process at a time: the others keep scoring while one loads a model.
-        reports = [self._report(process.call("refresh")) for process in self._processes]
+        reports = []
+        for process in self._processes:
+            try:
+                reports.append(self._report(process.call("refresh", MODEL_PROCESS_START_TIMEOUT_S)))
+            except ModelUnavailable as exc:
+                logger.warning("model refresh skipped: %s", exc)
+        if not reports:
+            return {**self.describe(), "changes": []}
         changes = sorted({change for report in reports for change in report["changes"]})
-        return {**reports[0], "changes": changes}
+        return {**self.describe(), "changes": changes}
 
     def _report(self, described: dict[str, Any]) -> dict[str, Any]:
         """Mirror what a model process serves in this worker's metrics."""

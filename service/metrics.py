@@ -76,6 +76,17 @@ class ApiMetrics:
             name="sentiloop_prediction_log_replayed",
             documentation="Spooled prediction records replayed into the database.",
         )
+        self.log_quarantined = m.Counter(
+            name="sentiloop_prediction_log_quarantined",
+            documentation="Prediction records the database refused (kept in the spool's "
+            "quarantine folder, never retried).",
+        )
+        self.log_degraded = m.Gauge(
+            name="sentiloop_prediction_log_degraded",
+            documentation="1 while prediction-log writes fail (records wait in the spool or "
+            "in memory), else 0.",
+            multiprocess_mode="livemax",
+        )
         self.log_queue_depth = m.Gauge(
             name="sentiloop_prediction_log_queue_depth",
             documentation="Prediction records waiting to be written.",
@@ -158,6 +169,12 @@ class ApiMetrics:
     def replayed(self, count: int) -> None:
         self.log_replayed.inc(count)
 
+    def quarantined(self, count: int) -> None:
+        self.log_quarantined.inc(count)
+
+    def degraded(self, is_degraded: bool) -> None:
+        self.log_degraded.set(1 if is_degraded else 0)
+
 
 class ModelMetrics:
     def __init__(self) -> None:
@@ -200,6 +217,10 @@ class ModelMetrics:
             documentation="Live model switches, by reference (counted in every worker).",
             labelnames=["reference"],
         )
+        self.process_restarts = m.Counter(
+            name="sentiloop_model_process_restarts",
+            documentation="Model processes replaced after they died or missed a deadline.",
+        )
         self.load_errors = m.Counter(
             name="sentiloop_model_load_errors",
             documentation="Models that failed to load (the previous one kept serving), "
@@ -212,6 +233,9 @@ class ModelMetrics:
         self.batch_size.observe(texts)
         self.batch_requests.observe(requests)
         self.call_seconds.observe(seconds)
+
+    def process_restarted(self) -> None:
+        self.process_restarts.inc()
 
     # ScoringEngine observer protocol
     def load_failed(self) -> None:

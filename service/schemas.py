@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from service.labels import Label
 
@@ -20,10 +28,39 @@ def _not_blank(value: str) -> str:
     return value
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(value: str) -> str:
+    """Refuse what no database stores the same way: NUL (PostgreSQL refuses it, SQLite
+    cuts text at it) and unpaired surrogates (not encodable as UTF-8)."""
+    found = _UNSTORABLE.search(value)
+    if found is not None:
+        what = "a NUL character" if found.group() == "\x00" else "an unpaired surrogate"
+        raise ValueError(f"contains {what} at position {found.start()}; remove it")
+    return value
+
+
+# Every string a request carries is checked with _storable, after its length.
 Text = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_CHARS_PER_TEXT),
+    StringConstraints(min_length=1, max_length=MAX_CHARS_PER_TEXT),
+    AfterValidator(_storable),
     AfterValidator(_not_blank),
+]
+TemplateVersion = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_storable)
+]
+RoutingKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)
+]
+PredictionId = Annotated[
+    str, StringConstraints(min_length=1, max_length=36), AfterValidator(_storable)
+]
+Comment = Annotated[str, StringConstraints(max_length=MAX_COMMENT_CHARS), AfterValidator(_storable)]
+Source = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_storable)]
+IdempotencyKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)
 ]
 
 
@@ -40,13 +77,11 @@ class PredictRequest(BaseModel):
         description=f"Up to {MAX_TEXTS_PER_REQUEST} texts, each at most "
         f"{MAX_CHARS_PER_TEXT} characters.",
     )
-    template_version: str | None = Field(
-        default=None, min_length=1, max_length=64, description="Force a prompt template version."
+    template_version: TemplateVersion | None = Field(
+        default=None, description="Force a prompt template version."
     )
-    routing_key: str | None = Field(
+    routing_key: RoutingKey | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
         description="Sticky A/B assignment key, e.g. a customer or ticket id (stored hashed).",
     )
 
@@ -80,17 +115,15 @@ class FeedbackRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prediction_id: str = Field(min_length=1, max_length=36)
+    prediction_id: PredictionId
     label: Label | None = Field(default=None, description="The correct label.")
     verdict: Literal["correct", "incorrect"] | None = Field(
         default=None, description="Thumbs up (correct) or down (incorrect)."
     )
-    comment: str | None = Field(default=None, max_length=MAX_COMMENT_CHARS)
-    source: str | None = Field(default=None, min_length=1, max_length=100)
-    idempotency_key: str | None = Field(
+    comment: Comment | None = None
+    source: Source | None = None
+    idempotency_key: IdempotencyKey | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
         description="Retries with the same key return the first result and store one row.",
     )
 
@@ -119,3 +152,6 @@ class ModelsResponse(BaseModel):
     last_refresh_error: str | None = None
     traffic_split: list[dict[str, Any]]
     changes: list[str] = Field(default_factory=list)
+    restarting_model_processes: list[str] = Field(
+        default_factory=list, description="Model processes being replaced right now."
+    )

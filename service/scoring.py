@@ -51,6 +51,11 @@ class _NoObserver:
 ROLES = (CHAMPION, CHALLENGER)
 
 
+class ModelUnavailable(RuntimeError):
+    """No model could score the texts now (a model process died, hung or is
+    restarting); the caller may retry shortly (503 with Retry-After)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ScoreItem:
     """One raw text to score with a template version and a model reference."""

@@ -9,8 +9,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -69,6 +70,18 @@ def throwaway_postgres() -> Iterator[str]:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def wait_until(
+    condition: Callable[[], bool], timeout_s: float = 30, interval_s: float = 0.1
+) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval_s)
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -78,7 +91,14 @@ def free_port() -> int:
 class ServerProcess:
     """A real `bentoml serve service.bento:SentiLoop` subprocess on a free port."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        host: str = "127.0.0.1",
+        checkout: Path = ROOT,
+    ) -> None:
+        """``checkout``: the source tree to serve (another one to compare versions)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -86,8 +106,8 @@ class ServerProcess:
         full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "service.bento:SentiLoop",
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+             "--host", host, "--port", str(self.port)],
+            cwd=checkout, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
 
@@ -101,6 +121,27 @@ class ServerProcess:
                     return
             time.sleep(0.5)
         raise TimeoutError(f"server not ready in {timeout_s}s:\n{self.log_tail()}")
+
+    def model_processes(self) -> list[Any]:
+        """The live model processes (``psutil.Process``) under this server."""
+        import psutil
+
+        found = []
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if "spawn_main" in " ".join(child.cmdline()) and child.status() != "zombie":
+                    found.append(child)
+        return found
+
+    def zombies(self) -> list[int]:
+        import psutil
+
+        found = []
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    found.append(child.pid)
+        return found
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]

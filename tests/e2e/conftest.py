@@ -22,8 +22,10 @@ def tiny_model_tag(tiny_model_dir: Path, bentoml_home: Path) -> str:
     return model_store.save_model(tiny_model_dir, name="e2e-tiny", metadata=TINY_METADATA).tag
 
 
-def start_server(tmp: Path, env: dict[str, str]) -> ServerProcess:
-    server = ServerProcess({"SENTILOOP_HOME": str(tmp / "home"), **env}, tmp / "server.log")
+def start_server(tmp: Path, env: dict[str, str], host: str = "127.0.0.1") -> ServerProcess:
+    server = ServerProcess(
+        {"SENTILOOP_HOME": str(tmp / "home"), **env}, tmp / "server.log", host=host
+    )
     try:
         server.wait_ready()
     except BaseException:

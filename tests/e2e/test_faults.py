@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,7 +14,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.e2e.conftest import start_server
-from tests.support import ServerProcess, TcpProxy, throwaway_postgres
+from tests.support import ServerProcess, TcpProxy, throwaway_postgres, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -24,15 +22,6 @@ pytestmark = pytest.mark.slow
 def metric(server: ServerProcess, name: str) -> float:
     found = re.search(rf"^{name} (\S+)$", httpx.get(f"{server.url}/metrics").text, re.M)
     return float(found.group(1)) if found else 0.0
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.mark.postgres
@@ -62,6 +51,9 @@ def test_database_outage_spools_predictions_refuses_feedback_and_recovers(tmp_pa
                 )
                 assert refused.status_code == 503 and refused.headers.get("retry-after")
                 assert "unavailable" in refused.json()["error"]
+                # No driver detail (host, port, server state) reaches the client.
+                assert str(proxy.port) not in refused.text and "127.0.0.1" not in refused.text
+                assert "connection" not in refused.text.lower()
                 assert client.get("/readyz").status_code == 503
                 assert wait_until(
                     lambda: metric(server, "sentiloop_prediction_log_spooled_total") >= 60

@@ -41,3 +41,4 @@ def test_dockerfile_copies_every_package_and_serves_on_3000() -> None:
         assert f"COPY {package} ./{package}" in dockerfile
     assert "torch==2.13.0" in dockerfile and "EXPOSE 3000" in dockerfile
     assert '"sentiloop", "serve"' in dockerfile
+    assert "SENTILOOP_AUTH=required" in dockerfile  # reached from other hosts: keys

@@ -105,3 +105,26 @@ def test_non_json_bodies_are_415_naming_the_header(secured: ServerProcess) -> No
         timeout=30,
     )
     assert response.status_code == 415 and response.json()["field"] == "Content-Type"
+
+
+def test_two_credential_headers_are_a_400_not_the_last_one_winning(secured: ServerProcess) -> None:
+    reader, ops = KEYS["reader"][0], KEYS["ops"][0]
+    for headers in (
+        [("X-API-Key", reader), ("X-API-Key", ops)],
+        [("Authorization", f"Bearer {reader}"), ("X-API-Key", ops)],
+        [("Authorization", f"Bearer {reader}"), ("Authorization", f"Bearer {ops}")],
+    ):
+        response = httpx.get(f"{secured.url}/v1/feedback/export", headers=headers, timeout=30)
+        assert response.status_code == 400, headers
+        assert response.json()["field"] == "Authorization"
+
+
+def test_a_trailing_slash_gets_the_same_authorization_answer(secured: ServerProcess) -> None:
+    reader = KEYS["reader"][0]
+    body = {"prediction_id": "x", "verdict": "correct"}
+    for path in ("/v1/feedback", "/v1/feedback/"):
+        response = call(secured, "POST", path, reader, json=body)
+        assert response.status_code == 403, path
+    for path in ("/v1/feedback/export", "/v1/feedback/export/", "/v1/admin/reload-models/"):
+        assert call(secured, "GET", path, reader).status_code == 403, path
+    assert call(secured, "GET", "/v1/feedback/export/", None).status_code == 401

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,6 +15,7 @@ from sqlalchemy import func, select
 import feedback
 from feedback import store
 from feedback.models import Prediction
+from tests.support import wait_until
 
 
 def record() -> feedback.PredictionRecord:
@@ -29,6 +34,8 @@ class CountingObserver:
         self.failures = 0
         self.spooled_total = 0
         self.replayed_total = 0
+        self.quarantined_total = 0
+        self.states: list[bool] = []
 
     def written(self, count: int, seconds: float) -> None:
         self.written_total += count
@@ -47,6 +54,12 @@ class CountingObserver:
 
     def replayed(self, count: int) -> None:
         self.replayed_total += count
+
+    def quarantined(self, count: int) -> None:
+        self.quarantined_total += count
+
+    def degraded(self, is_degraded: bool) -> None:
+        self.states.append(is_degraded)
 
 
 def count_rows(url: str) -> int:
@@ -215,3 +228,175 @@ def test_leftover_spool_is_replayed_at_start_without_duplicates(
     engine.dispose()
     assert count_rows(sqlite_url) == 8
     assert spool.pending() == []
+
+
+def poison_record() -> feedback.PredictionRecord:
+    """A record no database takes: a NUL (PostgreSQL refuses it) next to a lone
+    surrogate (no UTF-8 encoder takes it)."""
+    good = record()
+    return feedback.PredictionRecord(
+        **{**vars(good), "text": "poison \x00 \ud800", "text_storage": "raw"}
+    )
+
+
+def test_a_row_the_database_refuses_is_quarantined_and_the_rest_written(
+    database_url: str, tmp_path: Path
+) -> None:
+    feedback.upgrade(database_url)
+    engine = feedback.make_engine(database_url)
+    observer = CountingObserver()
+    spool = feedback.Spool(tmp_path / "spool")
+    writer = feedback.PredictionLogWriter(
+        feedback.make_session_factory(engine), observer=observer, spool=spool
+    )
+    writer.start()
+    batch = [record() for _ in range(40)]
+    batch[17] = poison_record()
+    writer.submit(batch)
+    assert writer.flush(20)
+    writer.submit([record() for _ in range(5)])  # and the log keeps going
+    assert writer.flush(20)
+    writer.close()
+    engine.dispose()
+    assert count_rows(database_url) == 44
+    assert observer.quarantined_total == 1
+    quarantined = list((tmp_path / "spool" / "quarantine").glob("*.jsonl"))
+    assert len(quarantined) == 1
+    assert batch[17].id in quarantined[0].read_text()
+    assert spool.pending() == []  # nothing left to retry for ever
+
+
+def test_a_poison_row_in_the_spool_does_not_block_the_records_behind_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    feedback.upgrade(database_url)
+    spool = feedback.Spool(tmp_path / "spool")
+    spooled = [record() for _ in range(30)]
+    spooled[3] = poison_record()
+    spool.write(spooled[:10])
+    spool.write(spooled[10:])
+    (tmp_path / "spool" / "torn.jsonl").write_text('{"id": "torn', encoding="utf-8")
+    engine = feedback.make_engine(database_url)
+    observer = CountingObserver()
+    writer = feedback.PredictionLogWriter(
+        feedback.make_session_factory(engine), observer=observer, spool=spool
+    )
+    writer.start()
+    assert wait_until(lambda: not spool.pending())
+    writer.close()
+    engine.dispose()
+    assert count_rows(database_url) == 29
+    assert observer.quarantined_total == 1
+    kept = "".join(p.read_text() for p in spool.quarantine_directory.glob("*.jsonl"))
+    assert spooled[3].id in kept and "torn" in kept
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 kB tmpfs: a disk that can be filled and freed (needs root)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 4096)
+    return filler
+
+
+def test_a_full_disk_under_the_database_and_the_spool_loses_nothing_and_recovers(
+    tiny_disk: Path,
+) -> None:
+    """The SQLite file and the spool share a disk that fills up: writes and spooling
+    both fail. The writer keeps the records in memory, says it is degraded, and writes
+    them once space returns; its thread never dies."""
+    url = f"sqlite:///{tiny_disk / 'sentiloop.db'}"
+    feedback.upgrade(url)
+    engine = feedback.make_engine(url)
+    observer = CountingObserver()
+    spool = feedback.Spool(tiny_disk / "spool")
+    writer = feedback.PredictionLogWriter(
+        feedback.make_session_factory(engine),
+        observer=observer,
+        spool=spool,
+        flush_interval_s=0.05,
+    )
+    writer.start()
+    filler = fill(tiny_disk)
+    for _ in range(10):
+        writer.submit([record() for _ in range(20)])
+    assert wait_until(lambda: not writer.healthy)
+    assert "failed" in (writer.problem or "")
+    filler.unlink()  # space returns
+    assert writer.flush(30)
+    assert wait_until(lambda: writer.healthy and not spool.pending(), 30)
+    writer.submit([record() for _ in range(3)])
+    assert writer.flush(10)
+    writer.close()
+    engine.dispose()
+    assert count_rows(url) == 203
+    assert writer.stats.dropped == 0
+    assert observer.states[0] is True and observer.states[-1] is False
+
+
+def test_a_sqlite_file_made_read_only_then_writable_again_recovers_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "db"
+    url = f"sqlite:///{folder / 'sentiloop.db'}"
+    feedback.upgrade(url)
+    engine = feedback.make_engine(url)
+    writer = feedback.PredictionLogWriter(
+        feedback.make_session_factory(engine),
+        spool=feedback.Spool(tmp_path / "spool"),
+        flush_interval_s=0.05,
+    )
+    writer.start()
+    writer.submit([record()])
+    assert writer.flush(10)
+    # The file and its write-ahead log (not the -shm file: an immutable shared mapping
+    # gets the process killed with SIGBUS instead of a failed write).
+    files = [str(folder / name) for name in ("sentiloop.db", "sentiloop.db-wal")]
+    if subprocess.run(["chattr", "+i", *files], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        engine.dispose()  # the next connections are opened while the file is read-only
+        writer.submit([record() for _ in range(5)])
+        assert wait_until(lambda: not writer.healthy)
+    finally:
+        subprocess.run(["chattr", "-i", *files], check=True)
+    writer.submit([record() for _ in range(4)])
+    assert wait_until(lambda: writer.healthy, 30)
+    assert writer.flush(10)
+    writer.close()
+    engine.dispose()
+    assert count_rows(url) == 10
+
+
+def test_spool_files_of_other_live_processes_are_left_to_them(tmp_path: Path) -> None:
+    """A live worker may still append to its spool file (a rename would not stop it):
+    only this process's files and those of processes that are gone are replayed."""
+    spool = feedback.Spool(tmp_path / "spool")
+    spool.write([record()])
+    folder = tmp_path / "spool"
+    live_other = folder / "spool-1-abc.jsonl"  # pid 1 is always alive
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = folder / f"spool-{dead.pid}-def.jsonl"
+    for path in (live_other, gone):
+        path.write_text("", encoding="utf-8")
+    pending = set(spool.pending())
+    assert gone in pending and live_other not in pending
+    assert any(path.name.startswith(f"spool-{os.getpid()}-") for path in pending)

@@ -1,11 +1,14 @@
-"""Model processes: same scores as the in-worker engine, refresh, and restart after a crash."""
+"""Model processes: same scores as the in-worker engine, refresh, batches of any size,
+and supervision (a killed or hung process is replaced; every wait has a deadline)."""
 
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 import feedback
@@ -29,8 +32,18 @@ def settings(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def process(settings: Settings) -> Iterator[ModelProcess]:
-    handle = ModelProcess(settings, "test", start_timeout_s=300)
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One event loop for the module, as an API worker has one: a handle's streams
+    live on the loop that first scored with it."""
+    event_loop = asyncio.new_event_loop()
+    yield event_loop
+    event_loop.run_until_complete(asyncio.sleep(0.1))  # closed streams finish closing
+    event_loop.close()
+
+
+@pytest.fixture(scope="module")
+def process(settings: Settings, loop: asyncio.AbstractEventLoop) -> Iterator[ModelProcess]:
+    handle = ModelProcess(settings, "test", start_timeout_s=300, call_timeout_s=20)
     yield handle
     handle.close()
 
@@ -40,58 +53,118 @@ def items() -> list[ScoreItem]:
 
 
 def test_a_model_process_scores_like_the_engine_in_the_worker(
-    process: ModelProcess, settings: Settings
+    process: ModelProcess, settings: Settings, loop: asyncio.AbstractEventLoop
 ) -> None:
     started = process.wait_started()
     assert [m["reference"] for m in started["models"]] == ["champion"]
     engine = ScoringEngine(settings, TemplateRegistry.load(settings.resolved_templates_dir))
     expected = engine.score(items())
-    got = asyncio.run(process.score(items()))
+    got = loop.run_until_complete(process.score(items()))
     assert [r.model_version for r in got] == [r.model_version for r in expected]
     for mine, theirs in zip(got, expected, strict=True):
         assert mine.scores == pytest.approx(theirs.scores, abs=1e-6)
 
 
-def test_refresh_and_describe_go_over_the_control_pipe(process: ModelProcess) -> None:
-    refreshed = process.call("refresh")
+def test_refresh_goes_over_the_control_pipe_and_updates_what_is_described(
+    process: ModelProcess,
+) -> None:
+    refreshed = process.call("refresh", 60)
     assert refreshed["changes"] == []  # the pinned tag does not move
-    assert process.call("describe")["models"] == refreshed["models"]
+    assert process.described is not None
+    assert process.described["models"] == refreshed["models"]
 
 
-def test_an_error_in_the_process_reaches_the_caller(process: ModelProcess) -> None:
+def test_a_batch_far_larger_than_the_socket_buffer_is_scored(
+    process: ModelProcess, loop: asyncio.AbstractEventLoop
+) -> None:
+    """256 texts of 5,000 characters are ~2.5 MB pickled; the socket buffer holds ~200 kB.
+    A non-blocking Connection.send failed half-written and took the process down."""
+    long_items = [ScoreItem(text=("é" if n % 2 else "word ") * 1000, template_version="v1")
+                  for n in range(256)]  # fmt: skip
+    pid = process.pid
+    results = loop.run_until_complete(process.score(long_items))
+    assert len(results) == 256 and process.pid == pid
+
+
+def test_an_error_in_the_process_reaches_the_caller(
+    process: ModelProcess, loop: asyncio.AbstractEventLoop
+) -> None:
+    unknown = [ScoreItem(text="x", template_version="no-such-version")]
     with pytest.raises(Exception, match="no-such-version"):
-        asyncio.run(process.score([ScoreItem(text="x", template_version="no-such-version")]))
-    assert len(asyncio.run(process.score(items()))) == len(TEXTS)  # and it keeps serving
+        loop.run_until_complete(process.score(unknown))
+    assert len(loop.run_until_complete(process.score(items()))) == len(TEXTS)  # still serving
 
 
-def test_a_killed_process_fails_its_batch_and_is_started_again(settings: Settings) -> None:
-    handle = ModelProcess(settings, "crash", start_timeout_s=300)
+def test_a_hung_process_fails_its_batch_and_is_started_again(
+    settings: Settings, loop: asyncio.AbstractEventLoop
+) -> None:
+    handle = ModelProcess(settings, "crash", start_timeout_s=300, call_timeout_s=20)
     try:
         handle.wait_started()
-        first_pid = handle._process.pid
+        first_pid = handle.pid
         assert first_pid is not None
 
         async def scenario() -> list[object]:
-            await handle.score(items())  # the event loop now watches the pipe
-            os.kill(first_pid, signal.SIGKILL)
+            await handle.score(items())  # the event loop now watches the socket
+            os.kill(first_pid, signal.SIGSTOP)  # hung: holds the next batch, never answers
             outcomes: list[object] = []
-            for _ in range(2):
-                try:
-                    outcomes.append(len(await handle.score(items())))
-                except ModelProcessDied as exc:
-                    outcomes.append(exc)
+            try:
+                outcomes.append(len(await handle.score(items())))
+            except ModelProcessDied as exc:
+                outcomes.append(exc)
+            assert not handle.available  # replaced in the background; batches refused meanwhile
+            with pytest.raises(ModelProcessDied, match="restarting"):
+                await handle.score(items())
+            await asyncio.wait_for(handle.ready(), 120)
+            outcomes.append(len(await handle.score(items())))
             return outcomes
 
-        outcomes = asyncio.run(scenario())
+        handle._call_timeout_s = 2.0
+        started = time.monotonic()
+        outcomes = loop.run_until_complete(scenario())
         assert isinstance(outcomes[0], ModelProcessDied)
         assert outcomes[1] == len(TEXTS)
-        assert handle._process.pid != first_pid
+        assert handle.pid != first_pid and handle.restarts == 1
+        assert not psutil.pid_exists(first_pid)  # killed and reaped, not a zombie
+        assert time.monotonic() - started < 120
+    finally:
+        handle.close()
+
+
+def test_a_process_killed_while_idle_is_replaced_without_a_batch_noticing(
+    settings: Settings, loop: asyncio.AbstractEventLoop
+) -> None:
+    handle = ModelProcess(settings, "idle", start_timeout_s=300, call_timeout_s=20)
+    try:
+        handle.wait_started()
+        first_pid = handle.pid
+        assert first_pid is not None
+
+        async def scenario() -> int:
+            await handle.score(items())
+            os.kill(first_pid, signal.SIGKILL)
+            for _ in range(100):  # the end of file reaches the event loop
+                if not handle.available:
+                    break
+                await asyncio.sleep(0.05)
+            assert not handle.available
+            # Control requests are refused at once, not left waiting on the dead process.
+            refused_at = time.monotonic()
+            with pytest.raises(ModelProcessDied):
+                await asyncio.to_thread(handle.call, "refresh", 60)
+            assert time.monotonic() - refused_at < 1.0
+            await asyncio.wait_for(handle.ready(), 120)
+            return len(await handle.score(items()))
+
+        assert loop.run_until_complete(scenario()) == len(TEXTS)
+        assert handle.pid != first_pid
+        assert not psutil.pid_exists(first_pid)
     finally:
         handle.close()
 
 
 def test_a_late_answer_is_never_taken_for_the_next_batch(
-    process: ModelProcess, settings: Settings
+    process: ModelProcess, settings: Settings, loop: asyncio.AbstractEventLoop
 ) -> None:
     """A batch whose caller went away still gets answered; that answer must be dropped,
     not handed to the batch sent after it."""
@@ -106,7 +179,7 @@ def test_a_late_answer_is_never_taken_for_the_next_batch(
         abandoned.cancel()
         return list(await process.score(others))
 
-    got = asyncio.run(scenario())
+    got = loop.run_until_complete(scenario())
     assert len(got) == len(others)
     for mine, theirs in zip(got, expected, strict=True):
         assert mine.scores == pytest.approx(theirs.scores, abs=1e-6)  # type: ignore[attr-defined]

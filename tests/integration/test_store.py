@@ -7,9 +7,10 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import feedback
@@ -210,12 +211,45 @@ def test_purge_texts_removes_old_texts_and_keeps_rows(sessions: sessionmaker[Ses
         feedback=feedback.FeedbackInput(prediction_id=old.id, verdict="correct"),
     )
     with sessions() as session:
-        assert (
-            store.purge_texts(session=session, before=datetime.now(UTC) - timedelta(days=30)) == 1
-        )
+        before = datetime.now(UTC) - timedelta(days=30)
+        assert store.purge_texts(session=session, before=before) == (1, 0)
         session.commit()
     with sessions() as session:
         purged, kept = session.get(Prediction, old.id), session.get(Prediction, new.id)
         assert purged is not None and purged.text is None and purged.text_storage == "purged"
         assert kept is not None and kept.text == "great service"
     assert count_feedback(sessions) == 1
+
+
+def test_purge_leaves_no_copy_of_texts_or_comments_in_the_sqlite_files(tmp_path: Path) -> None:
+    """The purged values are gone from the database file and its write-ahead log,
+    not only from query results."""
+    url = f"sqlite:///{tmp_path / 'sentiloop.db'}"
+    feedback.upgrade(url)
+    engine = feedback.make_engine(url)
+    sessions = feedback.make_session_factory(engine)
+    secret, note = "call me at SECRET-TEXT-8842", "SECRET-COMMENT-1177"
+    old = feedback.PredictionRecord(
+        **{**vars(make_prediction(created_at=datetime.now(UTC) - timedelta(days=40))),
+           "text": secret}
+    )  # fmt: skip
+    insert(sessions, old)
+    store.record_feedback(
+        session_factory=sessions,
+        feedback=feedback.FeedbackInput(prediction_id=old.id, verdict="correct", comment=note),
+    )
+    with sessions() as session:
+        session.execute(update(Feedback).values(created_at=datetime.now(UTC) - timedelta(days=40)))
+        session.commit()
+
+    def on_disk() -> bytes:
+        return b"".join(path.read_bytes() for path in tmp_path.iterdir() if path.is_file())
+
+    assert secret.encode() in on_disk() and note.encode() in on_disk()
+    with sessions() as session:
+        counts = store.purge_texts(session=session, before=datetime.now(UTC) - timedelta(days=30))
+        session.commit()
+    assert counts == (1, 1)
+    assert "truncated" in feedback.discard_freed_pages(engine)
+    engine.dispose()
+    assert secret.encode() not in on_disk() and note.encode() not in on_disk()

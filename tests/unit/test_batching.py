@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from service.batching import MicroBatcher, Overloaded, ThreadSlot
-from service.scoring import ScoreItem, ScoreResult
+from service.scoring import ModelUnavailable, ScoreItem, ScoreResult
 
 
 class RecordingScorer:
@@ -192,4 +192,55 @@ def test_requests_waiting_together_are_shared_out_between_free_slots() -> None:
     results = asyncio.run(scenario())
     assert [[r.model_version for r in result] for result in results] == [["a"], ["b"], ["c"], ["d"]]
     assert sorted(map(tuple, scorer.calls)) == [("a", "b"), ("c", "d")]
+    batcher.close()
+
+
+class DyingSlot:
+    """A model slot whose process 'dies' on its first ``deaths`` batches, then comes
+    back after ``ready`` (as a restarted model process does)."""
+
+    def __init__(self, deaths: int) -> None:
+        self.deaths = deaths
+        self.scored: list[list[str]] = []
+        self.readied = 0
+
+    async def score(self, batch: Sequence[ScoreItem]) -> list[ScoreResult]:
+        if self.deaths:
+            self.deaths -= 1
+            raise ModelUnavailable("model process died")
+        self.scored.append([item.text for item in batch])
+        return [ScoreResult(scores={}, model_version="ok") for _ in batch]
+
+    async def ready(self) -> None:
+        self.readied += 1
+        await asyncio.sleep(0.05)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_batch_whose_model_process_dies_is_tried_again_on_another_slot() -> None:
+    dying, healthy = DyingSlot(deaths=1), DyingSlot(deaths=0)
+    batcher = MicroBatcher([dying, healthy], max_batch_texts=8, max_queued_texts=100)
+
+    async def scenario() -> list[ScoreResult]:
+        return await batcher.classify(items("a", "b"))
+
+    results = asyncio.run(scenario())
+    assert [r.model_version for r in results] == ["ok", "ok"]
+    assert healthy.scored == [["a", "b"]] and dying.scored == []
+    assert dying.readied == 1  # the failed slot waited to be ready before taking more
+    batcher.close()
+
+
+def test_a_request_that_fails_twice_gets_model_unavailable_not_a_hang() -> None:
+    slots = [DyingSlot(deaths=5), DyingSlot(deaths=5)]
+    batcher = MicroBatcher(slots, max_batch_texts=8, max_queued_texts=100)
+
+    async def scenario() -> None:
+        await asyncio.wait_for(batcher.classify(items("a")), 5)
+
+    with pytest.raises(ModelUnavailable):
+        asyncio.run(scenario())
+    assert sum(5 - slot.deaths for slot in slots) == 2  # two tries, then the answer
     batcher.close()

@@ -32,3 +32,23 @@ def test_redact_masks_emails_phones_and_valid_cards() -> None:
 def test_redact_keeps_ordinary_numbers() -> None:
     text = "Order 12345 arrived on 2024-05-01, 3 items for 19.99"
     assert redact(text) == text
+
+
+FULL_WIDTH_CARD_GROUPED = "4111 1111 1111 1111".translate(
+    {ord(digit): 0xFF10 + int(digit) for digit in "0123456789"}
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("card 4111.1111.1111.1111 please", "card [CARD] please"),
+        # Full-width digits (U+FF10..U+FF19), grouped and not.
+        ("card " + FULL_WIDTH_CARD_GROUPED + ".", "card [CARD]."),
+        ("card " + FULL_WIDTH_CARD_GROUPED.replace(" ", ""), "card [CARD]"),
+        ("write to jörg@exämple.de today", "write to [EMAIL] today"),
+        ("write to x\uff20example.com", "write to [EMAIL]"),
+    ],
+)
+def test_redact_covers_dotted_full_width_and_international_forms(text: str, expected: str) -> None:
+    assert redact(text) == expected

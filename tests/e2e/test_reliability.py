@@ -1,0 +1,371 @@
+"""Valid traffic and ordinary faults against a real server (issue: reliability).
+
+Each test names the row of the report it guards: long texts, dead model
+processes, unknown prediction ids, random paths, bad input in logs, date
+overflow, CSV formulas, NUL characters, read-only databases, SIGTERM under
+load, exposure without keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import start_server
+from tests.support import ServerProcess, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_tag: str
+) -> Iterator[ServerProcess]:
+    """The embedded default (SQLite, authentication off) serving the tiny model in two
+    model processes."""
+    started = start_server(
+        tmp_path_factory.mktemp("reliability"),
+        {"SENTILOOP_MODEL_TAG": tiny_model_tag, "SENTILOOP_MODEL_PROCESSES": "2",
+         "SENTILOOP_MODEL_POLL_INTERVAL_S": "1"},
+    )  # fmt: skip
+    yield started
+    started.stop()
+
+
+def predict(server: ServerProcess, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/predict", json=body, timeout=60)
+
+
+# Row 1 ----------------------------------------------------------------------------
+
+
+def test_long_texts_within_the_limits_are_answered_at_any_concurrency(
+    server: ServerProcess,
+) -> None:
+    pids = {p.pid for p in server.model_processes()}
+    assert predict(server, {"texts": ["word " * 1000] * 50}).status_code == 200
+    assert predict(server, {"texts": ["x" * 5000] * 256}).status_code == 200
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            calls = [client.post("/v1/predict", json={"text": "é" * 5000}) for _ in range(64)]
+            return [response.status_code for response in await asyncio.gather(*calls)]
+
+    assert Counter(asyncio.run(burst())) == {200: 64}
+    assert {p.pid for p in server.model_processes()} == pids  # none died on the way
+
+
+# Row 2 ----------------------------------------------------------------------------
+
+
+def test_a_killed_model_process_is_replaced_and_control_endpoints_never_hang(
+    server: ServerProcess,
+) -> None:
+    victim = server.model_processes()[0]
+    victim.send_signal(signal.SIGKILL)
+    started = time.monotonic()
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.get("/v1/models").status_code == 200
+        assert client.post("/v1/admin/reload-models", json={}).status_code == 200
+        assert time.monotonic() - started < 2.0
+        outcomes: Counter[int] = Counter()
+        for n in range(20):
+            response = client.post("/v1/predict", json={"text": f"during the restart {n}"})
+            outcomes[response.status_code] += 1
+            if response.status_code == 503:
+                assert response.headers.get("retry-after")
+        assert set(outcomes) <= {200, 503}, outcomes
+    assert wait_until(lambda: len(server.model_processes()) == 2)
+    assert victim.pid not in {p.pid for p in server.model_processes()}
+    assert wait_until(lambda: not server.zombies(), 10), server.zombies()
+    models = httpx.get(f"{server.url}/v1/models", timeout=10).json()
+    assert wait_until(
+        lambda: not httpx.get(f"{server.url}/v1/models").json()["restarting_model_processes"]
+    ), models
+    assert predict(server, {"text": "after the restart"}).status_code == 200
+
+
+# Row 6 ----------------------------------------------------------------------------
+
+
+def test_feedback_on_unknown_predictions_is_404_at_once_and_blocks_nobody(
+    server: ServerProcess,
+) -> None:
+    prediction_id = predict(server, {"text": "fine"}).json()["predictions"][0]["prediction_id"]
+    old_v7 = "01890a5d-ac96-774b-bcce-b302099a8057"  # a time-ordered id from 2023
+    unknown = [str(uuid.uuid4()) for _ in range(30)] + [old_v7] * 10
+
+    async def scenario() -> tuple[list[int], int, float]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            started = time.monotonic()
+            posts = [
+                client.post("/v1/feedback", json={"prediction_id": p, "verdict": "correct"})
+                for p in unknown
+            ]
+            valid = client.post(
+                "/v1/feedback", json={"prediction_id": prediction_id, "label": "neutral"}
+            )
+            answers = await asyncio.gather(*posts, valid)
+            return (
+                [a.status_code for a in answers[:-1]],
+                answers[-1].status_code,
+                (time.monotonic() - started),
+            )
+
+    statuses, valid_status, seconds = asyncio.run(scenario())
+    assert Counter(statuses) == {404: 40} and valid_status == 201
+    assert seconds < 5.0, seconds
+
+
+# Row 7 ----------------------------------------------------------------------------
+
+
+def test_random_paths_do_not_grow_the_metrics(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for _ in range(20):  # the label combinations appear once
+            client.get(f"/v1/{uuid.uuid4()}")
+            client.get(f"/v1/templates/{uuid.uuid4()}")
+        before = len(client.get("/metrics").text)
+        paths = [f"/v1/{uuid.uuid4()}" for _ in range(300)]
+        paths += [f"/v1/templates/{uuid.uuid4()}" for _ in range(100)]
+        for path in paths:
+            assert client.get(path).status_code in (401, 404)
+        metrics = client.get("/metrics").text
+    assert len(metrics) - before < 2_000
+    assert 'endpoint="/{unmatched}"' in metrics
+    assert not any(path in metrics for path in paths)
+
+
+def test_every_documented_path_keeps_its_own_metric_label() -> None:
+    from service.http_paths import UNMATCHED, route_label
+
+    spec_paths = ["/v1/predict", "/v1/feedback", "/v1/admin/reload-models"]
+    for path in [*spec_paths, "/v1/templates", "/v1/models", "/v1/feedback/export", "/readyz"]:
+        assert route_label(path) == path
+    assert route_label("/v1/templates/v2") == "/v1/templates/{version}"
+    assert route_label("/v1/predict/") == "/v1/predict"
+    assert route_label("/v1/nothing") == UNMATCHED
+
+
+def test_every_route_of_the_openapi_spec_has_a_label(server: ServerProcess) -> None:
+    from service.http_paths import UNMATCHED, route_label
+
+    spec = httpx.get(f"{server.url}/docs.json", timeout=10).json()
+    read = httpx.get(f"{server.url}/v1/openapi.json", timeout=10).json()
+    paths = list(spec["paths"]) + ["/v1" + path for path in read["paths"]]
+    assert paths and all(route_label(p.replace("{version}", "v1")) != UNMATCHED for p in paths)
+
+
+# Rows 10, 4 (API side) ---------------------------------------------------------------
+
+
+def test_bad_input_is_logged_without_its_value_or_a_traceback(server: ServerProcess) -> None:
+    marker = f"secret-{uuid.uuid4().hex}"
+    text = f"{marker}@example.com " + "x" * 5000
+    response = predict(server, {"text": text})
+    assert response.status_code == 400
+    assert response.json()["detail"][0]["loc"] == ["text"]
+    time.sleep(0.5)
+    log = server.log_tail(200_000)
+    assert marker not in log
+    line = next(line for line in log.splitlines() if "client error on /v1/predict" in line)
+    assert "INFO" in line and "text: String should have at most 5000 characters" in line
+    assert "Traceback" not in log[log.index(line) - 200 :]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/predict", {"text": "poison \x00"}, ["text"]),
+        ("/v1/predict", {"texts": ["ok", "bad \x00"]}, ["texts", 1]),
+        ("/v1/feedback", {"prediction_id": "x\x00", "verdict": "correct"}, ["prediction_id"]),
+        (
+            "/v1/feedback",
+            {"prediction_id": "x", "verdict": "correct", "comment": "a\x00"},
+            ["comment"],
+        ),
+        (
+            "/v1/feedback",
+            {"prediction_id": "x", "verdict": "correct", "idempotency_key": "k\x00"},
+            ["idempotency_key"],
+        ),
+    ],
+)
+def test_a_nul_character_is_a_400_naming_the_field(
+    server: ServerProcess, path: str, body: dict[str, Any], field: list[Any]
+) -> None:
+    response = httpx.post(f"{server.url}{path}", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"][0]["loc"] == field
+    assert "NUL" in response.json()["detail"][0]["msg"]
+
+
+# Rows 11, 12, 13 --------------------------------------------------------------------
+
+
+def test_export_bounds_out_of_range_are_a_400_naming_the_field(server: ServerProcess) -> None:
+    response = httpx.get(
+        f"{server.url}/v1/feedback/export",
+        params={"until": "9999-12-31T23:59:59-14:00"},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert response.json()["field"] == "until"
+
+
+def test_csv_export_neutralises_formulas_and_comments_are_redacted(
+    server: ServerProcess,
+) -> None:
+    prediction_id = predict(server, {"text": "csv"}).json()["predictions"][0]["prediction_id"]
+    comment = '=HYPERLINK("http://evil.example","click") write to ann@example.com'
+    stored = httpx.post(
+        f"{server.url}/v1/feedback",
+        json={"prediction_id": prediction_id, "verdict": "correct", "comment": comment,
+              "source": "+cmd|' /C calc'!A0"},
+        timeout=30,
+    )  # fmt: skip
+    assert stored.status_code == 201, stored.text
+    exported = httpx.get(f"{server.url}/v1/feedback/export", params={"format": "csv"}, timeout=30)
+    rows = csv.DictReader(io.StringIO(exported.text))
+    row = next(r for r in rows if r["prediction_id"] == prediction_id)
+    assert row["comment"].startswith("'=HYPERLINK(") and "[EMAIL]" in row["comment"]
+    assert "ann@example.com" not in exported.text
+    assert row["source"].startswith("'+cmd")
+
+
+# Row 5 ------------------------------------------------------------------------------
+
+
+def test_a_read_only_sqlite_file_makes_readyz_fail_and_recovers_without_a_restart(
+    tmp_path: Path, tiny_model_tag: str
+) -> None:
+    server = start_server(
+        tmp_path, {"SENTILOOP_MODEL_TAG": tiny_model_tag, "SENTILOOP_MODEL_PROCESSES": "1"}
+    )
+    # The file and its write-ahead log; not the -shm file, whose shared mapping would
+    # make the kernel kill the process (SIGBUS) rather than fail a write.
+    files = [str(tmp_path / "home" / name) for name in ("sentiloop.db", "sentiloop.db-wal")]
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            before = client.post("/v1/predict", json={"text": "before"}).json()["predictions"]
+            time.sleep(0.5)
+            if subprocess.run(["chattr", "+i", *files], capture_output=True).returncode:
+                pytest.skip("chattr +i is not available here")
+            try:
+                refused = client.post(
+                    "/v1/feedback",
+                    json={"prediction_id": before[0]["prediction_id"], "verdict": "correct"},
+                )
+                assert refused.status_code == 503 and refused.headers.get("retry-after")
+                client.post("/v1/predict", json={"text": "while read-only"})
+                assert wait_until(lambda: client.get("/readyz").status_code == 503, 30)
+            finally:
+                subprocess.run(["chattr", "-i", *files], check=True)
+            assert wait_until(lambda: client.get("/readyz").status_code == 200, 30)
+            during = client.post("/v1/predict", json={"text": "after"}).json()["predictions"]
+            accepted = client.post(
+                "/v1/feedback",
+                json={"prediction_id": during[0]["prediction_id"], "verdict": "correct"},
+            )
+            assert accepted.status_code == 201, accepted.text
+    finally:
+        subprocess.run(["chattr", "-i", *files], check=False)
+        server.stop()
+
+
+# Row 9 ------------------------------------------------------------------------------
+
+
+def test_sigterm_under_load_finishes_every_request_sent_before_it(
+    tmp_path: Path, tiny_model_tag: str
+) -> None:
+    server = start_server(tmp_path, {"SENTILOOP_MODEL_TAG": tiny_model_tag})
+    outcomes: Counter[tuple[str, str]] = Counter()
+    answered: list[str] = []
+    sigterm_at: list[float] = []
+
+    async def client_loop(client: httpx.AsyncClient, n: int) -> None:
+        while True:
+            sent = time.monotonic()
+            when = "after" if sigterm_at and sent >= sigterm_at[0] else "before"
+            try:
+                response = await client.post("/v1/predict", json={"text": f"load {n} {sent}"})
+            except httpx.HTTPError as exc:
+                outcomes[(when, type(exc).__name__)] += 1
+                return
+            outcomes[(when, str(response.status_code))] += 1
+            if response.status_code == 200:
+                answered.append(response.json()["predictions"][0]["prediction_id"])
+
+    async def scenario() -> None:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+            loops = [asyncio.ensure_future(client_loop(client, n)) for n in range(64)]
+            await asyncio.sleep(4)
+            sigterm_at.append(time.monotonic())
+            os.killpg(server.process.pid, signal.SIGTERM)
+            await asyncio.wait(loops, timeout=60)
+
+    asyncio.run(scenario())
+    assert server.process.wait(60) == 0
+    server.stop()
+    failed_before = {k: v for k, v in outcomes.items() if k[0] == "before" and k[1] != "200"}
+    assert failed_before == {}, outcomes
+    assert outcomes[("before", "200")] > 64
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "home" / "sentiloop.db") as connection:
+        stored = {row[0] for row in connection.execute("SELECT id FROM predictions")}
+    assert set(answered) <= stored  # the log was flushed before the exit
+
+
+# Row 8 ------------------------------------------------------------------------------
+
+
+def own_address() -> str | None:
+    """This machine's non-loopback address (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_without_keys_the_service_answers_local_clients_only(
+    tmp_path: Path, tiny_model_tag: str
+) -> None:
+    address = own_address()
+    if address is None:
+        pytest.skip("no non-loopback address to test from")
+    server = start_server(
+        tmp_path,
+        {"SENTILOOP_MODEL_TAG": tiny_model_tag, "SENTILOOP_MODEL_PROCESSES": "1"},
+        host="0.0.0.0",
+    )
+    try:
+        remote = f"http://{address}:{server.port}"
+        refused = httpx.get(f"{remote}/v1/feedback/export", timeout=10)
+        assert refused.status_code == 403 and "local clients" in refused.json()["error"]
+        assert httpx.post(f"{remote}/v1/admin/reload-models", json={}).status_code == 403
+        assert httpx.get(f"{remote}/readyz", timeout=10).status_code == 200
+        assert httpx.get(f"{server.url}/v1/feedback/export", timeout=10).status_code == 200
+    finally:
+        server.stop()
+    assert re.search(r"local clients only", server.log_path.read_text())
