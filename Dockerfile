@@ -26,10 +26,12 @@ WORKDIR /app
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
 COPY pyproject.toml README.md ./
-COPY sentiloop ./sentiloop
+COPY core ./core
+COPY model ./model
+COPY storage ./storage
 COPY service ./service
-COPY feedback ./feedback
 COPY training ./training
+COPY sentiloop ./sentiloop
 RUN pip install . \
     && useradd --create-home --uid 10001 sentiloop \
     && mkdir -p /data \

@@ -32,10 +32,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipe
 
 from bench.common import machine, tweets, write_result
 from bench.serve import build_model
-from sentiloop.logging_setup import configure_logging
-from sentiloop.settings import Settings
-from service.classifiers import CPU_CHUNK_TEXTS, Backend, FineTunedClassifier, Quantization
-from service.templates import TemplateRegistry
+from core.logs import configure_logging
+from core.settings import Settings
+from model.classifiers import CPU_CHUNK_TEXTS, Backend, FineTunedClassifier, Quantization
+from model.templates import TemplateRegistry
 from training.evaluate import evaluate
 
 logger = logging.getLogger("bench.cpu_speedups")

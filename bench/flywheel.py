@@ -30,9 +30,9 @@ from typing import Any
 import httpx
 
 from bench.common import DATA, machine, sst2, tweets, write_result
+from core.logs import configure_logging
+from core.settings import Settings
 from sentiloop.client import SentiloopClient
-from sentiloop.logging_setup import configure_logging
-from sentiloop.settings import Settings
 from tests.support import ServerProcess
 from training.data import Example
 from training.dataset import AssemblyConfig

@@ -45,7 +45,7 @@ import aiohttp
 import httpx
 
 from bench.common import ROOT, machine, tweets, write_result
-from sentiloop.logging_setup import configure_logging
+from core.logs import configure_logging
 from tests.support import ServerProcess, free_port
 
 logger = logging.getLogger("bench.serve")
@@ -56,8 +56,8 @@ def build_model(directory: Path) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from sentiloop.settings import default_base_model
-    from service.labels import LABEL_TO_ID, LABELS
+    from core.settings import default_base_model
+    from model.labels import LABEL_TO_ID, LABELS
 
     torch.manual_seed(0)
     base = str(default_base_model())
@@ -261,7 +261,7 @@ def main() -> None:
     configure_logging()
     scratch = Path(tempfile.mkdtemp(prefix="sentiloop-bench-serve-"))
     os.environ["BENTOML_HOME"] = str(scratch / "bentoml")
-    from service import model_store
+    from model import model_store
 
     model_dir = build_model(scratch / "model")
     stored = model_store.save_model(model_dir, name="bench-serve", metadata={

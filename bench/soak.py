@@ -42,7 +42,7 @@ import httpx
 import psycopg
 
 from bench.common import machine, tweets, write_result, xlmt
-from service.auth import hash_key
+from service.http.auth import hash_key
 from tests.support import ServerProcess, throwaway_postgres
 
 logger = logging.getLogger("bench.soak")

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from bench.common import DATA, machine, sst2, tweets, write_result
-from sentiloop.logging_setup import configure_logging
-from sentiloop.settings import Settings
-from service import model_store
-from service.classifiers import FineTunedClassifier, ZeroShotClassifier
+from core.logs import configure_logging
+from core.settings import Settings
+from model import model_store
+from model.classifiers import FineTunedClassifier, ZeroShotClassifier
 from training.dataset import AssemblyConfig
 from training.evaluate import evaluate
 from training.finetune import TrainingArguments

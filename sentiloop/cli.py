@@ -16,9 +16,9 @@ import typer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.logs import configure_logging
+from core.settings import Settings
 from sentiloop.input_files import read_texts
-from sentiloop.logging_setup import configure_logging
-from sentiloop.settings import Settings
 
 app = typer.Typer(help="sentiloop: sentiment serving with a feedback loop.", no_args_is_help=True)
 templates_app = typer.Typer(help="Versioned prompt templates.", no_args_is_help=True)
@@ -45,14 +45,15 @@ def _settings(ctx: typer.Context) -> Settings:
 @contextlib.contextmanager
 def _database(ctx: typer.Context, *, migrate: bool) -> Iterator[sessionmaker[Session]]:
     """Sessions on the configured database; the engine is disposed on the way out."""
-    import feedback
+    import storage
+    from core import database
 
     settings = _settings(ctx)
     if migrate and settings.auto_migrate:
-        feedback.upgrade(settings.resolved_database_url)
-    engine = feedback.make_engine(settings.resolved_database_url)
+        storage.upgrade(settings.resolved_database_url)
+    engine = database.make_engine(settings.resolved_database_url)
     try:
-        yield feedback.make_session_factory(engine)
+        yield database.make_session_factory(engine)
     finally:
         engine.dispose()
 
@@ -147,7 +148,7 @@ def predict(
 @templates_app.command("list")
 def templates_list(ctx: typer.Context) -> None:
     """List the released template versions."""
-    from service.templates import TemplateRegistry
+    from model.templates import TemplateRegistry
 
     registry = TemplateRegistry.load(_settings(ctx).resolved_templates_dir)
     for version in registry.versions:
@@ -158,7 +159,7 @@ def templates_list(ctx: typer.Context) -> None:
 @templates_app.command("show")
 def templates_show(ctx: typer.Context, version: str) -> None:
     """Print one template version as JSON."""
-    from service.templates import TemplateRegistry
+    from model.templates import TemplateRegistry
 
     registry = TemplateRegistry.load(_settings(ctx).resolved_templates_dir)
     typer.echo(json.dumps(registry.get(version).to_dict(), indent=2))
@@ -167,7 +168,7 @@ def templates_show(ctx: typer.Context, version: str) -> None:
 @templates_app.command("diff")
 def templates_diff(ctx: typer.Context, old: str, new: str) -> None:
     """Show a unified diff between two template versions."""
-    from service.templates import TemplateRegistry, diff
+    from model.templates import TemplateRegistry, diff
 
     registry = TemplateRegistry.load(_settings(ctx).resolved_templates_dir)
     typer.echo(diff(registry, old, new), nl=False)
@@ -176,7 +177,7 @@ def templates_diff(ctx: typer.Context, old: str, new: str) -> None:
 @templates_app.command("release")
 def templates_release(ctx: typer.Context, version: str) -> None:
     """Record the hash of <version>.toml: from now on the file is immutable."""
-    from service.templates import release
+    from model.templates import release
 
     digest = release(_settings(ctx).resolved_templates_dir, version)
     typer.echo(f"released {version} sha256={digest}")
@@ -185,10 +186,10 @@ def templates_release(ctx: typer.Context, version: str) -> None:
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context, revision: str = "head") -> None:
     """Apply the database migrations (SQLite file or DATABASE_URL)."""
-    import feedback
+    import storage
 
     settings = _settings(ctx)
-    feedback.upgrade(settings.resolved_database_url, revision)
+    storage.upgrade(settings.resolved_database_url, revision)
     typer.echo(f"database at revision {revision}")
 
 
@@ -201,8 +202,8 @@ def db_purge_texts(
     days (rows stay), and the copies the database still keeps on disk."""
     from datetime import timedelta
 
-    import feedback
-    from feedback import store
+    from core import database
+    from storage import store
 
     with _database(ctx, migrate=False) as sessions:
         with sessions() as session:
@@ -212,7 +213,7 @@ def db_purge_texts(
             session.commit()
             engine = session.get_bind()
         assert isinstance(engine, Engine)
-        disk = feedback.discard_freed_pages(engine)
+        disk = database.discard_freed_pages(engine)
     typer.echo(
         f"removed the text of {texts} predictions and the comment of {comments} feedback "
         f"rows older than {older_than_days} days; {disk}"
@@ -228,7 +229,7 @@ def keys_create(
     ),
 ) -> None:
     """Create an API key: prints it once and stores only its hash in the key file."""
-    from service.auth import add_key
+    from service.http.auth import add_key
 
     key = add_key(file, name, [scope.strip() for scope in scopes.split(",") if scope.strip()])
     typer.echo(key)
@@ -244,8 +245,8 @@ def feedback_export(
     until: Annotated[datetime | None, typer.Option(help="Feedback before (UTC).")] = None,
 ) -> None:
     """Export feedback joined with its predictions, for training and audit."""
-    from feedback import store
-    from feedback.export import serialize
+    from storage import store
+    from storage.export import serialize
 
     since, until = store.utc_bounds(since, until)
     out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
@@ -354,13 +355,13 @@ def train(
 @models_app.command("list")
 def models_list(ctx: typer.Context) -> None:
     """Models in the BentoML store, oldest first, with their current role."""
-    from feedback import registry
-    from service import model_store
+    from model import model_store
+    from storage import model_roles
 
     with _database(ctx, migrate=True) as sessions, sessions() as session:
         roles = {
-            registry.current(session=session, role="champion"): "champion",
-            registry.current(session=session, role="challenger"): "challenger",
+            model_roles.current(session=session, role="champion"): "champion",
+            model_roles.current(session=session, role="challenger"): "challenger",
         }
     for stored in model_store.list_models(_settings(ctx).model_name):
         holdout = stored.metadata.get("metrics", {}).get("holdout", {})
@@ -399,17 +400,17 @@ def models_rollback(
 @models_app.command("history")
 def models_history(ctx: typer.Context, limit: int = 20) -> None:
     """Champion/challenger assignments, newest first."""
-    from feedback import registry
+    from storage import model_roles
 
     with _database(ctx, migrate=True) as sessions, sessions() as session:
-        for a in registry.history(session=session, limit=limit):
+        for a in model_roles.history(session=session, limit=limit):
             typer.echo(f"{a.created_at.isoformat()}\t{a.role}\t{a.model_tag}\t{a.reason}")
 
 
 @models_app.command("runs")
 def models_runs(ctx: typer.Context, limit: int = 20) -> None:
     """Training runs, newest first: status, decision, counts, candidate."""
-    from feedback import runs
+    from storage import runs
 
     with _database(ctx, migrate=True) as sessions, sessions() as session:
         for run in runs.list_runs(session=session, limit=limit):

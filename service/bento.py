@@ -2,7 +2,7 @@
 
 ``SentiLoop`` is the public API: ``POST /v1/predict``, ``POST /v1/feedback``,
 and the read endpoints under ``/v1`` (a mounted FastAPI app). Each worker
-scores with its own models through an adaptive batcher (``service.batching``).
+scores with its own models through an adaptive batcher (``service.inference.batching``).
 
 Serve with ``bentoml serve service.bento:SentiLoop`` (or ``sentiloop serve``).
 """
@@ -17,25 +17,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
-from feedback import store
-from feedback.export import MEDIA_TYPES
-from sentiloop.logging_setup import configure_logging
-from sentiloop.settings import Settings
-from service.api_logic import SentimentAPI
-from service.http_errors import DOMAIN_ERRORS, error_response
-from service.http_guard import GuardConfig, GuardMiddleware
-from service.http_paths import RouteLabelPaths
-from service.inference import InferenceWorker
-from service.metrics import ApiMetrics, ModelMetrics
-from service.schemas import (
+from core.logs import configure_logging
+from core.settings import Settings
+from model.templates import TemplateRegistry, UnknownTemplateVersion
+from service.http.api import SentimentAPI
+from service.http.errors import DOMAIN_ERRORS, error_response
+from service.http.guard import GuardConfig, GuardMiddleware
+from service.http.paths import RouteLabelPaths
+from service.http.schemas import (
     FeedbackRequest,
     FeedbackResponse,
     ModelsResponse,
     PredictRequest,
     PredictResponse,
 )
-from service.shutdown import Drain
-from service.templates import TemplateRegistry, UnknownTemplateVersion
+from service.http.shutdown import Drain
+from service.inference.worker import InferenceWorker
+from service.metrics import ApiMetrics, ModelMetrics
+from storage import store
+from storage.export import MEDIA_TYPES
 
 # One per worker process: SIGTERM is a process-wide event.
 _DRAIN = Drain()

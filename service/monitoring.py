@@ -7,9 +7,9 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from feedback import stats
-from feedback.store import utcnow
 from service.metrics import ApiMetrics
+from storage import stats
+from storage.store import utcnow
 
 logger = logging.getLogger(__name__)
 

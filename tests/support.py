@@ -33,8 +33,8 @@ def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from sentiloop.settings import default_base_model
-    from service.labels import LABELS
+    from core.settings import default_base_model
+    from model.labels import LABELS
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(default_base_model()), local_files_only=True)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from service.labels import Label, normalize_label
-from service.text_keys import normalize_text
+from model.labels import Label, normalize_label
+from model.text_keys import normalize_text
 
 TEXT_COLUMNS = ("text", "sentence", "content", "review", "message")
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from service.labels import normalize_label
+from model.labels import normalize_label
 from training.data import Example, stable_bucket
 
 ConflictPolicy = Literal["latest", "majority", "drop"]

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from service.labels import LABELS
+from model.labels import LABELS
 
 ECE_BINS = 15
 

@@ -22,10 +22,10 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from service.classifiers import classify_texts, torch_logits
-from service.labels import LABEL_TO_ID, LABELS
-from service.templates import PromptTemplate
-from service.tokenization import ChunkTokenizer
+from model.classifiers import classify_texts, torch_logits
+from model.labels import LABEL_TO_ID, LABELS
+from model.templates import PromptTemplate
+from model.tokenization import ChunkTokenizer
 from training.data import Example
 from training.evaluate import evaluate
 

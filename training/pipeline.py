@@ -23,13 +23,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-import feedback
-from feedback import registry, runs, store
-from sentiloop.settings import Settings
-from service import model_store
-from service.classifiers import Classifier, FineTunedClassifier, ZeroShotClassifier
-from service.labels import LABELS
-from service.templates import PromptTemplate, TemplateRegistry
+import storage
+from core import database
+from core.settings import Settings
+from model import model_store
+from model.classifiers import Classifier, FineTunedClassifier, ZeroShotClassifier
+from model.labels import LABELS
+from model.templates import PromptTemplate, TemplateRegistry
+from storage import model_roles, runs, store
 from training.data import Example, load_examples
 from training.dataset import AssembledDataset, AssemblyConfig, assemble
 from training.evaluate import evaluate, plot_evaluation, render_summary
@@ -93,7 +94,7 @@ def champion_classifier(
     tag = settings.model_tag
     if tag is None:
         with sessions() as session:
-            tag = registry.current(session=session, role="champion")
+            tag = model_roles.current(session=session, role="champion")
     if tag is None:
         return None, ZeroShotClassifier(settings.resolved_base_model, device=settings.device)
     stored = model_store.get_model(tag)
@@ -137,9 +138,9 @@ class TrainingPipeline:
         self.settings = settings
         self.database_url = settings.resolved_database_url
         if settings.auto_migrate:
-            feedback.upgrade(self.database_url)
-        self.engine = feedback.make_engine(self.database_url)
-        self.sessions = feedback.make_session_factory(self.engine)
+            storage.upgrade(self.database_url)
+        self.engine = database.make_engine(self.database_url)
+        self.sessions = database.make_session_factory(self.engine)
         self.templates = TemplateRegistry.load(settings.resolved_templates_dir)
 
     def close(self) -> None:
@@ -248,10 +249,10 @@ class TrainingPipeline:
                     "arguments": asdict(plan.arguments),
                 },
             )
-        role: registry.Role = "champion" if decision.promote else "challenger"
+        role: model_roles.Role = "champion" if decision.promote else "challenger"
         decision_name = "promoted" if decision.promote else "challenger"
         with self.sessions() as session:
-            registry.assign(
+            model_roles.assign(
                 session=session,
                 role=role,
                 model_tag=stored.tag,

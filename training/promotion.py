@@ -4,33 +4,33 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from feedback import registry
-from service import model_store
+from model import model_store
+from storage import model_roles
 
 
 class PromotionError(ValueError):
     pass
 
 
-def promote(*, sessions: sessionmaker[Session], tag: str, reason: str) -> registry.Assignment:
+def promote(*, sessions: sessionmaker[Session], tag: str, reason: str) -> model_roles.Assignment:
     """Make a stored model the champion."""
     stored = model_store.get_model(tag)  # ModelNotFound for a tag that is not in the store
     with sessions() as session:
-        assignment = registry.assign(
+        assignment = model_roles.assign(
             session=session, role="champion", model_tag=stored.tag, reason=reason
         )
         session.commit()
     return assignment
 
 
-def rollback(*, sessions: sessionmaker[Session], tag: str | None = None) -> registry.Assignment:
+def rollback(*, sessions: sessionmaker[Session], tag: str | None = None) -> model_roles.Assignment:
     """Make ``tag`` champion again, or, without a tag, the champion before the current one."""
     with sessions() as session:
-        current = registry.current(session=session, role="champion")
+        current = model_roles.current(session=session, role="champion")
         if tag is None:
             earlier = [
                 a.model_tag
-                for a in registry.history(session=session, role="champion", limit=1000)
+                for a in model_roles.history(session=session, role="champion", limit=1000)
                 if a.model_tag != current
             ]
             if not earlier:
@@ -38,7 +38,7 @@ def rollback(*, sessions: sessionmaker[Session], tag: str | None = None) -> regi
             tag = earlier[0]
     if tag is None:
         with sessions() as session:
-            assignment = registry.assign(
+            assignment = model_roles.assign(
                 session=session,
                 role="champion",
                 model_tag=None,

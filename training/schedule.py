@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from feedback import runs
+from storage import runs
 from training.pipeline import RunOutcome, TrainingBusy, TrainingPipeline, TrainingPlan
 
 logger = logging.getLogger(__name__)

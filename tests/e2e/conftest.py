@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service import model_store
+from model import model_store
 from tests.support import ServerProcess
 
 TINY_METADATA = {

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.schemas import MAX_CHARS_PER_TEXT, MAX_TEXTS_PER_REQUEST
+from service.http.schemas import MAX_CHARS_PER_TEXT, MAX_TEXTS_PER_REQUEST
 from tests.support import ServerProcess
 
 pytestmark = pytest.mark.slow

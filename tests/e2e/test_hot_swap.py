@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-import feedback
-from service import model_store
-from service.auth import hash_key
+from core import database
+from model import model_store
+from service.http.auth import hash_key
 from tests.e2e.conftest import TINY_METADATA, start_server
 from tests.support import ServerProcess
 from training.promotion import promote, rollback
@@ -59,8 +59,8 @@ def champion_version(server: ServerProcess) -> str:
 
 def server_sessions(server: ServerProcess) -> tuple[Engine, sessionmaker[Session]]:
     url = f"sqlite:///{Path(server.log_path).parent / 'home' / 'sentiloop.db'}"
-    engine = feedback.make_engine(url)
-    return engine, feedback.make_session_factory(engine)
+    engine = database.make_engine(url)
+    return engine, database.make_session_factory(engine)
 
 
 def test_promotion_switches_the_served_model_under_load(

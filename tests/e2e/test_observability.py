@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from sentiloop.settings import Settings
+from core.settings import Settings
 from tests import monitoring
 from tests.e2e.conftest import start_server
 from tests.support import ServerProcess, free_port, prometheus_binary

@@ -26,10 +26,10 @@ def test_bentoml_build_packages_services_templates_and_migrations(tmp_path: Path
     assert {s["name"] for s in info["services"]} == {"sentiloop"}
     source = bento.parent / "src"
     for needed in (
-        "service/prompt_templates/v1.toml",
-        "service/prompt_templates/released.json",
-        "feedback/migrations/versions/0001_predictions_and_feedback.py",
-        "feedback/migrations/script.py.mako",
+        "model/prompt_templates/v1.toml",
+        "model/prompt_templates/released.json",
+        "storage/migrations/versions/0001_predictions_and_feedback.py",
+        "storage/migrations/script.py.mako",
     ):
         assert (source / needed).is_file(), needed
     assert not (source / "tests").exists()
@@ -37,7 +37,7 @@ def test_bentoml_build_packages_services_templates_and_migrations(tmp_path: Path
 
 def test_dockerfile_copies_every_package_and_serves_on_3000() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("sentiloop", "service", "feedback", "training"):
+    for package in ("core", "model", "storage", "service", "training", "sentiloop"):
         assert f"COPY {package} ./{package}" in dockerfile
     assert "torch==2.13.0" in dockerfile and "EXPOSE 3000" in dockerfile
     assert '"sentiloop", "serve"' in dockerfile

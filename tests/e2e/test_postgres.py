@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from service.auth import hash_key
+from service.http.auth import hash_key
 from tests.e2e.conftest import start_server
 from tests.support import throwaway_postgres
 

@@ -152,7 +152,7 @@ def test_random_paths_do_not_grow_the_metrics(server: ServerProcess) -> None:
 
 
 def test_every_documented_path_keeps_its_own_metric_label() -> None:
-    from service.http_paths import UNMATCHED, route_label
+    from service.http.paths import UNMATCHED, route_label
 
     spec_paths = ["/v1/predict", "/v1/feedback", "/v1/admin/reload-models"]
     for path in [*spec_paths, "/v1/templates", "/v1/models", "/v1/feedback/export", "/readyz"]:
@@ -163,7 +163,7 @@ def test_every_documented_path_keeps_its_own_metric_label() -> None:
 
 
 def test_every_route_of_the_openapi_spec_has_a_label(server: ServerProcess) -> None:
-    from service.http_paths import UNMATCHED, route_label
+    from service.http.paths import UNMATCHED, route_label
 
     spec = httpx.get(f"{server.url}/docs.json", timeout=10).json()
     read = httpx.get(f"{server.url}/v1/openapi.json", timeout=10).json()

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-import feedback
-from service import model_store
+from core import database
+from model import model_store
 from tests.e2e.conftest import TINY_METADATA, start_server
 from tests.support import ServerProcess, throwaway_postgres
 from training.promotion import promote
@@ -88,8 +88,8 @@ def test_two_replicas_on_one_postgres_both_log_and_both_pick_up_a_promotion(
             stored = model_store.save_model(
                 tiny_model_dir, name="replica-e2e", metadata=TINY_METADATA
             )
-            engine = feedback.make_engine(url)
-            promote(sessions=feedback.make_session_factory(engine), tag=stored.tag, reason="e2e")
+            engine = database.make_engine(url)
+            promote(sessions=database.make_session_factory(engine), tag=stored.tag, reason="e2e")
             engine.dispose()
             deadline = time.monotonic() + 30
             switched: set[int] = set()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from service.auth import hash_key
+from service.http.auth import hash_key
 from tests.e2e.conftest import start_server
 from tests.support import ServerProcess
 

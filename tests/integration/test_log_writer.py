@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-import feedback
-from feedback import store
-from feedback.models import Prediction
+import storage
+from core import database
+from storage import store
+from storage.models import Prediction
 from tests.support import wait_until
 
 
-def record() -> feedback.PredictionRecord:
-    return feedback.PredictionRecord(
+def record() -> storage.PredictionRecord:
+    return storage.PredictionRecord(
         id=str(uuid.uuid4()), created_at=datetime.now(UTC), text=None, text_storage="none",
         text_sha256="0" * 64, label="neutral",
         scores={"negative": 0.2, "neutral": 0.6, "positive": 0.2},
@@ -63,7 +64,7 @@ class CountingObserver:
 
 
 def count_rows(url: str) -> int:
-    engine = feedback.make_engine(url)
+    engine = database.make_engine(url)
     with engine.connect() as connection:
         count = connection.execute(select(func.count()).select_from(Prediction)).scalar_one()
     engine.dispose()
@@ -71,11 +72,11 @@ def count_rows(url: str) -> int:
 
 
 def test_every_accepted_record_is_written(database_url: str) -> None:
-    feedback.upgrade(database_url)
-    engine = feedback.make_engine(database_url)
+    storage.upgrade(database_url)
+    engine = database.make_engine(database_url)
     observer = CountingObserver()
-    writer = feedback.PredictionLogWriter(
-        feedback.make_session_factory(engine), queue_size=5000, batch_size=100, observer=observer
+    writer = storage.PredictionLogWriter(
+        database.make_session_factory(engine), queue_size=5000, batch_size=100, observer=observer
     )
     writer.start()
     for _ in range(30):
@@ -109,11 +110,11 @@ def wait_for_rows(url: str, expected: int, timeout_s: float) -> float:
 def test_a_trickle_of_records_is_written_once_per_flush_interval(sqlite_url: str) -> None:
     """The writer is not woken per record (each wake-up takes the GIL from the event
     loop): records arriving one by one within the interval share one transaction."""
-    feedback.upgrade(sqlite_url)
-    engine = feedback.make_engine(sqlite_url)
+    storage.upgrade(sqlite_url)
+    engine = database.make_engine(sqlite_url)
     observer = TransactionCounter()
-    writer = feedback.PredictionLogWriter(
-        feedback.make_session_factory(engine), flush_interval_s=1.5, observer=observer
+    writer = storage.PredictionLogWriter(
+        database.make_session_factory(engine), flush_interval_s=1.5, observer=observer
     )
     writer.start()
     time.sleep(0.1)  # the writer is waiting
@@ -127,10 +128,10 @@ def test_a_trickle_of_records_is_written_once_per_flush_interval(sqlite_url: str
 
 
 def test_a_full_batch_is_written_without_waiting_for_the_interval(sqlite_url: str) -> None:
-    feedback.upgrade(sqlite_url)
-    engine = feedback.make_engine(sqlite_url)
-    writer = feedback.PredictionLogWriter(
-        feedback.make_session_factory(engine), batch_size=20, flush_interval_s=60
+    storage.upgrade(sqlite_url)
+    engine = database.make_engine(sqlite_url)
+    writer = storage.PredictionLogWriter(
+        database.make_session_factory(engine), batch_size=20, flush_interval_s=60
     )
     writer.start()
     time.sleep(0.1)
@@ -146,11 +147,11 @@ def test_a_full_batch_is_written_without_waiting_for_the_interval(sqlite_url: st
 def test_full_queue_drops_loudly_and_counts(
     sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    feedback.upgrade(sqlite_url)
-    engine = feedback.make_engine(sqlite_url)
+    storage.upgrade(sqlite_url)
+    engine = database.make_engine(sqlite_url)
     observer = CountingObserver()
-    writer = feedback.PredictionLogWriter(
-        feedback.make_session_factory(engine), queue_size=10, observer=observer
+    writer = storage.PredictionLogWriter(
+        database.make_session_factory(engine), queue_size=10, observer=observer
     )
     # Not started: nothing drains the queue.
     accepted = writer.submit([record() for _ in range(25)])
@@ -164,16 +165,16 @@ def test_full_queue_drops_loudly_and_counts(
 
 
 def test_failed_writes_are_retried_until_the_table_exists(sqlite_url: str) -> None:
-    engine = feedback.make_engine(sqlite_url)  # no migration yet: inserts fail
+    engine = database.make_engine(sqlite_url)  # no migration yet: inserts fail
     observer = CountingObserver()
-    writer = feedback.PredictionLogWriter(
-        feedback.make_session_factory(engine), flush_interval_s=0.05, observer=observer
+    writer = storage.PredictionLogWriter(
+        database.make_session_factory(engine), flush_interval_s=0.05, observer=observer
     )
     writer.start()
     writer.submit([record() for _ in range(3)])
     assert not writer.flush(0.5)
     assert observer.failures >= 1
-    feedback.upgrade(sqlite_url)
+    storage.upgrade(sqlite_url)
     assert writer.flush(15)
     writer.close()
     engine.dispose()
@@ -181,18 +182,18 @@ def test_failed_writes_are_retried_until_the_table_exists(sqlite_url: str) -> No
 
 
 def test_database_down_spools_to_disk_then_replays(sqlite_url: str, tmp_path: Path) -> None:
-    engine = feedback.make_engine(sqlite_url)  # no tables yet: every write fails
+    engine = database.make_engine(sqlite_url)  # no tables yet: every write fails
     observer = CountingObserver()
-    spool = feedback.Spool(tmp_path / "spool")
-    writer = feedback.PredictionLogWriter(
-        feedback.make_session_factory(engine), flush_interval_s=0.05, observer=observer, spool=spool
+    spool = storage.Spool(tmp_path / "spool")
+    writer = storage.PredictionLogWriter(
+        database.make_session_factory(engine), flush_interval_s=0.05, observer=observer, spool=spool
     )
     writer.start()
     for _ in range(5):
         writer.submit([record() for _ in range(20)])
     assert writer.flush(10)  # accepted records are safe on disk
     assert observer.spooled_total == 100 and spool.pending()
-    feedback.upgrade(sqlite_url)  # the database "comes back"
+    storage.upgrade(sqlite_url)  # the database "comes back"
     deadline = time.monotonic() + 20
     while observer.replayed_total < 100 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -207,18 +208,18 @@ def test_database_down_spools_to_disk_then_replays(sqlite_url: str, tmp_path: Pa
 def test_leftover_spool_is_replayed_at_start_without_duplicates(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    feedback.upgrade(sqlite_url)
-    engine = feedback.make_engine(sqlite_url)
-    sessions = feedback.make_session_factory(engine)
+    storage.upgrade(sqlite_url)
+    engine = database.make_engine(sqlite_url)
+    sessions = database.make_session_factory(engine)
     already = [record() for _ in range(3)]
     with sessions() as session:
         store.insert_predictions(session=session, records=already)
         session.commit()
-    spool = feedback.Spool(tmp_path / "spool")
+    spool = storage.Spool(tmp_path / "spool")
     spool.write(already + [record() for _ in range(5)])  # a crash left this behind
     observer = CountingObserver()
-    writer = feedback.PredictionLogWriter(
-        sessions, observer=observer, spool=feedback.Spool(tmp_path / "spool")
+    writer = storage.PredictionLogWriter(
+        sessions, observer=observer, spool=storage.Spool(tmp_path / "spool")
     )
     writer.start()
     deadline = time.monotonic() + 10
@@ -230,11 +231,11 @@ def test_leftover_spool_is_replayed_at_start_without_duplicates(
     assert spool.pending() == []
 
 
-def poison_record() -> feedback.PredictionRecord:
+def poison_record() -> storage.PredictionRecord:
     """A record no database takes: a NUL (PostgreSQL refuses it) next to a lone
     surrogate (no UTF-8 encoder takes it)."""
     good = record()
-    return feedback.PredictionRecord(
+    return storage.PredictionRecord(
         **{**vars(good), "text": "poison \x00 \ud800", "text_storage": "raw"}
     )
 
@@ -242,12 +243,12 @@ def poison_record() -> feedback.PredictionRecord:
 def test_a_row_the_database_refuses_is_quarantined_and_the_rest_written(
     database_url: str, tmp_path: Path
 ) -> None:
-    feedback.upgrade(database_url)
-    engine = feedback.make_engine(database_url)
+    storage.upgrade(database_url)
+    engine = database.make_engine(database_url)
     observer = CountingObserver()
-    spool = feedback.Spool(tmp_path / "spool")
-    writer = feedback.PredictionLogWriter(
-        feedback.make_session_factory(engine), observer=observer, spool=spool
+    spool = storage.Spool(tmp_path / "spool")
+    writer = storage.PredictionLogWriter(
+        database.make_session_factory(engine), observer=observer, spool=spool
     )
     writer.start()
     batch = [record() for _ in range(40)]
@@ -269,17 +270,17 @@ def test_a_row_the_database_refuses_is_quarantined_and_the_rest_written(
 def test_a_poison_row_in_the_spool_does_not_block_the_records_behind_it(
     database_url: str, tmp_path: Path
 ) -> None:
-    feedback.upgrade(database_url)
-    spool = feedback.Spool(tmp_path / "spool")
+    storage.upgrade(database_url)
+    spool = storage.Spool(tmp_path / "spool")
     spooled = [record() for _ in range(30)]
     spooled[3] = poison_record()
     spool.write(spooled[:10])
     spool.write(spooled[10:])
     (tmp_path / "spool" / "torn.jsonl").write_text('{"id": "torn', encoding="utf-8")
-    engine = feedback.make_engine(database_url)
+    engine = database.make_engine(database_url)
     observer = CountingObserver()
-    writer = feedback.PredictionLogWriter(
-        feedback.make_session_factory(engine), observer=observer, spool=spool
+    writer = storage.PredictionLogWriter(
+        database.make_session_factory(engine), observer=observer, spool=spool
     )
     writer.start()
     assert wait_until(lambda: not spool.pending())
@@ -323,12 +324,12 @@ def test_a_full_disk_under_the_database_and_the_spool_loses_nothing_and_recovers
     both fail. The writer keeps the records in memory, says it is degraded, and writes
     them once space returns; its thread never dies."""
     url = f"sqlite:///{tiny_disk / 'sentiloop.db'}"
-    feedback.upgrade(url)
-    engine = feedback.make_engine(url)
+    storage.upgrade(url)
+    engine = database.make_engine(url)
     observer = CountingObserver()
-    spool = feedback.Spool(tiny_disk / "spool")
-    writer = feedback.PredictionLogWriter(
-        feedback.make_session_factory(engine),
+    spool = storage.Spool(tiny_disk / "spool")
+    writer = storage.PredictionLogWriter(
+        database.make_session_factory(engine),
         observer=observer,
         spool=spool,
         flush_interval_s=0.05,
@@ -356,11 +357,11 @@ def test_a_sqlite_file_made_read_only_then_writable_again_recovers_without_a_res
 ) -> None:
     folder = tmp_path / "db"
     url = f"sqlite:///{folder / 'sentiloop.db'}"
-    feedback.upgrade(url)
-    engine = feedback.make_engine(url)
-    writer = feedback.PredictionLogWriter(
-        feedback.make_session_factory(engine),
-        spool=feedback.Spool(tmp_path / "spool"),
+    storage.upgrade(url)
+    engine = database.make_engine(url)
+    writer = storage.PredictionLogWriter(
+        database.make_session_factory(engine),
+        spool=storage.Spool(tmp_path / "spool"),
         flush_interval_s=0.05,
     )
     writer.start()
@@ -388,7 +389,7 @@ def test_a_sqlite_file_made_read_only_then_writable_again_recovers_without_a_res
 def test_spool_files_of_other_live_processes_are_left_to_them(tmp_path: Path) -> None:
     """A live worker may still append to its spool file (a rename would not stop it):
     only this process's files and those of processes that are gone are replayed."""
-    spool = feedback.Spool(tmp_path / "spool")
+    spool = storage.Spool(tmp_path / "spool")
     spool.write([record()])
     folder = tmp_path / "spool"
     live_other = folder / "spool-1-abc.jsonl"  # pid 1 is always alive

@@ -4,17 +4,18 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-import feedback
-from feedback.migrate import alembic_config, current_revision
-from feedback.models import Base
+import storage
+from core import database
+from storage.migrate import alembic_config, current_revision
+from storage.models import Base
 
 
 def test_upgrade_reaches_head_and_matches_the_models(database_url: str) -> None:
-    feedback.upgrade(database_url)
-    feedback.upgrade(database_url)  # idempotent
+    storage.upgrade(database_url)
+    storage.upgrade(database_url)  # idempotent
     head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
     assert current_revision(database_url) == head
-    engine = feedback.make_engine(database_url)
+    engine = database.make_engine(database_url)
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     engine.dispose()
@@ -22,8 +23,8 @@ def test_upgrade_reaches_head_and_matches_the_models(database_url: str) -> None:
 
 
 def test_sqlite_file_uses_wal(sqlite_url: str) -> None:
-    feedback.upgrade(sqlite_url)
-    engine = feedback.make_engine(sqlite_url)
+    storage.upgrade(sqlite_url)
+    engine = database.make_engine(sqlite_url)
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
@@ -33,6 +34,6 @@ def test_concurrent_upgrades_of_one_database_all_succeed(database_url: str) -> N
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(4) as pool:
-        list(pool.map(feedback.upgrade, [database_url] * 4))
+        list(pool.map(storage.upgrade, [database_url] * 4))
     head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
     assert current_revision(database_url) == head

@@ -11,12 +11,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-import feedback
-from sentiloop.settings import Settings
-from service import model_store
-from service.model_process import ModelProcess, ModelProcessDied
-from service.scoring import ScoreItem, ScoringEngine
-from service.templates import TemplateRegistry
+import storage
+from core.settings import Settings
+from model import model_store
+from model.templates import TemplateRegistry
+from service.inference.model_process import ModelProcess, ModelProcessDied
+from service.inference.scoring import ScoreItem, ScoringEngine
 
 METADATA = {"base_model": "tiny", "template_versions": ["v1"], "data_sha256": "x", "metrics": {}}
 TEXTS = ["fine, thanks", "this is awful", "an ordinary day", "great service " * 20]
@@ -27,7 +27,7 @@ def settings(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     stored = model_store.save_model(tiny_model_dir, name="process-test", metadata=METADATA)
     home = tmp_path_factory.mktemp("home")
     settings = Settings(home=home, model_tag=stored.tag)
-    feedback.upgrade(settings.resolved_database_url)
+    storage.upgrade(settings.resolved_database_url)
     return settings
 
 

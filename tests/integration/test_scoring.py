@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-import feedback
-from feedback import registry as feedback_registry
-from sentiloop.settings import CHALLENGER, CHAMPION, ZERO_SHOT, Settings
-from service import model_store
-from service.assignments import database_assignments
-from service.onnx_runtime import EXPORT_LAYOUT
-from service.scoring import ScoreItem, ScoringEngine
-from service.templates import TemplateRegistry
+import storage
+from core import database
+from core.settings import CHALLENGER, CHAMPION, ZERO_SHOT, Settings
+from model import model_store
+from model.onnx_runtime import EXPORT_LAYOUT
+from model.templates import TemplateRegistry
+from service.inference.assignments import database_assignments
+from service.inference.scoring import ScoreItem, ScoringEngine
+from storage import model_roles
 
 METADATA = {"base_model": "tiny", "template_versions": ["v1"], "data_sha256": "x", "metrics": {}}
 
@@ -95,15 +96,15 @@ def test_pinned_model_tag_serves_with_its_tag_and_metadata(
 
 @pytest.fixture
 def assignments_db(sqlite_url: str) -> Iterator[sessionmaker[Session]]:
-    feedback.upgrade(sqlite_url)
-    engine = feedback.make_engine(sqlite_url)
-    yield feedback.make_session_factory(engine)
+    storage.upgrade(sqlite_url)
+    engine = database.make_engine(sqlite_url)
+    yield database.make_session_factory(engine)
     engine.dispose()
 
 
 def assign(sessions: sessionmaker[Session], role: str, tag: str | None) -> None:
     with sessions() as session:
-        feedback_registry.assign(session=session, role=role, model_tag=tag, reason="test")  # type: ignore[arg-type]
+        model_roles.assign(session=session, role=role, model_tag=tag, reason="test")  # type: ignore[arg-type]
         session.commit()
 
 
@@ -169,7 +170,7 @@ def test_unknown_tag_is_model_not_found(registry: TemplateRegistry, bentoml_home
 
 
 def _classifier(model_dir: Path, cache: Path, backend: str, quantize: str) -> Any:
-    from service.classifiers import FineTunedClassifier
+    from model.classifiers import FineTunedClassifier
 
     return FineTunedClassifier(
         model_dir, version=f"{backend}-{quantize}", backend=backend,  # type: ignore[arg-type]
@@ -238,7 +239,7 @@ def test_onnx_export_is_made_once_and_shared(
 
 
 def test_cpu_only_runtimes_refuse_a_gpu_device(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from service.classifiers import FineTunedClassifier
+    from model.classifiers import FineTunedClassifier
 
     with pytest.raises(ValueError, match="CPU"):
         FineTunedClassifier(

@@ -13,26 +13,27 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-import feedback
-from feedback import store
-from feedback.export import serialize
-from feedback.models import Feedback, Prediction
+import storage
+from core import database
+from storage import store
+from storage.export import serialize
+from storage.models import Feedback, Prediction
 
 
 @pytest.fixture
 def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    feedback.upgrade(database_url)
-    engine = feedback.make_engine(database_url)
-    yield feedback.make_session_factory(engine)
+    storage.upgrade(database_url)
+    engine = database.make_engine(database_url)
+    yield database.make_session_factory(engine)
     engine.dispose()
 
 
 def make_prediction(
     label: str = "positive", created_at: datetime | None = None
-) -> feedback.PredictionRecord:
+) -> storage.PredictionRecord:
     scores = {"negative": 0.1, "neutral": 0.2, "positive": 0.7}
     scores = {name: (0.7 if name == label else 0.15) for name in scores}
-    return feedback.PredictionRecord(
+    return storage.PredictionRecord(
         id=str(uuid.uuid4()),
         created_at=created_at or datetime.now(UTC),
         text="great service",
@@ -46,7 +47,7 @@ def make_prediction(
     )
 
 
-def insert(sessions: sessionmaker[Session], *records: feedback.PredictionRecord) -> None:
+def insert(sessions: sessionmaker[Session], *records: storage.PredictionRecord) -> None:
     with sessions() as session:
         store.insert_predictions(session=session, records=records)
         session.commit()
@@ -71,7 +72,7 @@ def test_correction_is_stored_with_agreement(sessions: sessionmaker[Session]) ->
     insert(sessions, record)
     result = store.record_feedback(
         session_factory=sessions,
-        feedback=feedback.FeedbackInput(prediction_id=record.id, label="negative", source="crm"),
+        feedback=storage.FeedbackInput(prediction_id=record.id, label="negative", source="crm"),
     )
     assert (result.kind, result.effective_label, result.agrees) == ("label", "negative", False)
     assert result.created_at.tzinfo is not None
@@ -88,16 +89,16 @@ def test_verdicts(
     insert(sessions, record)
     result = store.record_feedback(
         session_factory=sessions,
-        feedback=feedback.FeedbackInput(prediction_id=record.id, verdict=verdict),  # type: ignore[arg-type]
+        feedback=storage.FeedbackInput(prediction_id=record.id, verdict=verdict),  # type: ignore[arg-type]
     )
     assert (result.effective_label, result.agrees) == (effective, agrees)
 
 
 def test_unknown_prediction_is_refused(sessions: sessionmaker[Session]) -> None:
-    with pytest.raises(feedback.PredictionNotFound):
+    with pytest.raises(storage.PredictionNotFound):
         store.record_feedback(
             session_factory=sessions,
-            feedback=feedback.FeedbackInput(prediction_id="nope", verdict="correct"),
+            feedback=storage.FeedbackInput(prediction_id="nope", verdict="correct"),
         )
     assert count_feedback(sessions) == 0
 
@@ -105,7 +106,7 @@ def test_unknown_prediction_is_refused(sessions: sessionmaker[Session]) -> None:
 def test_idempotency_key_replays_and_stores_one_row(sessions: sessionmaker[Session]) -> None:
     record = make_prediction()
     insert(sessions, record)
-    item = feedback.FeedbackInput(prediction_id=record.id, label="neutral", idempotency_key="k-1")
+    item = storage.FeedbackInput(prediction_id=record.id, label="neutral", idempotency_key="k-1")
     first = store.record_feedback(session_factory=sessions, feedback=item)
     again = store.record_feedback(session_factory=sessions, feedback=item)
     assert (first.replayed, again.replayed) == (False, True)
@@ -118,14 +119,14 @@ def test_idempotency_key_with_other_body_conflicts(sessions: sessionmaker[Sessio
     insert(sessions, record)
     store.record_feedback(
         session_factory=sessions,
-        feedback=feedback.FeedbackInput(
+        feedback=storage.FeedbackInput(
             prediction_id=record.id, label="neutral", idempotency_key="k"
         ),
     )
-    with pytest.raises(feedback.IdempotencyConflict):
+    with pytest.raises(storage.IdempotencyConflict):
         store.record_feedback(
             session_factory=sessions,
-            feedback=feedback.FeedbackInput(
+            feedback=storage.FeedbackInput(
                 prediction_id=record.id, label="negative", idempotency_key="k"
             ),
         )
@@ -135,15 +136,15 @@ def test_idempotency_key_with_other_body_conflicts(sessions: sessionmaker[Sessio
 def test_identical_feedback_without_key_is_a_duplicate(sessions: sessionmaker[Session]) -> None:
     record = make_prediction()
     insert(sessions, record)
-    item = feedback.FeedbackInput(prediction_id=record.id, verdict="incorrect")
+    item = storage.FeedbackInput(prediction_id=record.id, verdict="incorrect")
     first = store.record_feedback(session_factory=sessions, feedback=item)
-    with pytest.raises(feedback.DuplicateFeedback) as caught:
+    with pytest.raises(storage.DuplicateFeedback) as caught:
         store.record_feedback(session_factory=sessions, feedback=item)
     assert caught.value.feedback_id == first.feedback_id
     # Different feedback on the same prediction is fine.
     store.record_feedback(
         session_factory=sessions,
-        feedback=feedback.FeedbackInput(prediction_id=record.id, label="negative"),
+        feedback=storage.FeedbackInput(prediction_id=record.id, label="negative"),
     )
     assert count_feedback(sessions) == 2
 
@@ -151,9 +152,7 @@ def test_identical_feedback_without_key_is_a_duplicate(sessions: sessionmaker[Se
 def test_concurrent_retries_with_one_key_store_one_row(sessions: sessionmaker[Session]) -> None:
     record = make_prediction()
     insert(sessions, record)
-    item = feedback.FeedbackInput(
-        prediction_id=record.id, verdict="correct", idempotency_key="race"
-    )
+    item = storage.FeedbackInput(prediction_id=record.id, verdict="correct", idempotency_key="race")
     with ThreadPoolExecutor(8) as pool:
         results = list(
             pool.map(
@@ -172,7 +171,7 @@ def test_export_filters_by_time_range_in_both_formats(sessions: sessionmaker[Ses
     for record in records:
         store.record_feedback(
             session_factory=sessions,
-            feedback=feedback.FeedbackInput(prediction_id=record.id, label="neutral"),
+            feedback=storage.FeedbackInput(prediction_id=record.id, label="neutral"),
         )
     with sessions() as session:
         rows = list(store.iter_feedback_export(session=session, since=before))
@@ -194,7 +193,7 @@ def test_deleting_a_prediction_cascades_to_its_feedback(sessions: sessionmaker[S
     insert(sessions, record)
     store.record_feedback(
         session_factory=sessions,
-        feedback=feedback.FeedbackInput(prediction_id=record.id, verdict="correct"),
+        feedback=storage.FeedbackInput(prediction_id=record.id, verdict="correct"),
     )
     with sessions() as session:
         session.delete(session.get(Prediction, record.id))
@@ -208,7 +207,7 @@ def test_purge_texts_removes_old_texts_and_keeps_rows(sessions: sessionmaker[Ses
     insert(sessions, old, new)
     store.record_feedback(
         session_factory=sessions,
-        feedback=feedback.FeedbackInput(prediction_id=old.id, verdict="correct"),
+        feedback=storage.FeedbackInput(prediction_id=old.id, verdict="correct"),
     )
     with sessions() as session:
         before = datetime.now(UTC) - timedelta(days=30)
@@ -225,18 +224,18 @@ def test_purge_leaves_no_copy_of_texts_or_comments_in_the_sqlite_files(tmp_path:
     """The purged values are gone from the database file and its write-ahead log,
     not only from query results."""
     url = f"sqlite:///{tmp_path / 'sentiloop.db'}"
-    feedback.upgrade(url)
-    engine = feedback.make_engine(url)
-    sessions = feedback.make_session_factory(engine)
+    storage.upgrade(url)
+    engine = database.make_engine(url)
+    sessions = database.make_session_factory(engine)
     secret, note = "call me at SECRET-TEXT-8842", "SECRET-COMMENT-1177"
-    old = feedback.PredictionRecord(
+    old = storage.PredictionRecord(
         **{**vars(make_prediction(created_at=datetime.now(UTC) - timedelta(days=40))),
            "text": secret}
     )  # fmt: skip
     insert(sessions, old)
     store.record_feedback(
         session_factory=sessions,
-        feedback=feedback.FeedbackInput(prediction_id=old.id, verdict="correct", comment=note),
+        feedback=storage.FeedbackInput(prediction_id=old.id, verdict="correct", comment=note),
     )
     with sessions() as session:
         session.execute(update(Feedback).values(created_at=datetime.now(UTC) - timedelta(days=40)))
@@ -250,6 +249,6 @@ def test_purge_leaves_no_copy_of_texts_or_comments_in_the_sqlite_files(tmp_path:
         counts = store.purge_texts(session=session, before=datetime.now(UTC) - timedelta(days=30))
         session.commit()
     assert counts == (1, 1)
-    assert "truncated" in feedback.discard_freed_pages(engine)
+    assert "truncated" in database.discard_freed_pages(engine)
     engine.dispose()
     assert secret.encode() not in on_disk() and note.encode() not in on_disk()

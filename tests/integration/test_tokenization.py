@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from service.tokenization import ChunkTokenizer
+from model.tokenization import ChunkTokenizer
 
 TEXTS = [
     "fine, thanks",

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-import feedback
-from feedback import registry, runs, store
-from feedback.models import TrainingRun
-from sentiloop.settings import Settings
-from service import model_store
+import storage
+from core.settings import Settings
+from model import model_store
+from storage import model_roles, runs, store
+from storage.models import TrainingRun
 from training.dataset import AssemblyConfig
 from training.finetune import TrainingArguments
 from training.gate import GateConfig
@@ -76,7 +76,7 @@ NEVER = {"min_improvement": 1.0}
 
 def champion(pipeline: TrainingPipeline) -> str | None:
     with pipeline.sessions() as session:
-        return registry.current(session=session, role="champion")
+        return model_roles.current(session=session, role="champion")
 
 
 def test_run_saves_candidate_with_metadata_records_run_and_writes_report(
@@ -119,7 +119,7 @@ def test_gate_keeps_a_candidate_that_is_not_better_as_challenger(
     assert second.decision == "challenger" and "below the required" in second.reason
     assert champion(pipeline) == first.candidate_tag
     with pipeline.sessions() as session:
-        assert registry.current(session=session, role="challenger") == second.candidate_tag
+        assert model_roles.current(session=session, role="challenger") == second.candidate_tag
     assert second.report["champion"] == first.candidate_tag
 
 
@@ -128,7 +128,7 @@ def test_logged_feedback_is_trained_on(pipeline: TrainingPipeline, tmp_path: Pat
     now = datetime.now(UTC) - timedelta(minutes=1)
     for n in range(40):
         records.append(
-            feedback.PredictionRecord(
+            storage.PredictionRecord(
                 id=str(uuid.uuid4()),
                 created_at=now,
                 text=f"my parcel number {n} is late",
@@ -146,9 +146,9 @@ def test_logged_feedback_is_trained_on(pipeline: TrainingPipeline, tmp_path: Pat
         session.commit()
     for n, record in enumerate(records):
         item = (
-            feedback.FeedbackInput(prediction_id=record.id, verdict="incorrect")
+            storage.FeedbackInput(prediction_id=record.id, verdict="incorrect")
             if n % 10 == 0
-            else feedback.FeedbackInput(prediction_id=record.id, label="negative")
+            else storage.FeedbackInput(prediction_id=record.id, label="negative")
         )
         store.record_feedback(session_factory=pipeline.sessions, feedback=item)
     outcome = pipeline.run(plan(tmp_path, **ALWAYS))
@@ -221,7 +221,7 @@ def test_a_failing_run_is_recorded_and_releases_the_lock(
 def test_schedule_retrains_when_enough_feedback_arrived(
     pipeline: TrainingPipeline, tmp_path: Path
 ) -> None:
-    record = feedback.PredictionRecord(
+    record = storage.PredictionRecord(
         id=str(uuid.uuid4()), created_at=datetime.now(UTC), text="late again", text_storage="raw",
         text_sha256="x", label="neutral", scores={"negative": 0.3, "neutral": 0.4, "positive": 0.3},
         model_version="m", template_version="v1", latency_ms=1.0,
@@ -235,11 +235,11 @@ def test_schedule_retrains_when_enough_feedback_arrived(
     timer.start()
     store.record_feedback(
         session_factory=pipeline.sessions,
-        feedback=feedback.FeedbackInput(prediction_id=record.id, verdict="correct"),
+        feedback=storage.FeedbackInput(prediction_id=record.id, verdict="correct"),
     )
     store.record_feedback(
         session_factory=pipeline.sessions,
-        feedback=feedback.FeedbackInput(prediction_id=record.id, label="negative"),
+        feedback=storage.FeedbackInput(prediction_id=record.id, label="negative"),
     )
     outcomes = run_schedule(pipeline, plan(tmp_path, **ALWAYS), schedule, stop, max_runs=1)
     timer.cancel()

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from sentiloop.settings import Settings
-from service.auth import (
+from core.settings import Settings
+from service.http.auth import (
     Forbidden,
     KeyRing,
     KeyRingError,
@@ -15,7 +15,7 @@ from service.auth import (
     hash_key,
     presented_key,
 )
-from service.http_guard import GuardConfig, required_scope
+from service.http.guard import GuardConfig, required_scope
 
 
 def ring(**scopes: list[str]) -> tuple[KeyRing, dict[str, str]]:

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from service.batching import MicroBatcher, Overloaded, ThreadSlot
-from service.scoring import ModelUnavailable, ScoreItem, ScoreResult
+from service.inference.batching import MicroBatcher, Overloaded, ThreadSlot
+from service.inference.scoring import ModelUnavailable, ScoreItem, ScoreResult
 
 
 class RecordingScorer:

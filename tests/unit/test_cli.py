@@ -9,8 +9,8 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
+from core.settings import packaged_templates_dir
 from sentiloop.cli import app
-from sentiloop.settings import packaged_templates_dir
 
 runner = CliRunner()
 

@@ -8,10 +8,10 @@ import io
 import pytest
 import typer
 
-from feedback.export import serialize
-from feedback.store import EXPORT_FIELDS
+from core.settings import Settings
 from sentiloop.cli import serving_host
-from sentiloop.settings import Settings
+from storage.export import serialize
+from storage.store import EXPORT_FIELDS
 
 
 def test_csv_cells_that_start_a_formula_are_neutralised() -> None:

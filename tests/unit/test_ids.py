@@ -3,7 +3,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from feedback import time_ordered_id
+from storage import time_ordered_id
 
 
 def test_ids_are_version_7_uuids_with_the_creation_time_in_front() -> None:

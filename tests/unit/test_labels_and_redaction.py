@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from feedback.redaction import redact
-from service.labels import LABELS, normalize_label, scores_to_label
+from model.labels import LABELS, normalize_label, scores_to_label
+from storage.redaction import redact
 
 
 @pytest.mark.parametrize(

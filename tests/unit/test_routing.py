@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from sentiloop.settings import CHAMPION, Settings, TrafficArm
-from service.routing import Route, TrafficSplit
+from core.settings import CHAMPION, Settings, TrafficArm
+from service.http.routing import Route, TrafficSplit
 
 
 def split(*arms: tuple[str, str, float], seed: int = 0) -> TrafficSplit:

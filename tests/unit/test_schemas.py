@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.schemas import (
+from service.http.schemas import (
     MAX_CHARS_PER_TEXT,
     MAX_TEXTS_PER_REQUEST,
     FeedbackRequest,

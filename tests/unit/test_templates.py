@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from sentiloop.settings import packaged_templates_dir
-from service.templates import (
+from core.settings import packaged_templates_dir
+from model.templates import (
     TemplateFileError,
     TemplateRegistry,
     UnknownTemplateVersion,

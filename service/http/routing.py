@@ -1,0 +1,86 @@
+"""A/B traffic split over (template version, model) arms.
+
+Assignment is sticky per routing key: the same key always lands in the same
+arm while the split is unchanged (a salted SHA-256 bucket). Without a key the
+arm is drawn at random with the configured weights.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from core.settings import CHAMPION, TrafficArm
+
+
+@dataclass(frozen=True)
+class Route:
+    template_version: str
+    model: str
+
+
+def routing_bucket(routing_key: str, salt: str) -> float:
+    """A number in [0, 1) determined by the key alone."""
+    digest = hashlib.sha256(f"{salt}:{routing_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class TrafficSplit:
+    def __init__(
+        self, arms: Sequence[TrafficArm], *, salt: str, rng: random.Random | None = None
+    ) -> None:
+        if not arms:
+            raise ValueError("a traffic split needs at least one arm")
+        total = sum(arm.weight for arm in arms)
+        self.arms = [Route(arm.template_version, arm.model) for arm in arms]
+        self.shares = [arm.weight / total for arm in arms]
+        self._cumulative: list[float] = []
+        running = 0.0
+        for share in self.shares:
+            running += share
+            self._cumulative.append(running)
+        self._cumulative[-1] = 1.0
+        self._salt = salt
+        self._rng = rng or random.Random()
+
+    @property
+    def template_versions(self) -> list[str]:
+        return sorted({arm.template_version for arm in self.arms})
+
+    @property
+    def models(self) -> list[str]:
+        return sorted({arm.model for arm in self.arms})
+
+    def _pick(self, point: float) -> Route:
+        return self.arms[bisect.bisect_right(self._cumulative, point)]
+
+    def choose(self, routing_key: str | None = None, template_version: str | None = None) -> Route:
+        """The arm for a request; an explicit template version narrows the choice.
+
+        When the request names a template version that no arm serves, the
+        champion model serves it.
+        """
+        point = (
+            routing_bucket(routing_key, self._salt)
+            if routing_key is not None
+            else self._rng.random()
+        )
+        if template_version is None:
+            return self._pick(point)
+        candidates = [
+            (arm, share)
+            for arm, share in zip(self.arms, self.shares, strict=True)
+            if arm.template_version == template_version
+        ]
+        if not candidates:
+            return Route(template_version, CHAMPION)
+        total = sum(share for _, share in candidates)
+        running = 0.0
+        for arm, share in candidates:
+            running += share / total
+            if point < running:
+                return arm
+        return candidates[-1][0]

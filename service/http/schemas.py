@@ -1,0 +1,157 @@
+"""Request and response bodies of the HTTP API, with their limits."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from model.labels import Label
+
+MAX_TEXTS_PER_REQUEST = 256
+MAX_CHARS_PER_TEXT = 5_000
+MAX_COMMENT_CHARS = 2_000
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("text must contain at least one non-whitespace character")
+    return value
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(value: str) -> str:
+    """Refuse what no database stores the same way: NUL (PostgreSQL refuses it, SQLite
+    cuts text at it) and unpaired surrogates (not encodable as UTF-8)."""
+    found = _UNSTORABLE.search(value)
+    if found is not None:
+        what = "a NUL character" if found.group() == "\x00" else "an unpaired surrogate"
+        raise ValueError(f"contains {what} at position {found.start()}; remove it")
+    return value
+
+
+# Every string a request carries is checked with _storable, after its length.
+Text = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_CHARS_PER_TEXT),
+    AfterValidator(_storable),
+    AfterValidator(_not_blank),
+]
+TemplateVersion = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_storable)
+]
+RoutingKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)
+]
+PredictionId = Annotated[
+    str, StringConstraints(min_length=1, max_length=36), AfterValidator(_storable)
+]
+Comment = Annotated[str, StringConstraints(max_length=MAX_COMMENT_CHARS), AfterValidator(_storable)]
+Source = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_storable)]
+IdempotencyKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)
+]
+
+
+class PredictRequest(BaseModel):
+    """One text (``text``) or a list of texts (``texts``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: Text | None = Field(default=None, description="One text to score.")
+    texts: list[Text] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TEXTS_PER_REQUEST,
+        description=f"Up to {MAX_TEXTS_PER_REQUEST} texts, each at most "
+        f"{MAX_CHARS_PER_TEXT} characters.",
+    )
+    template_version: TemplateVersion | None = Field(
+        default=None, description="Force a prompt template version."
+    )
+    routing_key: RoutingKey | None = Field(
+        default=None,
+        description="Sticky A/B assignment key, e.g. a customer or ticket id (stored hashed).",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_input(self) -> PredictRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' (a string) or 'texts' (a list)")
+        return self
+
+    @property
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class Prediction(BaseModel):
+    prediction_id: str
+    label: Label
+    scores: dict[Label, float]
+    confidence: float
+    model_version: str
+    template_version: str
+    latency_ms: float
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class FeedbackRequest(BaseModel):
+    """A correction (``label``) or a thumbs up/down (``verdict``) on one prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_id: PredictionId
+    label: Label | None = Field(default=None, description="The correct label.")
+    verdict: Literal["correct", "incorrect"] | None = Field(
+        default=None, description="Thumbs up (correct) or down (incorrect)."
+    )
+    comment: Comment | None = None
+    source: Source | None = None
+    idempotency_key: IdempotencyKey | None = Field(
+        default=None,
+        description="Retries with the same key return the first result and store one row.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_judgement(self) -> FeedbackRequest:
+        if (self.label is None) == (self.verdict is None):
+            raise ValueError("give exactly one of 'label' or 'verdict'")
+        return self
+
+
+class FeedbackResponse(BaseModel):
+    feedback_id: str
+    prediction_id: str
+    created_at: datetime
+    kind: Literal["label", "verdict"]
+    predicted_label: Label
+    effective_label: Label | None
+    agrees: bool
+    model_version: str
+    template_version: str
+    replayed: bool
+
+
+class ModelsResponse(BaseModel):
+    models: list[dict[str, Any]]
+    last_refresh_error: str | None = None
+    traffic_split: list[dict[str, Any]]
+    changes: list[str] = Field(default_factory=list)
+    restarting_model_processes: list[str] = Field(
+        default_factory=list, description="Model processes being replaced right now."
+    )

@@ -1,0 +1,244 @@
+"""Adaptive batching inside an API worker: concurrent requests share model calls.
+
+Requests queue their items; whenever a model slot is free, it scores the
+oldest waiting requests as one batch (up to ``max_batch_texts``, and no more
+than its share when other slots are free too; a larger request forms a batch
+of its own). A lone request is scored at once; under load, batches grow with
+the load. One model call runs at a time per slot: a model process
+(``service.inference.model_process``, the CPU default) or a thread of the worker
+(``ThreadSlot``). Batching in the worker that parsed the request saves the hop
+to a separate model server (serialization, a second HTTP server and its
+dispatcher), which cost more than the model itself for single short texts.
+
+When more than ``max_queued_texts`` texts wait, new requests are refused
+(``Overloaded``, answered 503 with Retry-After) instead of queueing without
+bound. A slot that fails with ``ModelUnavailable`` (its model process died or
+hung) is taken out of service until it is ``ready`` again, and the requests of
+its batch go back to the front of the queue for one more try on another slot;
+a second failure answers them with ``ModelUnavailable`` (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.inference.scoring import ModelUnavailable, ScoreItem, ScoreResult
+
+logger = logging.getLogger(__name__)
+
+Score = Callable[[Sequence[ScoreItem]], list[ScoreResult]]
+
+
+class ModelSlot(Protocol):
+    """Where one model call at a time runs."""
+
+    async def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]: ...
+
+    async def ready(self) -> None:
+        """Return once the slot can take batches again (after ``ModelUnavailable``)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# Tries of a request on slots that fail with ModelUnavailable before it gets a 503.
+MAX_TRIES = 2
+
+
+class ThreadSlot:
+    """Runs a scoring function in a thread of its own."""
+
+    def __init__(self, score: Score, name: str = "inference") -> None:
+        self._score = score
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._score, items)
+
+    async def ready(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Overloaded(Exception):
+    def __init__(self, queued: int, limit: int) -> None:
+        super().__init__(f"the model queue holds {queued} texts (limit {limit}); retry shortly")
+
+
+class BatchObserver(Protocol):
+    def batch_scored(self, texts: int, requests: int, seconds: float) -> None: ...
+
+
+@dataclass
+class _Waiting:
+    items: Sequence[ScoreItem]
+    future: asyncio.Future[list[ScoreResult]]
+    tries: int = 0
+
+
+class MicroBatcher:
+    """Queues items from coroutines of one event loop and scores them in batches."""
+
+    def __init__(
+        self,
+        slots: Sequence[ModelSlot],
+        *,
+        max_batch_texts: int,
+        max_queued_texts: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        """Batches run on ``slots``, one at a time on each; the batcher closes them."""
+        self._slots = list(slots)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._max_batch_texts = max_batch_texts
+        self._max_queued_texts = max_queued_texts
+        self._observer = observer
+        self._waiting: deque[_Waiting] = deque()
+        self._queued_texts = 0
+        self._wakeup: asyncio.Event | None = None
+        self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
+
+    async def classify(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
+        if not items:
+            return []
+        if self._queued_texts and self._queued_texts + len(items) > self._max_queued_texts:
+            raise Overloaded(self._queued_texts, self._max_queued_texts)
+        loop = asyncio.get_running_loop()
+        wakeup = self._start(loop)
+        future: asyncio.Future[list[ScoreResult]] = loop.create_future()
+        self._waiting.append(_Waiting(items, future))
+        self._queued_texts += len(items)
+        wakeup.set()
+        return await future
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+        for slot in self._slots:
+            slot.close()
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        if self._wakeup is None or self._runner is None or self._runner.done():
+            self._wakeup = asyncio.Event()
+            self._runner = loop.create_task(self._run(self._wakeup), name="micro-batcher")
+        return self._wakeup
+
+    def _take(self, free_slots: int) -> list[_Waiting]:
+        """The oldest waiting requests that fit in one batch (at least one request).
+
+        With other slots free too, the waiting texts are shared out between them
+        rather than all going into this batch: requests that arrive together
+        would otherwise stay together, one slot busy and the others idle.
+        """
+        share = -(-self._queued_texts // free_slots)  # ceiling division
+        limit = min(self._max_batch_texts, share)
+        batch = [self._waiting.popleft()]
+        texts = len(batch[0].items)
+        while self._waiting and texts + len(self._waiting[0].items) <= limit:
+            batch.append(self._waiting.popleft())
+            texts += len(batch[-1].items)
+        self._queued_texts -= texts
+        return [waiting for waiting in batch if not waiting.future.done()]  # drop cancelled
+
+    async def _run(self, wakeup: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        free: asyncio.Queue[ModelSlot] = asyncio.Queue()
+        for slot in self._slots:
+            free.put_nowait(slot)
+
+        async def back_when_ready(slot: ModelSlot) -> None:
+            await slot.ready()
+            free.put_nowait(slot)
+
+        def finished(slot: ModelSlot, task: asyncio.Task[None]) -> None:
+            self._in_flight.discard(task)
+            if not task.cancelled() and isinstance(task.exception(), ModelUnavailable):
+                waiting = loop.create_task(back_when_ready(slot))
+                self._in_flight.add(waiting)
+                waiting.add_done_callback(self._in_flight.discard)
+            else:
+                free.put_nowait(slot)
+
+        while True:
+            if not self._waiting:
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            slot = await free.get()  # a free model slot; meanwhile requests gather
+            batch = self._take(free_slots=free.qsize() + 1)
+            if not batch:
+                free.put_nowait(slot)
+                continue
+            task = loop.create_task(self._score_batch(slot, batch))
+            self._in_flight.add(task)
+            task.add_done_callback(functools.partial(finished, slot))
+
+    async def _score_batch(self, slot: ModelSlot, batch: list[_Waiting]) -> None:
+        items = [item for waiting in batch for item in waiting.items]
+        started = time.perf_counter()
+        try:
+            results = await slot.score(items)
+        except ModelUnavailable as exc:
+            self._retry(batch, exc)
+            raise  # the slot stays out of service until it is ready again
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0], exc)
+                return
+            # One request's failure (say, a model that cannot load) must not fail the
+            # others it was batched with: score each on its own.
+            logger.warning("batch of %d requests failed (%s); scoring them one by one",
+                           len(batch), exc)  # fmt: skip
+            for index, waiting in enumerate(batch):
+                try:
+                    await self._score_batch(slot, [waiting])
+                except ModelUnavailable as unavailable:
+                    self._retry(batch[index + 1 :], unavailable)
+                    raise
+            return
+        if self._observer is not None:
+            self._observer.batch_scored(len(items), len(batch), time.perf_counter() - started)
+        offset = 0
+        for waiting in batch:
+            count = len(waiting.items)
+            _settle(waiting, results[offset : offset + count])
+            offset += count
+
+    def _retry(self, batch: list[_Waiting], error: ModelUnavailable) -> None:
+        """Queue the batch's requests again, first in line, unless they had their tries."""
+        again = []
+        for waiting in batch:
+            waiting.tries += 1
+            if waiting.tries >= MAX_TRIES:
+                _settle(waiting, error)
+            elif not waiting.future.done():
+                again.append(waiting)
+        for waiting in reversed(again):
+            self._waiting.appendleft(waiting)
+            self._queued_texts += len(waiting.items)
+        if again and self._wakeup is not None:
+            self._wakeup.set()
+
+
+def _settle(waiting: _Waiting, outcome: list[ScoreResult] | Exception) -> None:
+    if waiting.future.done():  # the client went away
+        return
+    if isinstance(outcome, Exception):
+        waiting.future.set_exception(outcome)
+    else:
+        waiting.future.set_result(outcome)

@@ -1,0 +1,134 @@
+"""The models of one API worker: scoring engines, batcher and model watcher together.
+
+Two layouts, both behind one adaptive batcher (``MicroBatcher``):
+
+* model processes (the CPU default, ``service.inference.model_process``): each holds its
+  own engine and copy of the models (a few tens of MB for the default int8
+  ONNX model) and runs one single-threaded model call at a time;
+* in-worker (``SENTILOOP_MODEL_PROCESSES=0``, the GPU default): one engine in
+  the worker, ``concurrent_batches`` model calls in its threads.
+
+Every ``model_poll_interval_s`` seconds the watcher asks each engine to look
+for a new champion/challenger in the database and swap without a restart; a
+model process swaps between two batches, the others keep serving meanwhile.
+A model process being restarted is skipped (it starts with the current
+models), and ``describe`` answers from what each process last reported, so
+neither waits on a process that is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.settings import Settings
+from model.templates import TemplateRegistry
+from service.inference.batching import MicroBatcher, ModelSlot, ThreadSlot
+from service.inference.engines import load_engine, refresh_report
+from service.inference.model_process import ModelProcess
+from service.inference.scoring import ModelUnavailable, ScoreItem, ScoreResult, ScoringEngine
+from service.metrics import ModelMetrics
+from service.periodic import PeriodicTask
+
+logger = logging.getLogger(__name__)
+
+# Long enough for a model process to start and load its models (an ONNX export
+# on a machine's first start included); a refresh may load a model too.
+MODEL_PROCESS_START_TIMEOUT_S = 600.0
+
+
+class InferenceWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: TemplateRegistry,
+        sessions: sessionmaker[Session],
+        metrics: ModelMetrics,
+    ) -> None:
+        self._metrics = metrics
+        self._processes: list[ModelProcess] = []
+        self._engine: ScoringEngine | None = None
+        slots: list[ModelSlot]
+        processes = settings.resolved_model_processes
+        if processes:
+            self._processes = [
+                ModelProcess(
+                    settings,
+                    str(index),
+                    start_timeout_s=MODEL_PROCESS_START_TIMEOUT_S,
+                    call_timeout_s=settings.model_call_timeout_s,
+                    on_restart=metrics.process_restarted,
+                )
+                for index in range(processes)
+            ]
+            for process in self._processes:  # all start at once; wait for each
+                self._report(process.wait_started())
+            slots = list(self._processes)
+        else:
+            engine = load_engine(settings, registry, sessions, observer=metrics)
+            self._engine = engine
+            slots = [
+                ThreadSlot(engine.score, f"inference-{index}")
+                for index in range(settings.concurrent_batches)
+            ]
+        self.batcher = MicroBatcher(
+            slots,
+            max_batch_texts=settings.max_batch_texts,
+            max_queued_texts=settings.max_queued_texts,
+            observer=metrics,
+        )
+        self.watcher = PeriodicTask(
+            "model-watcher", self._refresh, settings.model_poll_interval_s, run_first=False
+        )
+        self.watcher.start()
+
+    async def classify(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
+        return await self.batcher.classify(items)
+
+    def describe(self) -> dict[str, Any]:
+        """What serves now (never waits on a model process)."""
+        if self._engine is not None:
+            return self._engine.describe()
+        reported = [p.described for p in self._processes if p.described is not None]
+        described = dict(reported[0]) if reported else {"models": []}
+        down = [p.name for p in self._processes if not p.available]
+        if down:
+            described["restarting_model_processes"] = down
+        return described
+
+    async def reload(self) -> dict[str, Any]:
+        """Check the database for a new champion/challenger now (every engine of this worker)."""
+        return await asyncio.to_thread(self._refresh)
+
+    def _refresh(self) -> dict[str, Any]:
+        if self._engine is not None:
+            return refresh_report(self._engine)
+        # One process at a time: the others keep scoring while one loads a model.
+        reports = []
+        for process in self._processes:
+            try:
+                reports.append(self._report(process.call("refresh", MODEL_PROCESS_START_TIMEOUT_S)))
+            except ModelUnavailable as exc:
+                logger.warning("model refresh skipped: %s", exc)
+        if not reports:
+            return {**self.describe(), "changes": []}
+        changes = sorted({change for report in reports for change in report["changes"]})
+        return {**self.describe(), "changes": changes}
+
+    def _report(self, described: dict[str, Any]) -> dict[str, Any]:
+        """Mirror what a model process serves in this worker's metrics."""
+        for model in described["models"]:
+            self._metrics.model_serving(
+                model["reference"], model["model_version"], model["kind"], model["metadata"]
+            )
+        if described.get("last_refresh_error") and described.get("changes") is not None:
+            self._metrics.load_failed()
+        return described
+
+    def close(self) -> None:
+        self.watcher.stop()
+        self.batcher.close()

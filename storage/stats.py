@@ -1,0 +1,85 @@
+"""Aggregates over the store that feed the monitoring gauges."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from storage.models import Feedback, Prediction, TrainingRun
+from storage.store import as_utc
+
+
+@dataclass(frozen=True)
+class VersionAgreement:
+    model_version: str
+    template_version: str
+    rows: int
+    agreeing: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.agreeing / self.rows if self.rows else 0.0
+
+
+def feedback_agreement(*, session: Session, since: datetime) -> list[VersionAgreement]:
+    """Feedback since ``since`` per (model, template) version of the judged prediction."""
+    query = (
+        select(
+            Prediction.model_version,
+            Prediction.template_version,
+            func.count(Feedback.id),
+            func.sum(case((Feedback.agrees, 1), else_=0)),
+        )
+        .join(Prediction, Feedback.prediction_id == Prediction.id)
+        .where(Feedback.created_at >= since)
+        .group_by(Prediction.model_version, Prediction.template_version)
+    )
+    return [
+        VersionAgreement(model, template, int(rows), int(agreeing or 0))
+        for model, template, rows, agreeing in session.execute(query)
+    ]
+
+
+@dataclass
+class TrainingStats:
+    runs: Counter[tuple[str, str]] = field(default_factory=Counter)
+    last_duration_s: float | None = None
+    last_finished_at: datetime | None = None
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    last_promoted: bool | None = None
+
+
+def training_stats(*, session: Session) -> TrainingStats:
+    stats = TrainingStats()
+    for status, decision, count in session.execute(
+        select(TrainingRun.status, TrainingRun.decision, func.count()).group_by(
+            TrainingRun.status, TrainingRun.decision
+        )
+    ):
+        stats.runs[(status, decision or "none")] = int(count)
+    finished = session.scalars(
+        select(TrainingRun)
+        .where(TrainingRun.finished_at.is_not(None))
+        .order_by(TrainingRun.finished_at.desc())
+        .limit(1)
+    ).first()
+    if finished is not None and finished.finished_at is not None:
+        stats.last_finished_at = as_utc(finished.finished_at)
+        stats.last_duration_s = (
+            as_utc(finished.finished_at) - as_utc(finished.started_at)
+        ).total_seconds()
+    succeeded = session.scalars(
+        select(TrainingRun)
+        .where(TrainingRun.status == "succeeded")
+        .order_by(TrainingRun.finished_at.desc())
+        .limit(1)
+    ).first()
+    if succeeded is not None:
+        stats.last_metrics = dict(succeeded.metrics or {})
+        stats.last_promoted = succeeded.decision == "promoted"
+    return stats

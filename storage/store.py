@@ -1,0 +1,267 @@
+"""Store functions: each takes a keyword-only session (or session factory)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import fields
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Table, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.errors import (
+    DuplicateFeedback,
+    IdempotencyConflict,
+    InvalidTimeRange,
+    PredictionNotFound,
+)
+from storage.ids import time_ordered_id
+from storage.models import Feedback, Prediction
+from storage.records import FeedbackInput, FeedbackResult, PredictionRecord
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+_PREDICTION_FIELDS = tuple(field.name for field in fields(PredictionRecord))
+PREDICTIONS_TABLE: Table = Prediction.__table__  # type: ignore[assignment]
+
+
+def insert_predictions(*, session: Session, records: Sequence[PredictionRecord]) -> None:
+    """Insert prediction rows in one Core executemany; the caller commits.
+
+    Rows are built shallowly and go to the table, not the ORM entity: the ORM's
+    bulk path and ``dataclasses.asdict``'s deep copies cost more than the
+    database on a busy server.
+    """
+    if not records:
+        return
+    rows = []
+    for record in records:
+        row = {name: getattr(record, name) for name in _PREDICTION_FIELDS}
+        row["confidence"] = record.confidence
+        rows.append(row)
+    session.execute(insert(PREDICTIONS_TABLE), rows)
+
+
+def purge_texts(*, session: Session, before: datetime) -> tuple[int, int]:
+    """Remove the logged texts of predictions and the comments of feedback older
+    than ``before``; returns how many of each.
+
+    Rows stay (labels, scores, versions, feedback), only the free text goes; the
+    caller commits, then ``core.database.discard_freed_pages`` removes what the
+    database file and its log still hold.
+    """
+    texts = session.execute(
+        update(Prediction)
+        .where(Prediction.created_at < before, Prediction.text.is_not(None))
+        .values(text=None, text_storage="purged")
+    )
+    comments = session.execute(
+        update(Feedback)
+        .where(Feedback.created_at < before, Feedback.comment.is_not(None))
+        .values(comment=None)
+    )
+    return (
+        int(cast(CursorResult[Any], texts).rowcount or 0),
+        int(cast(CursorResult[Any], comments).rowcount or 0),
+    )
+
+
+def get_prediction(*, session: Session, prediction_id: str) -> Prediction | None:
+    return session.get(Prediction, prediction_id)
+
+
+def _body_sha256(feedback: FeedbackInput) -> str:
+    body = {
+        "prediction_id": feedback.prediction_id,
+        "label": feedback.label,
+        "verdict": feedback.verdict,
+        "comment": feedback.comment,
+        "source": feedback.source,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _result(row: Feedback, prediction: Prediction, *, replayed: bool) -> FeedbackResult:
+    return FeedbackResult(
+        feedback_id=row.id,
+        prediction_id=row.prediction_id,
+        created_at=as_utc(row.created_at),
+        kind=row.kind,
+        predicted_label=prediction.label,
+        effective_label=row.effective_label,
+        agrees=row.agrees,
+        model_version=prediction.model_version,
+        template_version=prediction.template_version,
+        replayed=replayed,
+    )
+
+
+def _replay(session: Session, key: str, body_sha256: str) -> FeedbackResult | None:
+    existing = session.scalars(select(Feedback).where(Feedback.idempotency_key == key)).first()
+    if existing is None:
+        return None
+    if existing.body_sha256 != body_sha256:
+        raise IdempotencyConflict(key)
+    prediction = session.get(Prediction, existing.prediction_id)
+    assert prediction is not None  # foreign key
+    return _result(existing, prediction, replayed=True)
+
+
+def _judge(feedback: FeedbackInput, predicted_label: str) -> tuple[str, str | None, bool]:
+    """(kind, effective label, agrees with the prediction) of one piece of feedback."""
+    if feedback.label is not None:
+        return "label", feedback.label, feedback.label == predicted_label
+    if feedback.verdict == "correct":
+        return "verdict", predicted_label, True
+    return "verdict", None, False
+
+
+def record_feedback(
+    *, session_factory: sessionmaker[Session], feedback: FeedbackInput
+) -> FeedbackResult:
+    """Store one piece of feedback durably (committed) and describe it.
+
+    A repeated ``idempotency_key`` with the same body returns the first result
+    (``replayed=True``) without a new row; with another body it is a conflict.
+    Identical feedback without a key is refused as a duplicate.
+    """
+    body_sha256 = _body_sha256(feedback)
+    with session_factory() as session:
+        if feedback.idempotency_key is not None:
+            replay = _replay(session, feedback.idempotency_key, body_sha256)
+            if replay is not None:
+                return replay
+        prediction = session.get(Prediction, feedback.prediction_id)
+        if prediction is None:
+            raise PredictionNotFound(feedback.prediction_id)
+        if feedback.idempotency_key is None:
+            twin = session.scalars(
+                select(Feedback.id).where(
+                    Feedback.prediction_id == feedback.prediction_id,
+                    Feedback.body_sha256 == body_sha256,
+                )
+            ).first()
+            if twin is not None:
+                raise DuplicateFeedback(feedback.prediction_id, twin)
+        kind, effective_label, agrees = _judge(feedback, prediction.label)
+        row = Feedback(
+            id=time_ordered_id(),
+            prediction_id=feedback.prediction_id,
+            created_at=utcnow(),
+            kind=kind,
+            label=feedback.label,
+            verdict=feedback.verdict,
+            effective_label=effective_label,
+            agrees=agrees,
+            comment=feedback.comment,
+            source=feedback.source,
+            idempotency_key=feedback.idempotency_key,
+            body_sha256=body_sha256,
+        )
+        session.add(row)
+        try:
+            session.commit()
+        except IntegrityError:
+            # A concurrent request with the same idempotency key won the race.
+            session.rollback()
+            if feedback.idempotency_key is None:
+                raise
+            replay = _replay(session, feedback.idempotency_key, body_sha256)
+            if replay is None:
+                raise
+            return replay
+        return _result(row, prediction, replayed=False)
+
+
+EXPORT_FIELDS = (
+    "feedback_id",
+    "feedback_created_at",
+    "prediction_id",
+    "prediction_created_at",
+    "text",
+    "text_storage",
+    "text_sha256",
+    "predicted_label",
+    "confidence",
+    "scores",
+    "model_version",
+    "template_version",
+    "kind",
+    "label",
+    "verdict",
+    "effective_label",
+    "agrees",
+    "comment",
+    "source",
+)
+
+
+def iter_feedback_export(
+    *,
+    session: Session,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    chunk_size: int = 1000,
+) -> Iterator[dict[str, Any]]:
+    """Feedback joined with its prediction, oldest first, in ``[since, until)``."""
+    query = (
+        select(Feedback, Prediction)
+        .join(Prediction, Feedback.prediction_id == Prediction.id)
+        .order_by(Feedback.created_at, Feedback.id)
+    )
+    if since is not None:
+        query = query.where(Feedback.created_at >= since)
+    if until is not None:
+        query = query.where(Feedback.created_at < until)
+    for fb, prediction in session.execute(query.execution_options(yield_per=chunk_size)):
+        yield {
+            "feedback_id": fb.id,
+            "feedback_created_at": _iso(fb.created_at),
+            "prediction_id": prediction.id,
+            "prediction_created_at": _iso(prediction.created_at),
+            "text": prediction.text,
+            "text_storage": prediction.text_storage,
+            "text_sha256": prediction.text_sha256,
+            "predicted_label": prediction.label,
+            "confidence": prediction.confidence,
+            "scores": prediction.scores,
+            "model_version": prediction.model_version,
+            "template_version": prediction.template_version,
+            "kind": fb.kind,
+            "label": fb.label,
+            "verdict": fb.verdict,
+            "effective_label": fb.effective_label,
+            "agrees": fb.agrees,
+            "comment": fb.comment,
+            "source": fb.source,
+        }
+
+
+def utc_bounds(
+    since: datetime | None, until: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """``[since, until)`` in UTC (naive times are UTC); ``InvalidTimeRange`` names the
+    bound that overflows (year 9999 with a negative offset, say)."""
+    bounds = []
+    for name, moment in (("since", since), ("until", until)):
+        try:
+            bounds.append(None if moment is None else as_utc(moment))
+        except OverflowError as exc:
+            raise InvalidTimeRange(name, moment.isoformat() if moment else moment) from exc
+    return bounds[0], bounds[1]
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes; every stored time is UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return as_utc(moment).isoformat()
