@@ -34,11 +34,9 @@ from core.logs import configure_logging
 from core.settings import Settings
 from sentiloop.client import SentiloopClient
 from tests.support import ServerProcess
+from training import AssemblyConfig, GateConfig, TrainingArguments
 from training.data import Example
-from training.dataset import AssemblyConfig
 from training.evaluate import evaluate
-from training.finetune import TrainingArguments
-from training.gate import GateConfig
 from training.pipeline import DataSource, TrainingPipeline, TrainingPlan
 
 logger = logging.getLogger("bench.flywheel")

@@ -23,9 +23,8 @@ from core.logs import configure_logging
 from core.settings import Settings
 from model import model_store
 from model.classifiers import FineTunedClassifier, ZeroShotClassifier
-from training.dataset import AssemblyConfig
+from training import AssemblyConfig, TrainingArguments
 from training.evaluate import evaluate
-from training.finetune import TrainingArguments
 from training.pipeline import DataSource, TrainingPipeline, TrainingPlan
 
 logger = logging.getLogger("bench.train_default")

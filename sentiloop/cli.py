@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.logs import configure_logging
 from core.settings import Settings
 from sentiloop.input_files import read_texts
+from training import AssemblyConfig, GateConfig, Schedule, TrainingArguments
 
 app = typer.Typer(help="sentiloop: sentiment serving with a feedback loop.", no_args_is_help=True)
 templates_app = typer.Typer(help="Versioned prompt templates.", no_args_is_help=True)
@@ -260,6 +261,15 @@ def feedback_export(
             out.close()
 
 
+# The training options take their defaults from the training dataclasses.
+_ASSEMBLY, _ARGUMENTS, _GATE, _SCHEDULE = (
+    AssemblyConfig(),
+    TrainingArguments(),
+    GateConfig(),
+    Schedule(),
+)
+
+
 @app.command()
 def train(
     ctx: typer.Context,
@@ -268,7 +278,7 @@ def train(
     ] = None,
     holdout: Annotated[
         Path | None,
-        typer.Option(help="Fixed holdout file (else a stable 10% hash split of the base data)."),
+        typer.Option(help="Fixed holdout file (else a stable hash split of the base data)."),
     ] = None,
     text_field: Annotated[str | None, typer.Option(help="Text column (auto-detected).")] = None,
     label_field: Annotated[str, typer.Option(help="Label column.")] = "label",
@@ -278,39 +288,50 @@ def train(
     template_version: Annotated[
         list[str] | None, typer.Option(help="Template version(s) to train on (repeatable).")
     ] = None,
-    epochs: int = 2,
-    batch_size: int = 32,
-    learning_rate: float = 5e-5,
-    max_length: int = 64,
-    seed: int = 13,
-    max_base_examples: Annotated[int | None, typer.Option(help="Sample the base data.")] = None,
-    feedback_weight: float = 2.0,
-    conflict_policy: Annotated[Literal["latest", "majority", "drop"], typer.Option()] = "latest",
-    holdout_fraction: float = 0.1,
-    feedback_holdout_fraction: float = 0.2,
-    metric: Annotated[Literal["macro_f1", "accuracy"], typer.Option()] = "macro_f1",
-    min_improvement: float = 0.005,
-    max_feedback_regression: float = 0.0,
+    epochs: int = _ARGUMENTS.epochs,
+    batch_size: int = _ARGUMENTS.batch_size,
+    learning_rate: float = _ARGUMENTS.learning_rate,
+    max_length: int = _ARGUMENTS.max_length,
+    seed: int = _ARGUMENTS.seed,
+    max_base_examples: Annotated[
+        int | None, typer.Option(help="Sample the base data.")
+    ] = _ASSEMBLY.max_base_examples,
+    feedback_weight: float = _ASSEMBLY.feedback_weight,
+    conflict_policy: Annotated[
+        Literal["latest", "majority", "drop"], typer.Option()
+    ] = _ASSEMBLY.conflict_policy,
+    holdout_fraction: float = _ASSEMBLY.holdout_fraction,
+    feedback_holdout_fraction: float = _ASSEMBLY.feedback_holdout_fraction,
+    metric: Annotated[Literal["macro_f1", "accuracy"], typer.Option()] = _GATE.metric,
+    min_improvement: float = _GATE.min_improvement,
+    max_feedback_regression: float = _GATE.max_feedback_regression,
     min_feedback_improvement: Annotated[
         float | None, typer.Option(help="Require this gain on the feedback holdout.")
-    ] = None,
+    ] = _GATE.min_feedback_improvement,
     schedule: Annotated[
         bool, typer.Option("--schedule", help="Keep running; retrain when due.")
     ] = False,
-    min_new_feedback: Annotated[int, typer.Option(help="--schedule: feedback rows.")] = 200,
-    interval_minutes: Annotated[float, typer.Option(help="--schedule: max minutes.")] = 1440.0,
-    poll_seconds: Annotated[float, typer.Option(help="--schedule: check period.")] = 60.0,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    min_new_feedback: Annotated[
+        int, typer.Option(help="--schedule: feedback rows.")
+    ] = _SCHEDULE.min_new_feedback,
+    interval_minutes: Annotated[
+        float, typer.Option(help="--schedule: max minutes.")
+    ] = _SCHEDULE.interval_s / 60,
+    poll_seconds: Annotated[
+        float, typer.Option(help="--schedule: check period.")
+    ] = _SCHEDULE.poll_s,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = _ARGUMENTS.progress,
 ) -> None:
     """Re-fine-tune from base data + feedback, evaluate against the champion, gate promotion."""
     import threading
 
-    from training.data import parse_label_map
-    from training.dataset import AssemblyConfig
-    from training.finetune import TrainingArguments
-    from training.gate import GateConfig
-    from training.pipeline import DataSource, TrainingPipeline, TrainingPlan
-    from training.schedule import Schedule, run_schedule
+    from training import (
+        DataSource,
+        TrainingPipeline,
+        TrainingPlan,
+        parse_label_map,
+        run_schedule,
+    )
 
     mapping = parse_label_map(label_map)
     plan = TrainingPlan(
@@ -375,7 +396,7 @@ def models_list(ctx: typer.Context) -> None:
 @models_app.command("promote")
 def models_promote(ctx: typer.Context, tag: str) -> None:
     """Make a stored model the champion (the service switches within its poll interval)."""
-    from training.promotion import promote
+    from training import promote
 
     with _database(ctx, migrate=True) as sessions:
         assignment = promote(sessions=sessions, tag=tag, reason="manual promotion")
@@ -390,7 +411,7 @@ def models_rollback(
     ] = None,
 ) -> None:
     """Make an earlier model champion again."""
-    from training.promotion import rollback
+    from training import rollback
 
     with _database(ctx, migrate=True) as sessions:
         assignment = rollback(sessions=sessions, tag=tag)

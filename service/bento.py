@@ -8,7 +8,7 @@ Serve with ``bentoml serve service.bento:SentiLoop`` (or ``sentiloop serve``).
 """
 
 import gc
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import bentoml
@@ -17,12 +17,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
+import storage
+from core import database
 from core.logs import configure_logging
 from core.settings import Settings
 from model.templates import TemplateRegistry, UnknownTemplateVersion
 from service.http.api import SentimentAPI
 from service.http.errors import DOMAIN_ERRORS, error_response
-from service.http.guard import GuardConfig, GuardMiddleware
+from service.http.guard import GuardConfig, GuardConfigSlot, GuardMiddleware
 from service.http.paths import RouteLabelPaths
 from service.http.schemas import (
     FeedbackRequest,
@@ -34,11 +36,15 @@ from service.http.schemas import (
 from service.http.shutdown import Drain
 from service.inference.worker import InferenceWorker
 from service.metrics import ApiMetrics, ModelMetrics
+from service.monitoring import refresh_gauges
+from service.periodic import PeriodicTask
 from storage import store
 from storage.export import MEDIA_TYPES
 
-# One per worker process: SIGTERM is a process-wide event.
+# One per worker process: SIGTERM is a process-wide event, and the guard is
+# created by BentoML before the service builds its settings.
 _DRAIN = Drain()
+_GUARD = GuardConfigSlot()
 
 read_api = FastAPI(title="sentiloop", description="Read endpoints of sentiloop.")
 
@@ -71,13 +77,44 @@ async def _bad_query(_: Request, exc: RequestValidationError) -> JSONResponse:
 @bentoml.asgi_app(read_api, path="/v1")
 class SentiLoop:
     def __init__(self) -> None:
+        """Build every part once, from one settings object, and pass them down."""
         settings = Settings()
         configure_logging()
         _DRAIN.install(settings.shutdown_drain_s)
+        _GUARD.config = GuardConfig.from_settings(settings)  # fails on a bad key ring
         registry = TemplateRegistry.load(settings.resolved_templates_dir)
-        GuardConfig.from_settings(settings)  # fail at start-up on a bad or missing key ring
-        self.api = SentimentAPI(settings, registry, ApiMetrics())
-        self.inference = InferenceWorker(settings, registry, self.api.sessions, ModelMetrics())
+        url = settings.resolved_database_url
+        if settings.auto_migrate:
+            storage.upgrade(url)
+        self.database_engine = database.make_engine(url)
+        sessions = database.make_session_factory(self.database_engine)
+        api_metrics = ApiMetrics()
+        self.log_writer = storage.PredictionLogWriter(
+            sessions,
+            queue_size=settings.log_queue_size,
+            batch_size=settings.log_batch_size,
+            flush_interval_s=settings.log_flush_interval_s,
+            observer=api_metrics,
+            spool=storage.Spool(settings.spool_dir),
+        )
+        self.log_writer.start()
+        window = timedelta(seconds=settings.feedback_accuracy_window_s)
+        self.gauges = PeriodicTask(
+            "gauge-refresher",
+            lambda: refresh_gauges(api_metrics, sessions, window),
+            settings.metrics_refresh_interval_s,
+            run_first=True,
+        )
+        self.gauges.start()
+        self.api = SentimentAPI(
+            settings,
+            registry,
+            api_metrics,
+            database_engine=self.database_engine,
+            sessions=sessions,
+            log_writer=self.log_writer,
+        )
+        self.inference = InferenceWorker(settings, registry, sessions, ModelMetrics())
         # Exempt everything loaded so far (torch, transformers, the models: about a
         # million objects) from garbage collection: a full collection scanning them
         # paused the worker for hundreds of milliseconds under load.
@@ -89,8 +126,12 @@ class SentiLoop:
 
     @bentoml.on_shutdown
     def close(self) -> None:
+        """Stop in the reverse order of building: models, gauges, the log (flushed),
+        the database."""
         self.inference.close()
-        self.api.close()
+        self.gauges.stop()
+        self.log_writer.close()
+        self.database_engine.dispose()
 
     @bentoml.api(route="/v1/predict", input_spec=PredictRequest, output_spec=PredictResponse)
     async def predict(self, **fields: Any) -> PredictResponse | Response:
@@ -155,7 +196,7 @@ class SentiLoop:
         )
 
 
-SentiLoop.add_asgi_middleware(GuardMiddleware)  # type: ignore[attr-defined]
+SentiLoop.add_asgi_middleware(GuardMiddleware, slot=_GUARD)  # type: ignore[attr-defined]
 
 
 class _WrappedService(type(SentiLoop)):  # type: ignore[misc]

@@ -237,7 +237,7 @@ class ModelMetrics:
     def process_restarted(self) -> None:
         self.process_restarts.inc()
 
-    # ScoringEngine observer protocol
+    # Scorer observer protocol
     def load_failed(self) -> None:
         self.load_errors.inc()
 

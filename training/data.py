@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,12 +30,6 @@ class Example:
     @property
     def key(self) -> str:
         return normalize_text(self.text)
-
-
-def stable_bucket(key: str, salt: str) -> float:
-    """A number in [0, 1) fixed by the text alone: deterministic splits."""
-    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def parse_label_map(spec: str | None) -> dict[str, str] | None:

@@ -22,36 +22,12 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
+from core.buckets import stable_bucket
 from model.labels import normalize_label
-from training.data import Example, stable_bucket
-
-ConflictPolicy = Literal["latest", "majority", "drop"]
-
-
-@dataclass(frozen=True)
-class AssemblyConfig:
-    holdout_fraction: float = 0.1
-    feedback_holdout_fraction: float = 0.2
-    validation_fraction: float = 0.05
-    feedback_weight: float = 2.0
-    conflict_policy: ConflictPolicy = "latest"
-    max_base_examples: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("holdout_fraction", "feedback_holdout_fraction", "validation_fraction"):
-            value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        if self.holdout_fraction + self.validation_fraction >= 1:
-            raise ValueError("holdout_fraction + validation_fraction must be below 1")
-        if self.feedback_weight <= 0:
-            raise ValueError(f"feedback_weight must be positive, got {self.feedback_weight}")
-        if self.conflict_policy not in ("latest", "majority", "drop"):
-            raise ValueError(
-                f"conflict_policy must be latest, majority or drop, got {self.conflict_policy!r}"
-            )
+from training.config import AssemblyConfig
+from training.data import Example
 
 
 @dataclass

@@ -26,37 +26,11 @@ from model.classifiers import classify_texts, torch_logits
 from model.labels import LABEL_TO_ID, LABELS
 from model.templates import PromptTemplate
 from model.tokenization import ChunkTokenizer
+from training.config import TrainingArguments
 from training.data import Example
 from training.evaluate import evaluate
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainingArguments:
-    epochs: int = 2
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_length: int = 64
-    patience: int = 1
-    seed: int = 13
-    max_grad_norm: float = 1.0
-    torch_threads: int | None = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if not 0 < self.learning_rate < 1:
-            raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
-        if not 8 <= self.max_length <= 512:
-            raise ValueError(f"max_length must be in [8, 512], got {self.max_length}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
 @dataclass

@@ -12,24 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-Metric = Literal["macro_f1", "accuracy"]
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    metric: Metric = "macro_f1"
-    min_improvement: float = 0.005
-    max_feedback_regression: float = 0.0
-    min_feedback_improvement: float | None = None
-    min_feedback_rows: int = 20
-
-    def __post_init__(self) -> None:
-        if self.metric not in ("macro_f1", "accuracy"):
-            raise ValueError(f"metric must be macro_f1 or accuracy, got {self.metric!r}")
-        if self.max_feedback_regression < 0:
-            raise ValueError("max_feedback_regression must not be negative")
+from training.config import GateConfig
 
 
 @dataclass(frozen=True)

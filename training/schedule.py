@@ -9,25 +9,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 from storage import runs
+from training.config import Schedule
 from training.pipeline import RunOutcome, TrainingBusy, TrainingPipeline, TrainingPlan
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    min_new_feedback: int = 200
-    interval_s: float = 24 * 3600.0
-    poll_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.min_new_feedback < 1:
-            raise ValueError("min_new_feedback must be at least 1")
-        if self.interval_s <= 0 or self.poll_s <= 0:
-            raise ValueError("interval_s and poll_s must be positive")
 
 
 def due(pipeline: TrainingPipeline, schedule: Schedule, last_run_at: float | None) -> str | None:

@@ -12,10 +12,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 import storage
 from core import database
@@ -33,8 +35,6 @@ from service.http.schemas import (
 )
 from service.inference.scoring import ScoreItem, ScoreResult
 from service.metrics import ApiMetrics
-from service.monitoring import refresh_gauges
-from service.periodic import PeriodicTask
 from storage import store
 from storage.export import ExportFormat, serialize
 from storage.redaction import redact
@@ -48,41 +48,29 @@ Classify = Callable[[Sequence[ScoreItem]], Awaitable[list[ScoreResult]]]
 
 
 class SentimentAPI:
-    def __init__(self, settings: Settings, registry: TemplateRegistry, metrics: ApiMetrics):
+    """The API's logic over parts built once by ``service.bento.SentiLoop``: the
+    database sessions and engine, the prediction-log writer (started), metrics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: TemplateRegistry,
+        metrics: ApiMetrics,
+        *,
+        database_engine: Engine,
+        sessions: sessionmaker[Session],
+        log_writer: storage.PredictionLogWriter,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
         self.split = TrafficSplit(settings.traffic_split, salt=settings.routing_salt)
         for version in self.split.template_versions:
             registry.get(version)  # an unknown version in the split fails at start-up
-        database_url = settings.resolved_database_url
-        if settings.auto_migrate:
-            storage.upgrade(database_url)
-        self.engine = database.make_engine(database_url)
-        self.sessions = database.make_session_factory(self.engine)
-        self.log_writer = storage.PredictionLogWriter(
-            self.sessions,
-            queue_size=settings.log_queue_size,
-            batch_size=settings.log_batch_size,
-            flush_interval_s=settings.log_flush_interval_s,
-            observer=metrics,
-            spool=storage.Spool(settings.spool_dir),
-        )
-        self.log_writer.start()
+        self.database_engine = database_engine
+        self.sessions = sessions
+        self.log_writer = log_writer
         metrics.set_traffic_split(self.traffic_split())
-        window = timedelta(seconds=settings.feedback_accuracy_window_s)
-        self.gauges = PeriodicTask(
-            "gauge-refresher",
-            lambda: refresh_gauges(metrics, self.sessions, window),
-            settings.metrics_refresh_interval_s,
-            run_first=True,
-        )
-        self.gauges.start()
-
-    def close(self) -> None:
-        self.gauges.stop()
-        self.log_writer.close()
-        self.engine.dispose()
 
     def is_ready(self) -> bool:
         """Ready when the database answers and prediction-log writes succeed."""
@@ -91,7 +79,7 @@ class SentimentAPI:
             logger.warning("not ready: %s", problem)
             return False
         try:
-            database.ping(self.engine)
+            database.ping(self.database_engine)
         except SQLAlchemyError as exc:
             logger.warning("not ready: database unreachable: %s", type(exc).__name__)
             return False

@@ -95,26 +95,40 @@ Rejection = tuple[int, dict[str, Any], dict[str, str]]
 _CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
 
 
+class GuardConfigSlot:
+    """Where the service puts the guard's config once it has built its settings:
+    BentoML creates the middleware from its class and options, before the
+    service instance (and its settings) exist."""
+
+    def __init__(self) -> None:
+        self.config: GuardConfig | None = None
+
+
 class GuardMiddleware:
     """Checks, in order: body size, media type, access (credentials and scope, or
     the local-only rule without authentication); then replays a streamed body it
     had to read to enforce the size limit."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, slot: GuardConfigSlot) -> None:
         self.app = app
-        self._config: GuardConfig | None = None
+        self._slot = slot
 
     @property
     def config(self) -> GuardConfig:
-        if self._config is None:  # built on the first request, in the worker
-            self._config = GuardConfig.from_settings(Settings())
-        return self._config
+        config = self._slot.config
+        if config is None:
+            raise RuntimeError("the guard is used before the service set its config")
+        return config
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         restore_path(scope)
+        if self._slot.config is None:  # the service is still starting
+            await _send_json(send, 503, {"error": "starting; retry shortly", "field": None},
+                             {"retry-after": "5"})  # fmt: skip
+            return
         config = self.config
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         rejection = (

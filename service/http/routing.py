@@ -8,11 +8,11 @@ arm is drawn at random with the configured weights.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from core.buckets import stable_bucket
 from core.settings import CHAMPION, TrafficArm
 
 
@@ -20,12 +20,6 @@ from core.settings import CHAMPION, TrafficArm
 class Route:
     template_version: str
     model: str
-
-
-def routing_bucket(routing_key: str, salt: str) -> float:
-    """A number in [0, 1) determined by the key alone."""
-    digest = hashlib.sha256(f"{salt}:{routing_key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 class TrafficSplit:
@@ -64,7 +58,7 @@ class TrafficSplit:
         champion model serves it.
         """
         point = (
-            routing_bucket(routing_key, self._salt)
+            stable_bucket(routing_key, self._salt)
             if routing_key is not None
             else self._rng.random()
         )

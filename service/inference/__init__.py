@@ -1,2 +1,2 @@
-"""The inference side of the service: scoring engines, model processes, the
+"""The inference side of the service: scorers, model processes, the
 adaptive batcher and the worker that ties them together."""

@@ -1,8 +1,8 @@
-"""Model processes: scoring engines that run outside the API worker's interpreter.
+"""Model processes: scorers that run outside the API worker's interpreter.
 
 On CPUs the API worker hands each batch to one of several single-threaded model
 processes (one per core by default, ``SENTILOOP_MODEL_PROCESSES``). Each holds
-its own ``ScoringEngine`` with its own copy of the models. Why processes:
+its own ``Scorer`` with its own copy of the models. Why processes:
 
 * model threads inside the worker queue with the event loop for one GIL; under
   load that left ~20% of the CPU idle;
@@ -53,7 +53,7 @@ from core import database
 from core.logs import configure_logging
 from core.settings import Settings
 from model.templates import TemplateRegistry
-from service.inference.engines import load_engine, refresh_report
+from service.inference.loading import load_scorer, refresh_report
 from service.inference.scoring import ModelUnavailable, ScoreItem, ScoreResult
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def serve_model_process(settings: Settings, batches: Connection, control: Connec
         sessions = database.make_session_factory(
             database.make_engine(settings.resolved_database_url)
         )
-        engine = load_engine(
+        scorer = load_scorer(
             settings, TemplateRegistry.load(settings.resolved_templates_dir), sessions
         )
     except Exception as exc:
@@ -101,10 +101,10 @@ def serve_model_process(settings: Settings, batches: Connection, control: Connec
         raise
     gc.collect()
     gc.freeze()  # see service.bento: full collections over torch's objects stall a process
-    control.send((0, True, engine.describe()))
+    control.send((0, True, scorer.describe()))
     handlers = {
-        "score": engine.score,
-        "refresh": lambda _: refresh_report(engine),
+        "score": scorer.score,
+        "refresh": lambda _: refresh_report(scorer),
     }
     while True:
         for connection in wait([batches, control]):

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 AssignmentSource = Callable[[str], str | None]
 
 
-class EngineObserver(Protocol):
+class ScorerObserver(Protocol):
     def model_serving(
         self, reference: str, version: str, kind: str, metadata: Mapping[str, Any]
     ) -> None: ...
@@ -83,16 +83,16 @@ def no_assignments(role: str) -> str | None:
     return None
 
 
-class ScoringEngine:
+class Scorer:
     def __init__(
         self,
         settings: Settings,
         registry: TemplateRegistry,
         assignments: AssignmentSource = no_assignments,
-        observer: EngineObserver | None = None,
+        observer: ScorerObserver | None = None,
     ) -> None:
         self._settings = settings
-        self._observer: EngineObserver = observer or _NoObserver()
+        self._observer: ScorerObserver = observer or _NoObserver()
         self._registry = registry
         self._assignments = assignments
         self._models: dict[str, LoadedModel] = {}

@@ -1,14 +1,14 @@
-"""The models of one API worker: scoring engines, batcher and model watcher together.
+"""The models of one API worker: scorers, batcher and model watcher together.
 
 Two layouts, both behind one adaptive batcher (``MicroBatcher``):
 
 * model processes (the CPU default, ``service.inference.model_process``): each holds its
-  own engine and copy of the models (a few tens of MB for the default int8
+  own scorer and copy of the models (a few tens of MB for the default int8
   ONNX model) and runs one single-threaded model call at a time;
-* in-worker (``SENTILOOP_MODEL_PROCESSES=0``, the GPU default): one engine in
+* in-worker (``SENTILOOP_MODEL_PROCESSES=0``, the GPU default): one scorer in
   the worker, ``concurrent_batches`` model calls in its threads.
 
-Every ``model_poll_interval_s`` seconds the watcher asks each engine to look
+Every ``model_poll_interval_s`` seconds the watcher asks each scorer to look
 for a new champion/challenger in the database and swap without a restart; a
 model process swaps between two batches, the others keep serving meanwhile.
 A model process being restarted is skipped (it starts with the current
@@ -28,9 +28,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.settings import Settings
 from model.templates import TemplateRegistry
 from service.inference.batching import MicroBatcher, ModelSlot, ThreadSlot
-from service.inference.engines import load_engine, refresh_report
+from service.inference.loading import load_scorer, refresh_report
 from service.inference.model_process import ModelProcess
-from service.inference.scoring import ModelUnavailable, ScoreItem, ScoreResult, ScoringEngine
+from service.inference.scoring import ModelUnavailable, ScoreItem, Scorer, ScoreResult
 from service.metrics import ModelMetrics
 from service.periodic import PeriodicTask
 
@@ -51,7 +51,7 @@ class InferenceWorker:
     ) -> None:
         self._metrics = metrics
         self._processes: list[ModelProcess] = []
-        self._engine: ScoringEngine | None = None
+        self._scorer: Scorer | None = None
         slots: list[ModelSlot]
         processes = settings.resolved_model_processes
         if processes:
@@ -69,10 +69,10 @@ class InferenceWorker:
                 self._report(process.wait_started())
             slots = list(self._processes)
         else:
-            engine = load_engine(settings, registry, sessions, observer=metrics)
-            self._engine = engine
+            scorer = load_scorer(settings, registry, sessions, observer=metrics)
+            self._scorer = scorer
             slots = [
-                ThreadSlot(engine.score, f"inference-{index}")
+                ThreadSlot(scorer.score, f"inference-{index}")
                 for index in range(settings.concurrent_batches)
             ]
         self.batcher = MicroBatcher(
@@ -91,8 +91,8 @@ class InferenceWorker:
 
     def describe(self) -> dict[str, Any]:
         """What serves now (never waits on a model process)."""
-        if self._engine is not None:
-            return self._engine.describe()
+        if self._scorer is not None:
+            return self._scorer.describe()
         reported = [p.described for p in self._processes if p.described is not None]
         described = dict(reported[0]) if reported else {"models": []}
         down = [p.name for p in self._processes if not p.available]
@@ -101,12 +101,12 @@ class InferenceWorker:
         return described
 
     async def reload(self) -> dict[str, Any]:
-        """Check the database for a new champion/challenger now (every engine of this worker)."""
+        """Check the database for a new champion/challenger now (every scorer of this worker)."""
         return await asyncio.to_thread(self._refresh)
 
     def _refresh(self) -> dict[str, Any]:
-        if self._engine is not None:
-            return refresh_report(self._engine)
+        if self._scorer is not None:
+            return refresh_report(self._scorer)
         # One process at a time: the others keep scoring while one loads a model.
         reports = []
         for process in self._processes:

@@ -19,9 +19,7 @@ from core.settings import Settings
 from tests import monitoring
 from tests.e2e.conftest import start_server
 from tests.support import ServerProcess, free_port, prometheus_binary
-from training.dataset import AssemblyConfig
-from training.finetune import TrainingArguments
-from training.gate import GateConfig
+from training import AssemblyConfig, GateConfig, TrainingArguments
 from training.pipeline import DataSource, TrainingPipeline, TrainingPlan
 
 pytestmark = pytest.mark.slow
@@ -91,7 +89,8 @@ def observed(
                 body = {"prediction_id": prediction["prediction_id"]}
                 body |= {"verdict": "correct"} if n % 2 else {"label": "negative"}
                 assert client.post("/v1/feedback", json=body).status_code == 201
-        yield {"server": server, "texts_sent": texts_sent, "candidate": outcome.candidate_tag}
+        yield {"server": server, "texts_sent": texts_sent, "candidate": outcome.candidate_tag,
+               "predictions": predictions}  # fmt: skip
     finally:
         server.stop()
 
@@ -196,6 +195,26 @@ def test_prometheus_evaluates_every_rule_without_error(prometheus: str) -> None:
 def test_drift_signals_use_the_trained_models_reference(
     prometheus: str, observed: dict[str, Any]
 ) -> None:
-    [tvd] = [r for r in query_until_data(prometheus, "sentiloop:label_drift_tvd:1h")
-             if r["metric"]["model_version"] == observed["candidate"]]  # fmt: skip
-    assert 0.0 <= float(tvd["value"][1]) <= 1.0
+    """The reference Prometheus sees is the label mix stored with the trained model,
+    and the recorded TVD is half the summed gap between that mix and the live one
+    (recomputed here from the series the rule reads)."""
+    candidate = observed["candidate"]
+    selector = f'{{model_version="{candidate}"}}'
+    [tvd] = query_until_data(prometheus, f"sentiloop:label_drift_tvd:1h{selector}")
+    server: ServerProcess = observed["server"]
+    models = httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"]
+    # It serves as champion and as challenger (no other candidate): same metadata.
+    served = next(m for m in models if m["model_version"] == candidate)
+    stored = served["metadata"]["reference"]["label_share"]
+    shares = f"max by (label) (sentiloop_reference_label_share{selector})"
+    reference = {
+        r["metric"]["label"]: float(r["value"][1]) for r in query_until_data(prometheus, shares)
+    }
+    assert reference == pytest.approx(stored)
+    live = {
+        r["metric"]["label"]: float(r["value"][1])
+        for r in query_until_data(prometheus, f"sentiloop:label_share:rate1h{selector}")
+    }
+    assert live and sum(live.values()) == pytest.approx(1.0)
+    expected = 0.5 * sum(abs(share - reference[label]) for label, share in live.items())
+    assert float(tvd["value"][1]) == pytest.approx(expected, abs=0.02)

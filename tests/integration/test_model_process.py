@@ -16,7 +16,7 @@ from core.settings import Settings
 from model import model_store
 from model.templates import TemplateRegistry
 from service.inference.model_process import ModelProcess, ModelProcessDied
-from service.inference.scoring import ScoreItem, ScoringEngine
+from service.inference.scoring import ScoreItem, Scorer
 
 METADATA = {"base_model": "tiny", "template_versions": ["v1"], "data_sha256": "x", "metrics": {}}
 TEXTS = ["fine, thanks", "this is awful", "an ordinary day", "great service " * 20]
@@ -57,7 +57,7 @@ def test_a_model_process_scores_like_the_engine_in_the_worker(
 ) -> None:
     started = process.wait_started()
     assert [m["reference"] for m in started["models"]] == ["champion"]
-    engine = ScoringEngine(settings, TemplateRegistry.load(settings.resolved_templates_dir))
+    engine = Scorer(settings, TemplateRegistry.load(settings.resolved_templates_dir))
     expected = engine.score(items())
     got = loop.run_until_complete(process.score(items()))
     assert [r.model_version for r in got] == [r.model_version for r in expected]
@@ -169,7 +169,7 @@ def test_a_late_answer_is_never_taken_for_the_next_batch(
     """A batch whose caller went away still gets answered; that answer must be dropped,
     not handed to the batch sent after it."""
     others = [ScoreItem(text=f"another text {n}", template_version="v1") for n in range(3)]
-    engine = ScoringEngine(settings, TemplateRegistry.load(settings.resolved_templates_dir))
+    engine = Scorer(settings, TemplateRegistry.load(settings.resolved_templates_dir))
     expected = engine.score(others)
 
     async def scenario() -> list[object]:

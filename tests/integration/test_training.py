@@ -19,12 +19,9 @@ from core.settings import Settings
 from model import model_store
 from storage import model_roles, runs, store
 from storage.models import TrainingRun
-from training.dataset import AssemblyConfig
-from training.finetune import TrainingArguments
-from training.gate import GateConfig
+from training import AssemblyConfig, GateConfig, Schedule, TrainingArguments, run_schedule
 from training.pipeline import DataSource, TrainingBusy, TrainingPipeline, TrainingPlan
 from training.promotion import PromotionError, rollback
-from training.schedule import Schedule, run_schedule
 
 THINGS = ["delivery", "support team", "app", "refund process", "invoice", "store", "product"]
 PATTERNS = {

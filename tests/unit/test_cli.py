@@ -55,7 +55,8 @@ def test_templates_list_show_diff_release(tmp_path: Path, monkeypatch: pytest.Mo
         '+input_template = "{text}"' in runner.invoke(app, ["templates", "diff", "v1", "v2"]).output
     )
     (directory / "v3.toml").write_text((directory / "v2.toml").read_text().replace('"v2"', '"v3"'))
-    assert runner.invoke(app, ["templates", "list"]).exit_code != 0  # unreleased file
+    unreleased = runner.invoke(app, ["templates", "list"])
+    assert unreleased.exit_code != 0 and "v3.toml" in str(unreleased.exception)
     released = runner.invoke(app, ["templates", "release", "v3"])
     assert released.exit_code == 0 and "released v3" in released.output
     assert "v3" in runner.invoke(app, ["templates", "list"]).output
@@ -73,4 +74,4 @@ def test_db_upgrade_then_export_empty(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_predict_needs_text_or_file() -> None:
     result = runner.invoke(app, ["predict"])
-    assert result.exit_code != 0
+    assert result.exit_code == 2 and "give a TEXT or --file" in result.output

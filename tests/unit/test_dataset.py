@@ -5,8 +5,9 @@ from typing import Any
 
 import pytest
 
+from training import AssemblyConfig
 from training.data import Example
-from training.dataset import AssemblyConfig, assemble
+from training.dataset import assemble
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -5,8 +5,9 @@ from typing import Any
 
 import pytest
 
+from training import GateConfig
 from training.evaluate import evaluate, expected_calibration_error, plot_evaluation
-from training.gate import GateConfig, decide
+from training.gate import decide
 
 
 def onehot(label: str, confidence: float = 1.0) -> dict[str, float]:

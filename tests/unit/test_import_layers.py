@@ -95,3 +95,17 @@ def test_the_check_sees_a_violation(tmp_path: Path) -> None:
     assert not service_room_may_import("service.inference.worker", "service.http.api")
     assert not service_room_may_import("service.metrics", "service.inference.batching")
     assert service_room_may_import("service.http.errors", "service.inference.scoring")
+
+
+def test_training_exports_its_public_nouns_without_loading_torch() -> None:
+    import subprocess
+    import sys
+
+    import training
+
+    assert sorted(training.__all__) == sorted(training._WHERE)
+    for name in training.__all__:
+        assert getattr(training, name).__name__ == name
+    probe = "import sys, sentiloop.cli; print('torch' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert loaded.stdout.strip() == "False", loaded.stderr  # the CLI starts fast

@@ -1,0 +1,91 @@
+"""The settings of a training run, as dataclasses that validate themselves: how
+the dataset is assembled, how the encoder is fine-tuned, how the gate decides,
+when the schedule retrains. Light to import: the command line takes its
+defaults from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ConflictPolicy = Literal["latest", "majority", "drop"]
+Metric = Literal["macro_f1", "accuracy"]
+
+
+@dataclass(frozen=True)
+class AssemblyConfig:
+    holdout_fraction: float = 0.1
+    feedback_holdout_fraction: float = 0.2
+    validation_fraction: float = 0.05
+    feedback_weight: float = 2.0
+    conflict_policy: ConflictPolicy = "latest"
+    max_base_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("holdout_fraction", "feedback_holdout_fraction", "validation_fraction"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if self.holdout_fraction + self.validation_fraction >= 1:
+            raise ValueError("holdout_fraction + validation_fraction must be below 1")
+        if self.feedback_weight <= 0:
+            raise ValueError(f"feedback_weight must be positive, got {self.feedback_weight}")
+        if self.conflict_policy not in ("latest", "majority", "drop"):
+            raise ValueError(
+                f"conflict_policy must be latest, majority or drop, got {self.conflict_policy!r}"
+            )
+
+
+@dataclass(frozen=True)
+class TrainingArguments:
+    epochs: int = 2
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_length: int = 64
+    patience: int = 1
+    seed: int = 13
+    max_grad_norm: float = 1.0
+    torch_threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not 0 < self.learning_rate < 1:
+            raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if not 8 <= self.max_length <= 512:
+            raise ValueError(f"max_length must be in [8, 512], got {self.max_length}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    metric: Metric = "macro_f1"
+    min_improvement: float = 0.005
+    max_feedback_regression: float = 0.0
+    min_feedback_improvement: float | None = None
+    min_feedback_rows: int = 20
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("macro_f1", "accuracy"):
+            raise ValueError(f"metric must be macro_f1 or accuracy, got {self.metric!r}")
+        if self.max_feedback_regression < 0:
+            raise ValueError("max_feedback_regression must not be negative")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    min_new_feedback: int = 200
+    interval_s: float = 24 * 3600.0
+    poll_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.min_new_feedback < 1:
+            raise ValueError("min_new_feedback must be at least 1")
+        if self.interval_s <= 0 or self.poll_s <= 0:
+            raise ValueError("interval_s and poll_s must be positive")
