@@ -27,15 +27,17 @@ import storage
 from core import database
 from core.settings import Settings
 from model import model_store
-from model.classifiers import Classifier, FineTunedClassifier, ZeroShotClassifier
+from model.classifiers import Classifier
 from model.labels import LABELS
+from model.loader import fine_tuned, load_classifier
 from model.templates import PromptTemplate, TemplateRegistry
 from storage import model_roles, runs, store
+from training.config import AssemblyConfig, GateConfig, TrainingArguments
 from training.data import Example, load_examples
-from training.dataset import AssembledDataset, AssemblyConfig, assemble
+from training.dataset import AssembledDataset, assemble
 from training.evaluate import evaluate, plot_evaluation, render_summary
-from training.finetune import FineTuneResult, TrainingArguments, fine_tune
-from training.gate import GateConfig, decide
+from training.finetune import FineTuneResult, fine_tune
+from training.gate import GateDecision, decide
 
 logger = logging.getLogger(__name__)
 
@@ -87,18 +89,20 @@ class RunOutcome:
     report: dict[str, Any]
 
 
+_STORED_METRICS = ("n", "accuracy", "macro_f1", "ece")
+
+
 def champion_classifier(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> tuple[str | None, Classifier]:
-    """The model that serves as champion now (the zero-shot model when none)."""
+    """The model that serves as champion now (the zero-shot model when none), loaded
+    as it serves (``model.loader``)."""
     tag = settings.model_tag
     if tag is None:
         with sessions() as session:
             tag = model_roles.current(session=session, role="champion")
-    if tag is None:
-        return None, ZeroShotClassifier(settings.resolved_base_model, device=settings.device)
-    stored = model_store.get_model(tag)
-    return stored.tag, FineTunedClassifier(stored.path, version=stored.tag, device=settings.device)
+    classifier, _ = load_classifier(settings, tag)
+    return (None if tag is None else classifier.version), classifier
 
 
 def score_examples(
@@ -193,73 +197,40 @@ class TrainingPipeline:
             runs.release_lock(session_factory=self.sessions, name=LOCK_NAME, holder=holder)
 
     def _run(self, plan: TrainingPlan, run_id: str, cutoff: Any) -> RunOutcome:
+        """The named steps of a run: data, champion, training, evaluation, gate,
+        saving with metadata, role assignment, report."""
         versions = plan.template_versions or (self.settings.default_template_version,)
         templates = [self.templates.get(version) for version in versions]
-        primary = templates[0]
         dataset = self._dataset(plan, cutoff)
         logger.info("run %s: data %s, dropped %s", run_id, dataset.report.counts,
                     dataset.report.dropped)  # fmt: skip
         champion_tag, champion = champion_classifier(self.settings, self.sessions)
         with tempfile.TemporaryDirectory(prefix="sentiloop-candidate-") as scratch:
             output = Path(scratch) / "model"
-            trained: FineTuneResult = fine_tune(
-                dataset.train,
-                dataset.validation,
-                base_model=self.settings.resolved_base_model,
-                templates=templates,
-                args=plan.arguments,
-                output_dir=output,
+            trained = self._train(plan, dataset, templates, output)
+            # Evaluated exactly as it would serve (runtime, quantization, max length).
+            candidate = fine_tuned(
+                self.settings, output, version="candidate", onnx_cache_dir=Path(scratch) / "onnx"
             )
-            candidate = FineTunedClassifier(
-                output, version="candidate", device=self.settings.device
-            )
-            evaluation: dict[str, dict[str, Any]] = {}
-            for split, rows in (
-                ("holdout", dataset.holdout),
-                ("feedback_holdout", dataset.feedback_holdout),
-            ):
-                evaluation[split] = {
-                    "candidate": score_examples(candidate, primary, rows),
-                    "champion": score_examples(champion, primary, rows),
-                }
+            evaluation = self._evaluate(candidate, champion, dataset, templates[0])
             decision = decide(
                 {split: models["candidate"] for split, models in evaluation.items()},
                 {split: models["champion"] for split, models in evaluation.items()},
                 plan.gate,
             )
+            metadata = self._metadata(
+                plan,
+                versions,
+                dataset,
+                evaluation,
+                trained,
+                champion_tag or champion.version,
+                run_id,
+            )
             stored = model_store.save_model(
-                output,
-                name=self.settings.model_name,
-                metadata={
-                    "base_model": str(self.settings.resolved_base_model),
-                    "template_versions": list(versions),
-                    "data_sha256": dataset.data_sha256,
-                    "counts": dataset.report.counts,
-                    "metrics": {
-                        split: {
-                            key: models["candidate"].get(key)
-                            for key in ("n", "accuracy", "macro_f1", "ece")
-                        }
-                        for split, models in evaluation.items()
-                    },
-                    "reference": drift_reference(dataset, evaluation),
-                    "parent_model": champion_tag or champion.version,
-                    "training_run_id": run_id,
-                    "training": trained.to_dict(),
-                    "arguments": asdict(plan.arguments),
-                },
+                output, name=self.settings.model_name, metadata=metadata
             )
-        role: model_roles.Role = "champion" if decision.promote else "challenger"
-        decision_name = "promoted" if decision.promote else "challenger"
-        with self.sessions() as session:
-            model_roles.assign(
-                session=session,
-                role=role,
-                model_tag=stored.tag,
-                reason=f"training run {run_id}: {decision.reason}",
-                training_run_id=run_id,
-            )
-            session.commit()
+        decision_name = self._assign(decision, stored.tag, run_id)
         report = {
             "run_id": run_id,
             "decision": decision_name,
@@ -283,3 +254,82 @@ class TrainingPipeline:
             report_dir=report_dir,
             report=report,
         )
+
+    def _train(
+        self,
+        plan: TrainingPlan,
+        dataset: AssembledDataset,
+        templates: list[PromptTemplate],
+        output: Path,
+    ) -> FineTuneResult:
+        return fine_tune(
+            dataset.train,
+            dataset.validation,
+            base_model=self.settings.resolved_base_model,
+            templates=templates,
+            args=plan.arguments,
+            output_dir=output,
+        )
+
+    @staticmethod
+    def _evaluate(
+        candidate: Classifier,
+        champion: Classifier,
+        dataset: AssembledDataset,
+        template: PromptTemplate,
+    ) -> dict[str, dict[str, Any]]:
+        """Candidate and champion on the same rows of both holdouts."""
+        return {
+            split: {
+                "candidate": score_examples(candidate, template, rows),
+                "champion": score_examples(champion, template, rows),
+            }
+            for split, rows in (
+                ("holdout", dataset.holdout),
+                ("feedback_holdout", dataset.feedback_holdout),
+            )
+        }
+
+    def _metadata(
+        self,
+        plan: TrainingPlan,
+        versions: Sequence[str],
+        dataset: AssembledDataset,
+        evaluation: dict[str, dict[str, Any]],
+        trained: FineTuneResult,
+        parent: str,
+        run_id: str,
+    ) -> dict[str, Any]:
+        """What the model store keeps with the candidate (serving reads it back)."""
+        return {
+            "base_model": str(self.settings.resolved_base_model),
+            "template_versions": list(versions),
+            "data_sha256": dataset.data_sha256,
+            "counts": dataset.report.counts,
+            "metrics": {
+                split: {
+                    key: models["candidate"].get(key)
+                    for key in ("n", "accuracy", "macro_f1", "ece")
+                }
+                for split, models in evaluation.items()
+            },
+            "reference": drift_reference(dataset, evaluation),
+            "parent_model": parent,
+            "training_run_id": run_id,
+            "training": trained.to_dict(),
+            "arguments": asdict(plan.arguments),
+        }
+
+    def _assign(self, decision: GateDecision, tag: str, run_id: str) -> str:
+        """Record the candidate as champion or challenger; the decision's name."""
+        role: model_roles.Role = "champion" if decision.promote else "challenger"
+        with self.sessions() as session:
+            model_roles.assign(
+                session=session,
+                role=role,
+                model_tag=tag,
+                reason=f"training run {run_id}: {decision.reason}",
+                training_run_id=run_id,
+            )
+            session.commit()
+        return "promoted" if decision.promote else "challenger"

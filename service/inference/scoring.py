@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from core.settings import CHALLENGER, CHAMPION, ZERO_SHOT, Settings
-from model import model_store
-from model.classifiers import Classifier, FineTunedClassifier, Scores, ZeroShotClassifier
+from model.classifiers import Classifier, Scores
+from model.loader import load_classifier
 from model.templates import TemplateRegistry
 
 logger = logging.getLogger(__name__)
@@ -118,25 +118,9 @@ class Scorer:
             cached = self._by_tag.get(tag)
         if cached is not None:
             return LoadedModel(reference, tag, cached.classifier, cached.metadata)
-        if tag is None:
-            base = self._settings.resolved_base_model
-            zero_shot = ZeroShotClassifier(
-                base, device=self._settings.device, max_length=self._settings.max_length
-            )
-            return LoadedModel(reference, None, zero_shot, {"base_model": str(base)})
-        stored = model_store.get_model(tag)
-        settings = self._settings
-        classifier = FineTunedClassifier(
-            stored.path,
-            version=stored.tag,
-            device=settings.device,
-            max_length=settings.max_length,
-            quantize=settings.resolved_quantize,
-            backend=settings.resolved_inference_backend,
-            onnx_cache_dir=settings.onnx_cache_dir / stored.tag.replace(":", "-"),
-            threads=settings.resolved_inference_threads,
-        )
-        return LoadedModel(reference, stored.tag, classifier, dict(stored.metadata))
+        classifier, metadata = load_classifier(self._settings, tag)
+        stored_tag = None if tag is None else classifier.version
+        return LoadedModel(reference, stored_tag, classifier, metadata)
 
     def _install(self, loaded: LoadedModel) -> None:
         with self._lock:

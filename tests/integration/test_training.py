@@ -17,10 +17,17 @@ from sqlalchemy import select
 import storage
 from core.settings import Settings
 from model import model_store
+from model.loader import load_classifier
 from storage import model_roles, runs, store
 from storage.models import TrainingRun
 from training import AssemblyConfig, GateConfig, Schedule, TrainingArguments, run_schedule
-from training.pipeline import DataSource, TrainingBusy, TrainingPipeline, TrainingPlan
+from training.pipeline import (
+    DataSource,
+    TrainingBusy,
+    TrainingPipeline,
+    TrainingPlan,
+    score_examples,
+)
 from training.promotion import PromotionError, rollback
 
 THINGS = ["delivery", "support team", "app", "refund process", "invoice", "store", "product"]
@@ -106,6 +113,14 @@ def test_run_saves_candidate_with_metadata_records_run_and_writes_report(
         assert key in holdout["candidate"]
     assert "promoted" in (outcome.report_dir / "summary.txt").read_text()
     assert (outcome.report_dir / "holdout-candidate.png").stat().st_size > 1000
+    # Evaluation equals serving: the stored candidate, loaded by the loader serving
+    # uses, scores the same holdout rows exactly as the gate saw them.
+    served, _ = load_classifier(pipeline.settings, outcome.candidate_tag)
+    assert served.runtime == "onnx-int8"  # the CPU default, not training's torch fp32
+    dataset = pipeline._dataset(plan(tmp_path, **ALWAYS), None)
+    rescored = score_examples(served, pipeline.templates.get("v1"), dataset.holdout)
+    for key in ("n", "accuracy", "macro_f1", "confusion_matrix"):
+        assert rescored[key] == holdout["candidate"][key], key
 
 
 def test_gate_keeps_a_candidate_that_is_not_better_as_challenger(
