@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from training.data import Example, load_examples
+from training.examples import Example, load_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -35,8 +35,8 @@ from core.settings import Settings
 from sentiloop.client import SentiloopClient
 from tests.support import ServerProcess
 from training import AssemblyConfig, GateConfig, TrainingArguments
-from training.data import Example
 from training.evaluate import evaluate
+from training.examples import Example
 from training.pipeline import DataSource, TrainingPipeline, TrainingPlan
 
 logger = logging.getLogger("bench.flywheel")

@@ -99,22 +99,36 @@ class ServerProcess:
         checkout: Path = ROOT,
     ) -> None:
         """``checkout``: the source tree to serve (another one to compare versions)."""
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
-        full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env}
+        self._host, self._checkout = host, checkout
+        # No shutdown drain unless a test asks for one: it would add seconds to every stop.
+        self._env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true",
+                     "SENTILOOP_SHUTDOWN_DRAIN_S": "0", **env}  # fmt: skip
+        self._launch()
+
+    def _launch(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "service.bento:SentiLoop",
-             "--host", host, "--port", str(self.port)],
-            cwd=checkout, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+             "--host", self._host, "--port", str(self.port)],
+            cwd=self._checkout, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
+        """Wait for /readyz. A free port can be taken by another process between its
+        choice and the server's bind (BentoML picks its own internal ports the same
+        way): then the server is started again on another port, twice at most."""
         deadline = time.monotonic() + timeout_s
+        relaunches = 0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if "Address already in use" in self.log_tail() and relaunches < 2:
+                    relaunches += 1
+                    self._launch()
+                    continue
                 raise RuntimeError(f"server exited early:\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:

@@ -21,7 +21,7 @@ _WHERE = {
     "GateConfig": "training.config",
     "Schedule": "training.config",
     "TrainingArguments": "training.config",
-    "parse_label_map": "training.data",
+    "parse_label_map": "training.examples",
     "DataSource": "training.pipeline",
     "RunOutcome": "training.pipeline",
     "TrainingBusy": "training.pipeline",
@@ -50,7 +50,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from training.config import AssemblyConfig, GateConfig, Schedule, TrainingArguments
-    from training.data import parse_label_map
+    from training.examples import parse_label_map
     from training.pipeline import (
         DataSource,
         RunOutcome,

@@ -27,7 +27,7 @@ from typing import Any
 from core.buckets import stable_bucket
 from model.labels import normalize_label
 from training.config import AssemblyConfig
-from training.data import Example
+from training.examples import Example
 
 
 @dataclass

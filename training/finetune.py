@@ -27,8 +27,8 @@ from model.labels import LABEL_TO_ID, LABELS
 from model.templates import PromptTemplate
 from model.tokenization import ChunkTokenizer
 from training.config import TrainingArguments
-from training.data import Example
 from training.evaluate import evaluate
+from training.examples import Example
 
 logger = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from model.loader import fine_tuned, load_classifier
 from model.templates import PromptTemplate, TemplateRegistry
 from storage import model_roles, runs, store
 from training.config import AssemblyConfig, GateConfig, TrainingArguments
-from training.data import Example, load_examples
 from training.dataset import AssembledDataset, assemble
 from training.evaluate import evaluate, plot_evaluation, render_summary
+from training.examples import Example, load_examples
 from training.finetune import FineTuneResult, fine_tune
 from training.gate import GateDecision, decide
 

@@ -294,7 +294,9 @@ def test_a_read_only_sqlite_file_makes_readyz_fail_and_recovers_without_a_restar
 def test_sigterm_under_load_finishes_every_request_sent_before_it(
     tmp_path: Path, tiny_model_tag: str
 ) -> None:
-    server = start_server(tmp_path, {"SENTILOOP_MODEL_TAG": tiny_model_tag})
+    server = start_server(
+        tmp_path, {"SENTILOOP_MODEL_TAG": tiny_model_tag, "SENTILOOP_SHUTDOWN_DRAIN_S": "3"}
+    )
     outcomes: Counter[tuple[str, str]] = Counter()
     answered: list[str] = []
     sigterm_at: list[float] = []

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from training.data import DataFileError, load_examples, parse_label_map
+from training.examples import DataFileError, load_examples, parse_label_map
 
 
 def test_loads_jsonl_csv_and_tsv(tmp_path: Path) -> None:

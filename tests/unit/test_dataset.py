@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 
 from training import AssemblyConfig
-from training.data import Example
 from training.dataset import assemble
+from training.examples import Example
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
