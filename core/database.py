@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -94,3 +95,12 @@ def discard_freed_pages(engine: Engine) -> str:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("VACUUM predictions, feedback"))
     return "old row versions vacuumed"
+
+
+def describe_error(error: BaseException) -> str:
+    """A one-line reason for a database error, without the statement or its values."""
+    if isinstance(error, StatementError) and error.orig is not None:
+        error = error.orig
+    text = str(error).strip()
+    first_line = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first_line}"[:300]

@@ -100,9 +100,13 @@ def serve(
     """Serve the API with BentoML (`bentoml serve service.bento:SentiLoop`)."""
     settings = _settings(ctx)
     host = serving_host(settings, host)
-    logger.info("serving on http://%s:%d (authentication %s)", host, port,
-                "on" if settings.resolved_auth == "required" else "OFF: local clients only"
-                if not settings.allow_unauthenticated_remote else "OFF")  # fmt: skip
+    if settings.resolved_auth == "required":
+        access = "authentication on"
+    elif settings.allow_unauthenticated_remote:
+        access = "authentication OFF"
+    else:
+        access = "authentication OFF: local clients only"
+    logger.info("serving on http://%s:%d (%s)", host, port, access)
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     command = [
         sys.executable, "-m", "bentoml", "serve", "service.bento:SentiLoop",

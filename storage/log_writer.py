@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import select
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError, StatementError
+from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.database import describe_error
 from storage.models import Prediction
 from storage.records import PredictionRecord
 from storage.spool import Spool
@@ -140,18 +141,8 @@ def is_row_error(error: BaseException) -> bool:
     if isinstance(error, DataError | IntegrityError):
         return True
     if isinstance(error, StatementError):
-        return not isinstance(error.orig, SQLAlchemyError | OSError) and isinstance(
-            error.orig, ValueError | TypeError
-        )
+        return isinstance(error.orig, ValueError | TypeError)
     return isinstance(error, ValueError | TypeError)  # UnicodeEncodeError is a ValueError
-
-
-def _describe(error: BaseException) -> str:
-    """A one-line reason without the statement or its values."""
-    if isinstance(error, StatementError) and error.orig is not None:
-        error = error.orig
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {first_line}"[:300]
 
 
 class PredictionLogWriter:
@@ -264,7 +255,7 @@ class PredictionLogWriter:
         with self._progress:
             self._stats.failed_writes += 1
         self._observer.write_failed()
-        problem = f"{what} failed ({_describe(error)})"
+        problem = f"{what} failed ({describe_error(error)})"
         if problem != self._problem:
             logger.error("prediction log degraded: %s; %s", problem, self._plan())
         if self._problem is None:
@@ -393,7 +384,7 @@ class PredictionLogWriter:
     def _quarantine(
         self, records: Sequence[PredictionRecord], error: BaseException, *, fresh: bool
     ) -> None:
-        reason = _describe(error)
+        reason = describe_error(error)
         if self._spool is not None:
             path = self._spool.quarantine(records, reason)  # raises OSError: the caller parks
             where = f"kept in {path}"

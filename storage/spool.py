@@ -28,11 +28,15 @@ CLAIMED_SUFFIX = ".replaying"
 QUARANTINE_DIR = "quarantine"
 
 
-def _encode(record: PredictionRecord) -> str:
+def _as_json(record: PredictionRecord) -> dict[str, object]:
     data = asdict(record)
     data["created_at"] = record.created_at.isoformat()
+    return data
+
+
+def _encode(record: PredictionRecord) -> str:
     # ASCII escapes: any Python string round-trips, lone surrogates included.
-    return json.dumps(data)
+    return json.dumps(_as_json(record))
 
 
 def _decode(line: str) -> PredictionRecord:
@@ -65,17 +69,17 @@ class Spool:
 
     def quarantine(self, records: Sequence[PredictionRecord], reason: str) -> Path:
         """Keep records the database refused, with the reason; returns the file."""
-        lines = [json.dumps({"reason": reason, "record": json.loads(_encode(r))}) for r in records]
-        return self.quarantine_lines(lines, reason, encoded=True)
+        return self._quarantine([{"reason": reason, "record": _as_json(r)} for r in records])
 
-    def quarantine_lines(self, lines: Sequence[str], reason: str, *, encoded: bool = False) -> Path:
-        """Keep raw lines (unreadable spool lines, or encoded records) in the quarantine."""
+    def quarantine_lines(self, lines: Sequence[str], reason: str) -> Path:
+        """Keep spool lines that could not be read, with the reason; returns the file."""
+        return self._quarantine([{"reason": reason, "line": line} for line in lines])
+
+    def _quarantine(self, entries: Sequence[dict[str, object]]) -> Path:
         folder = self.quarantine_directory
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"quarantine-{os.getpid()}.jsonl"
-        if not encoded:
-            lines = [json.dumps({"reason": reason, "line": line}) for line in lines]
-        _append_durably(path, "".join(line + "\n" for line in lines))
+        _append_durably(path, "".join(json.dumps(entry) + "\n" for entry in entries))
         return path
 
     def pending(self) -> list[Path]:

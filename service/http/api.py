@@ -187,8 +187,9 @@ class SentimentAPI:
                     raise
             except OperationalError as exc:
                 self.metrics.db_errors.labels("feedback").inc()
-                logger.warning("feedback not stored: database unavailable: %s",
-                               str(exc.orig).splitlines()[0] if exc.orig else exc)  # fmt: skip
+                logger.warning(
+                    "feedback not stored: database unavailable: %s", database.describe_error(exc)
+                )
                 raise storage.StoreUnavailable() from exc
         self.metrics.db_write_seconds.labels("feedback").observe(time.perf_counter() - started)
         if not result.replayed:
