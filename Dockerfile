@@ -18,6 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TRANSFORMERS_OFFLINE=1 \
     BENTOML_HOME=/data/bentoml \
     SENTILOOP_HOME=/data \
+    SENTILOOP_CACHE_DIR=/opt/sentiloop-cache \
     SENTILOOP_AUTH=required
 
 WORKDIR /app
@@ -33,6 +34,7 @@ COPY service ./service
 COPY training ./training
 COPY sentiloop ./sentiloop
 RUN pip install . \
+    && sentiloop prepare \
     && useradd --create-home --uid 10001 sentiloop \
     && mkdir -p /data \
     && chown sentiloop /data

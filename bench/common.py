@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import json
 import logging
 import os
@@ -12,7 +11,8 @@ from typing import Any
 
 import torch
 
-from training.examples import Example, load_examples
+from training import corpora
+from training.examples import Example
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -22,27 +22,17 @@ logger = logging.getLogger("bench")
 
 
 def tweets(split: str) -> list[Example]:
-    return load_examples(DATA / "tweet_sentiment_extraction" / f"{split}.jsonl")
+    return corpora.tweets(DATA, split)
 
 
 def sst2(split: str) -> list[Example]:
     """SST-2 (binary): 0 negative, 1 positive."""
-    return load_examples(
-        DATA / "sst2" / f"{split}.tsv", label_map={"0": "negative", "1": "positive"}
-    )
+    return corpora.sst2(DATA, split)
 
 
 def xlmt(language: str, split: str) -> list[Example]:
-    folder = DATA / "xlmt_multilingual" / language
-    texts = (folder / f"{split}_text.txt").read_text(encoding="utf-8").splitlines()
-    labels = (folder / f"{split}_labels.txt").read_text(encoding="utf-8").splitlines()
-    names = {"0": "negative", "1": "neutral", "2": "positive"}
-    return [
-        Example(text=codecs.decode(text, "unicode_escape") if "\\u" in text else text,
-                label=names[label.strip()])  # type: ignore[arg-type]
-        for text, label in zip(texts, labels, strict=True)
-        if text.strip()
-    ]  # fmt: skip
+    """XLM-T tweets; ``language``: en, fr, de or es."""
+    return corpora.xlmt(DATA, language, split)
 
 
 def machine() -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""The feedback flywheel, measured end to end through a real server.
+"""The feedback flywheel, measured end to end through a real server, with the
+gate's defaults (those of `sentiloop train`).
+
+``--scenario reviews`` (English preset, all-minilm-l6-v2):
 
 1. Train a model on part of tweet_sentiment_extraction and promote it.
 2. Serve it with a real `bentoml serve` (SQLite store, scratch BentoML home).
@@ -7,12 +10,19 @@
 4. In rounds, score SST-2 train sentences through /v1/predict and send what an
    agent would: a correction through /v1/feedback when the answer is wrong
    (`label`), a thumbs-up when it is right (`verdict=correct`).
-5. After each round retrain (base tweets + logged feedback), gate, and let the
-   server hot-swap the promoted model; measure SST-2 dev and tweet test again.
+5. After each round retrain (base tweets + logged feedback, from the champion's
+   weights), gate, and let the server hot-swap the promoted model; measure SST-2
+   dev (in domain) and tweet test (base domain) again.
 
-    python -m bench.flywheel [--rounds 3] [--per-round 600] [--base-examples 4000]
+``--scenario german`` (the default multilingual preset): the shipped model serves
+from the start; corrections arrive on German tweets only (XLM-T de train); each
+round retrains from the champion on the feedback alone (a team with no training
+data of its own), the tweet sample is the base guard; measured on XLM-T val de
+(in domain) and on XLM-T val en/fr/es and tweet test (elsewhere).
 
-Prints the figures and writes bench/results/flywheel.json.
+    python -m bench.flywheel [--scenario reviews|german] [--rounds 3] [--per-round 600]
+
+Prints the figures and writes bench/results/flywheel[-german].json.
 """
 
 from __future__ import annotations
@@ -24,12 +34,13 @@ import os
 import random
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import DATA, machine, sst2, tweets, write_result
+from bench.common import DATA, machine, sst2, tweets, write_result, xlmt
 from core.logs import configure_logging
 from core.settings import Settings
 from sentiloop.client import SentiloopClient
@@ -58,12 +69,9 @@ def api_accuracy(
 
 
 def measure(
-    client: SentiloopClient, dev: list[Example], tweet_eval: list[Example]
+    client: SentiloopClient, sets: dict[str, tuple[list[Example], tuple[str, ...]]]
 ) -> dict[str, Any]:
-    return {
-        "sst2_dev": api_accuracy(client, dev, BINARY),
-        "tweet_test": api_accuracy(client, tweet_eval, THREE_CLASS),
-    }
+    return {name: api_accuracy(client, rows, labels) for name, (rows, labels) in sets.items()}
 
 
 def send_round(client: SentiloopClient, rows: list[Example]) -> dict[str, int]:
@@ -94,6 +102,7 @@ def wait_for_champion(server: ServerProcess, tag: str, timeout_s: float = 120) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scenario", choices=("reviews", "german"), default="reviews")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", type=int, default=600)
     parser.add_argument("--base-examples", type=int, default=4000)
@@ -102,11 +111,13 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging()
     scratch = Path(tempfile.mkdtemp(prefix="sentiloop-flywheel-"))
+    german = args.scenario == "german"
     env = {
         "BENTOML_HOME": str(scratch / "bentoml"),
         "SENTILOOP_HOME": str(scratch / "home"),
         "SENTILOOP_TEXT_STORAGE": "raw",
         "SENTILOOP_MODEL_POLL_INTERVAL_S": "1",
+        "SENTILOOP_BASE_MODEL": "multilingual-e5-small" if german else "all-minilm-l6-v2",
     }
     os.environ.update(env)
     settings = Settings()
@@ -116,13 +127,25 @@ def main() -> None:
     holdout_file.write_text(
         "".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in tweet_eval)
     )
-    dev = sst2("dev")
-    pool = [e for e in sst2("train") if len(e.text.split()) >= 8]
+    sets: dict[str, tuple[list[Example], tuple[str, ...]]]
+    if german:
+        in_domain = "xlmt_val_de"
+        sets = {"xlmt_val_de": (xlmt("de", "val"), THREE_CLASS)}
+        for language in ("en", "fr", "es"):
+            sets[f"xlmt_val_{language}"] = (xlmt(language, "val"), THREE_CLASS)
+        sets["tweet_test"] = (tweet_eval, THREE_CLASS)
+        pool = xlmt("de", "train")
+        base_data = None
+    else:
+        in_domain = "sst2_dev"
+        sets = {"sst2_dev": (sst2("dev"), BINARY), "tweet_test": (tweet_eval, THREE_CLASS)}
+        pool = [e for e in sst2("train") if len(e.text.split()) >= 8]
+        base_data = DataSource(DATA / "tweet_sentiment_extraction" / "train.jsonl")
     rng.shuffle(pool)
 
     def plan(gate: GateConfig) -> TrainingPlan:
         return TrainingPlan(
-            base_data=DataSource(DATA / "tweet_sentiment_extraction" / "train.jsonl"),
+            base_data=base_data,
             holdout_data=DataSource(holdout_file),
             assembly=AssemblyConfig(max_base_examples=args.base_examples),
             arguments=TrainingArguments(epochs=1, progress=False),
@@ -130,31 +153,36 @@ def main() -> None:
         )
 
     pipeline = TrainingPipeline(settings)
-    first = pipeline.run(plan(GateConfig(min_improvement=-1.0)), trigger="bench:initial")
-    logger.info("initial model %s (%s)", first.candidate_tag, first.reason)
+    if not german:  # the English scenario starts from a model trained on tweets
+        first = pipeline.run(plan(GateConfig(significance=1.0)), trigger="bench:initial")
+        logger.info("initial model %s (%s)", first.candidate_tag, first.reason)
     server = ServerProcess(env, scratch / "server.log")
-    result: dict[str, Any] = {"machine": machine(), "arguments": vars(args), "rounds": []}
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "arguments": vars(args),
+        "gate": asdict(GateConfig()),
+        "in_domain": in_domain,
+        "rounds": [],
+    }
     try:
-        server.wait_ready()
+        server.wait_ready(timeout_s=600)
         with SentiloopClient(server.url) as client:
-            before = measure(client, dev, tweet_eval)
+            before = measure(client, sets)
             result["before"] = before
             logger.info("before: %s", before)
             corrections = 0
+            previous = before
             for round_number in range(1, args.rounds + 1):
                 batch = pool[(round_number - 1) * args.per_round : round_number * args.per_round]
                 sent = send_round(client, batch)
                 corrections += sent["corrections"]
                 started = time.perf_counter()
-                outcome = pipeline.run(
-                    plan(GateConfig(min_improvement=-0.02, min_feedback_improvement=0.01)),
-                    trigger=f"bench:round{round_number}",
-                )
+                outcome = pipeline.run(plan(GateConfig()), trigger=f"bench:round{round_number}")
                 train_seconds = time.perf_counter() - started
                 swap_seconds = None
                 if outcome.decision == "promoted":
                     swap_seconds = wait_for_champion(server, outcome.candidate_tag)
-                after = measure(client, dev, tweet_eval)
+                after = measure(client, sets)
                 entry = {
                     "round": round_number,
                     "sent": sent,
@@ -167,31 +195,38 @@ def main() -> None:
                     "retrain_seconds": train_seconds,
                     "hot_swap_seconds": swap_seconds,
                     "after": after,
+                    "change_vs_before": {
+                        name: after[name]["macro_f1"] - before[name]["macro_f1"] for name in sets
+                    },
+                    "change_vs_previous_round": {
+                        name: after[name]["macro_f1"] - previous[name]["macro_f1"] for name in sets
+                    },
                 }
+                previous = after
                 result["rounds"].append(entry)
                 logger.info(
                     "round %d: %s",
                     round_number,
-                    {k: entry[k] for k in ("sent", "decision", "after")},
+                    {k: entry[k] for k in ("sent", "decision", "change_vs_before")},
                 )
     finally:
         server.stop()
         pipeline.close()
-    write_result("flywheel", result)
-    b = result["before"]
-    print(
-        f"before: SST-2 dev acc {b['sst2_dev']['accuracy']:.4f}  "
-        f"tweet test acc {b['tweet_test']['accuracy']:.4f}"
-    )
+    write_result("flywheel" if not german else "flywheel-german", result)
+    names = list(sets)
+    print("macro-F1 through the API; in domain: " + in_domain)
+    print("before: " + "  ".join(f"{n} {result['before'][n]['macro_f1']:.4f}" for n in names))
     for entry in result["rounds"]:
-        a = entry["after"]
+        figures = "  ".join(
+            f"{n} {entry['after'][n]['macro_f1']:.4f} ({entry['change_vs_before'][n]:+.4f})"
+            for n in names
+        )
         print(
             f"round {entry['round']}: {entry['sent']['corrections']} corrections "
-            f"(total {entry['cumulative_corrections']}), {entry['decision']}; "
-            f"SST-2 dev acc {a['sst2_dev']['accuracy']:.4f}  "
-            f"tweet test acc {a['tweet_test']['accuracy']:.4f}  "
-            f"retrain {entry['retrain_seconds']:.0f}s"
+            f"(total {entry['cumulative_corrections']}), {entry['decision']}, "
+            f"retrain {entry['retrain_seconds']:.0f}s: {figures}"
         )
+        print(f"  gate: {entry['reason']}")
 
 
 if __name__ == "__main__":

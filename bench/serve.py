@@ -1,11 +1,14 @@
 """Throughput and latency of /v1/predict: sentiloop vs a naive baseline, in one run.
 
-Both serve the same model (all-MiniLM-L6-v2 with a 3-class head) on this
-machine: sentiloop through `bentoml serve` with its defaults (one API worker
-feeding a single-threaded model process per core, ONNX Runtime int8, adaptive
-batching, length-sorted dynamic padding, prediction logging to SQLite), the
-baseline as a transformers pipeline called per request in a plain Starlette
-app (bench/naive_app.py, one uvicorn worker). Variants: sentiloop without
+Both serve the same model on this machine: ``--model minilm`` (default),
+all-MiniLM-L6-v2 with a 3-class head (pinned as champion); ``--model shipped``,
+the shipped multilingual default (multilingual-e5-small with its adapter merged,
+serving as the cold-start champion, as on a fresh install). Servers: sentiloop
+through `bentoml serve` with its defaults (one API worker feeding a
+single-threaded model process per core, ONNX Runtime int8, adaptive batching,
+length-sorted dynamic padding, prediction logging to SQLite), the baseline as
+a transformers pipeline called per request in a plain Starlette app
+(bench/naive_app.py, one uvicorn worker). Variants: sentiloop without
 prediction logging, sentiloop running the eager torch fp32 model, and
 sentiloop with the model in threads of the worker instead of processes. A
 closed-loop client keeps C requests in flight for a fixed time per
@@ -14,13 +17,14 @@ of the CPU the servers share with it; else an aiohttp client.
 
     python -m bench.serve [--seconds 5] [--rounds 5] [--concurrency 1 8 32 128]
                           [--client wrk|aiohttp] [--reference-checkout DIR]
+                          [--model minilm|shipped]
 
 ``--reference-checkout`` serves another source tree of sentiloop (say
 ``git worktree add /tmp/before HEAD~3``) as the variant "reference", with the
 same settings, in the same interleaved rounds: before/after figures of a
 change from one run.
 
-Prints a table and writes bench/results/serve.json.
+Prints a table and writes bench/results/serve.json (serve-shipped.json).
 """
 
 from __future__ import annotations
@@ -56,11 +60,11 @@ def build_model(directory: Path) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from core.settings import default_base_model
+    from model.base_models import minilm_directory
     from model.labels import LABEL_TO_ID, LABELS
 
     torch.manual_seed(0)
-    base = str(default_base_model())
+    base = str(minilm_directory())
     model = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=3, id2label=dict(enumerate(LABELS)), label2id=dict(LABEL_TO_ID),
         local_files_only=True,
@@ -257,16 +261,29 @@ def main() -> None:
         type=Path,
         help="another sentiloop source tree to serve beside this one (before/after)",
     )
+    parser.add_argument("--model", choices=["minilm", "shipped"], default="minilm")
     args = parser.parse_args()
     configure_logging()
     scratch = Path(tempfile.mkdtemp(prefix="sentiloop-bench-serve-"))
     os.environ["BENTOML_HOME"] = str(scratch / "bentoml")
+    from core.settings import Settings
     from model import model_store
+    from model.loader import model_directory, prepare
+    from model.shipped import shipped_for_base
 
-    model_dir = build_model(scratch / "model")
-    stored = model_store.save_model(model_dir, name="bench-serve", metadata={
-        "base_model": "all-MiniLM-L6-v2", "template_versions": ["v1"], "data_sha256": "none",
-        "metrics": {}})  # fmt: skip
+    if args.model == "shipped":
+        settings = Settings(base_model="multilingual-e5-small")
+        shipped = shipped_for_base(settings.base_model)
+        assert shipped is not None, "no shipped model for multilingual-e5-small"
+        prepare(settings)  # converted, merged and exported before the servers start
+        model_dir = model_directory(settings, shipped.version)
+        model_env = {"SENTILOOP_BASE_MODEL": settings.base_model}
+    else:
+        model_dir = build_model(scratch / "model")
+        stored = model_store.save_model(model_dir, name="bench-serve", metadata={
+            "base_model": "all-MiniLM-L6-v2", "template_versions": ["v1"],
+            "data_sha256": "none", "metrics": {}})  # fmt: skip
+        model_env = {"SENTILOOP_MODEL_TAG": stored.tag}
     texts = [example.text for example in tweets("test")[:2000]]
     b = args.batch
     plan = [(1, c) for c in args.concurrency] + [(b, 1), (b, 8)]
@@ -301,13 +318,13 @@ def main() -> None:
             home = scratch / name
             home.mkdir()
             server = ServerProcess(
-                {"SENTILOOP_HOME": str(home / "home"), "SENTILOOP_MODEL_TAG": stored.tag,
+                {"SENTILOOP_HOME": str(home / "home"), **model_env,
                  "SENTILOOP_AUTH": "disabled", **extra},
                 home / "server.log",
                 checkout=checkouts[name],
             )  # fmt: skip
             running.callback(server.stop)
-            server.wait_ready()
+            server.wait_ready(timeout_s=600)
             servers[name], plans[name] = server.url, sub_plan
         for url in servers.values():
             wait_ready(url, "/v1/predict")
@@ -340,9 +357,10 @@ def main() -> None:
     p50_c1 = next(r["p50_ms"] for r in results if (r["server"], r["batch"], r["concurrency"])
                   == ("sentiloop", 1, 1))  # fmt: skip
     write_result(
-        "serve",
+        "serve" if args.model == "minilm" else "serve-shipped",
         {
             "machine": machine(),
+            "model": args.model,
             "client": args.client,
             "seconds_per_round": args.seconds,
             "rounds": args.rounds,

@@ -54,7 +54,7 @@ def texts_to_send(seed: int) -> tuple[list[str], list[str]]:
     """Short texts (tweets in four languages) and long ones (2,000-5,000 characters)."""
     rng = random.Random(seed)
     short = [e.text for e in tweets("test")[:400]]
-    for language in ("french", "german", "spanish"):
+    for language in ("fr", "de", "es"):
         short += [e.text for e in xlmt(language, "val")[:200]]
     long = []
     for _ in range(200):

@@ -22,6 +22,7 @@ from bench.common import DATA, machine, sst2, tweets, write_result
 from core.logs import configure_logging
 from core.settings import Settings
 from model import model_store
+from model.base_models import base_model_dir
 from model.classifiers import FineTunedClassifier, ZeroShotClassifier
 from training import AssemblyConfig, TrainingArguments
 from training.evaluate import evaluate
@@ -39,7 +40,12 @@ def main() -> None:
     configure_logging()
     scratch = Path(tempfile.mkdtemp(prefix="sentiloop-bench-"))
     os.environ.setdefault("BENTOML_HOME", str(scratch / "bentoml"))
-    settings = Settings(home=scratch / "home", database_url=f"sqlite:///{scratch / 'bench.db'}")
+    settings = Settings(
+        home=scratch / "home",
+        database_url=f"sqlite:///{scratch / 'bench.db'}",
+        base_model="all-minilm-l6-v2",
+        cold_start_model="zero-shot",
+    )
     plan = TrainingPlan(
         base_data=DataSource(DATA / "tweet_sentiment_extraction" / "train.jsonl"),
         holdout_data=DataSource(DATA / "tweet_sentiment_extraction" / "test.jsonl"),
@@ -54,7 +60,7 @@ def main() -> None:
     template = pipeline.templates.get(settings.default_template_version)
     stored = model_store.get_model(outcome.candidate_tag)
     fine_tuned = FineTunedClassifier(stored.path, version=stored.tag)
-    zero_shot = ZeroShotClassifier(settings.resolved_base_model)
+    zero_shot = ZeroShotClassifier(base_model_dir(settings))
     results = {}
     for name, rows, labels in (
         ("tweet_test_3class", tweets("test"), ("negative", "neutral", "positive")),

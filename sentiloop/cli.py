@@ -106,6 +106,7 @@ def serve(
         access = "authentication OFF"
     else:
         access = "authentication OFF: local clients only"
+    _prepare(settings)
     logger.info("serving on http://%s:%d (%s)", host, port, access)
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     command = [
@@ -113,6 +114,22 @@ def serve(
         "--host", host, "--port", str(port),
     ]  # fmt: skip
     os.execvp(command[0], command)
+
+
+def _prepare(settings: Settings) -> None:
+    from model.loader import prepare
+
+    logger.info("preparing the models (once per machine: a minute or two the first time)")
+    serving_file = prepare(settings)
+    if serving_file is not None:
+        logger.info("cold-start model ready: %s", serving_file)
+
+
+@app.command(name="prepare")
+def prepare_models(ctx: typer.Context) -> None:
+    """Build the machine's model cache now (base encoder conversion, the shipped model
+    merged and exported), e.g. while building a container image."""
+    _prepare(_settings(ctx))
 
 
 @app.command()
@@ -307,11 +324,19 @@ def train(
     holdout_fraction: float = _ASSEMBLY.holdout_fraction,
     feedback_holdout_fraction: float = _ASSEMBLY.feedback_holdout_fraction,
     metric: Annotated[Literal["macro_f1", "accuracy"], typer.Option()] = _GATE.metric,
-    min_improvement: float = _GATE.min_improvement,
-    max_feedback_regression: float = _GATE.max_feedback_regression,
-    min_feedback_improvement: Annotated[
-        float | None, typer.Option(help="Require this gain on the feedback holdout.")
-    ] = _GATE.min_feedback_improvement,
+    significance: Annotated[
+        float, typer.Option(help="Paired-test p-value a candidate must reach to be promoted.")
+    ] = _GATE.significance,
+    min_feedback_rows: Annotated[
+        int, typer.Option(help="Feedback-holdout rows from which it decides (not the base).")
+    ] = _GATE.min_feedback_rows,
+    base_tolerance: Annotated[
+        float, typer.Option(help="Largest tolerated loss of --metric on the base holdout.")
+    ] = _GATE.base_tolerance,
+    start_from: Annotated[
+        Literal["champion", "base"],
+        typer.Option(help="Continue from the champion's weights, or a new head on the base."),
+    ] = "champion",
     schedule: Annotated[
         bool, typer.Option("--schedule", help="Keep running; retrain when due.")
     ] = False,
@@ -359,10 +384,11 @@ def train(
         ),
         gate=GateConfig(
             metric=metric,
-            min_improvement=min_improvement,
-            max_feedback_regression=max_feedback_regression,
-            min_feedback_improvement=min_feedback_improvement,
+            significance=significance,
+            min_feedback_rows=min_feedback_rows,
+            base_tolerance=base_tolerance,
         ),
+        start_from=start_from,
     )
     pipeline = TrainingPipeline(_settings(ctx))
     try:

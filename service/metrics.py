@@ -14,7 +14,7 @@ models each worker serves and its batching.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import bentoml
@@ -28,8 +28,15 @@ class ApiMetrics:
         m = bentoml.metrics
         self.predictions = m.Counter(
             name="sentiloop_predictions",
-            documentation="Predictions served, by label, model version and template version.",
-            labelnames=["label", "model_version", "template_version"],
+            documentation="Predictions served, by label, model version, template version and "
+            "language (ISO 639-1 for common languages, und: undetermined, other).",
+            labelnames=["label", "model_version", "template_version", "language"],
+        )
+        self.unsupported_language = m.Counter(
+            name="sentiloop_unsupported_language_predictions",
+            documentation="Predictions of texts in a language the serving model was not "
+            "trained on (answered, flagged language_supported=false).",
+            labelnames=["model_version", "language"],
         )
         self.confidence = m.Histogram(
             name="sentiloop_prediction_confidence",
@@ -52,6 +59,13 @@ class ApiMetrics:
             documentation="Share of feedback agreeing with the prediction over the rolling "
             "window (from the database, all replicas), by model and template version.",
             labelnames=["model_version", "template_version"],
+            multiprocess_mode="livemax",
+        )
+        self.feedback_accuracy_by_language = m.Gauge(
+            name="sentiloop_feedback_accuracy_by_language",
+            documentation="Share of feedback agreeing with the prediction over the rolling "
+            "window, by language of the text (all models and templates).",
+            labelnames=["language"],
             multiprocess_mode="livemax",
         )
         self.feedback_window = m.Gauge(
@@ -138,12 +152,19 @@ class ApiMetrics:
             multiprocess_mode="livemax",
         )
 
-    def observe_predictions(
-        self, labels: Sequence[str], confidences: Sequence[float], model: str, template: str
+    def observe_prediction(
+        self,
+        label: str,
+        confidence: float,
+        model: str,
+        template: str,
+        language: str,
+        language_supported: bool,
     ) -> None:
-        for label, confidence in zip(labels, confidences, strict=True):
-            self.predictions.labels(label, model, template).inc()
-            self.confidence.labels(model, template).observe(confidence)
+        self.predictions.labels(label, model, template, language).inc()
+        self.confidence.labels(model, template).observe(confidence)
+        if not language_supported:
+            self.unsupported_language.labels(model, language).inc()
 
     def set_traffic_split(self, arms: Iterable[Mapping[str, Any]]) -> None:
         for arm in arms:

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from model.language import UNDETERMINED, metric_language
 from service.metrics import ApiMetrics
 from storage import stats
 from storage.store import utcnow
@@ -20,12 +21,21 @@ def refresh_gauges(
     metrics: ApiMetrics, sessions: sessionmaker[Session], feedback_window: timedelta
 ) -> None:
     with sessions() as session:
-        agreement = stats.feedback_agreement(session=session, since=utcnow() - feedback_window)
+        since = utcnow() - feedback_window
+        agreement = stats.feedback_agreement(session=session, since=since)
+        by_language = stats.feedback_agreement_by_language(session=session, since=since)
         training = stats.training_stats(session=session)
     for version in agreement:
         labels = (version.model_version, version.template_version)
         metrics.feedback_accuracy.labels(*labels).set(version.accuracy)
         metrics.feedback_window.labels(*labels).set(version.rows)
+    totals: dict[str, list[int]] = {}
+    for language, rows, agreeing in by_language:
+        bucket = totals.setdefault(metric_language(language or UNDETERMINED), [0, 0])
+        bucket[0] += rows
+        bucket[1] += agreeing
+    for language, (rows, agreeing) in totals.items():
+        metrics.feedback_accuracy_by_language.labels(language).set(agreeing / rows)
     for (status, decision), count in training.runs.items():
         metrics.training_runs.labels(status, decision).set(count)
     if training.last_duration_s is not None and training.last_finished_at is not None:

@@ -28,6 +28,7 @@ class Prediction(Base):
     template_version: Mapped[str] = mapped_column(String(64), index=True)
     routing_key_sha256: Mapped[str | None] = mapped_column(String(64))
     latency_ms: Mapped[float] = mapped_column(Float)
+    language: Mapped[str | None] = mapped_column(String(8))
 
 
 class Feedback(Base):

@@ -22,6 +22,7 @@ class PredictionRecord:
     template_version: str
     latency_ms: float
     routing_key_sha256: str | None = None
+    language: str | None = None  # ISO 639-1 code, "und" when undetermined
 
     @property
     def confidence(self) -> float:

@@ -45,6 +45,27 @@ def feedback_agreement(*, session: Session, since: datetime) -> list[VersionAgre
     ]
 
 
+def feedback_agreement_by_language(
+    *, session: Session, since: datetime
+) -> list[tuple[str | None, int, int]]:
+    """(language of the judged prediction, feedback rows, agreeing rows) since ``since``;
+    None for predictions logged before languages were recorded."""
+    query = (
+        select(
+            Prediction.language,
+            func.count(Feedback.id),
+            func.sum(case((Feedback.agrees, 1), else_=0)),
+        )
+        .join(Prediction, Feedback.prediction_id == Prediction.id)
+        .where(Feedback.created_at >= since)
+        .group_by(Prediction.language)
+    )
+    return [
+        (language, int(rows), int(agreeing or 0))
+        for language, rows, agreeing in session.execute(query)
+    ]
+
+
 @dataclass
 class TrainingStats:
     runs: Counter[tuple[str, str]] = field(default_factory=Counter)

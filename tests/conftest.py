@@ -19,6 +19,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
     # Settings() in tests writes (ONNX exports, spools) here, not into the checkout.
     os.environ["SENTILOOP_HOME"] = str(Path(_BENTOML_HOME) / "sentiloop-home")
+    # Tests run on the small English preset and its zero-shot cold start unless they
+    # ask for the default (tests/e2e/test_shipped_model.py): fast start-ups.
+    os.environ["SENTILOOP_BASE_MODEL"] = "all-minilm-l6-v2"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -33,11 +33,11 @@ def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from core.settings import default_base_model
+    from model.base_models import minilm_directory
     from model.labels import LABELS
 
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(str(default_base_model()), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_directory()), local_files_only=True)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,

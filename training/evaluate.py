@@ -96,6 +96,8 @@ def evaluate(
         "ece": ece,
         "mean_confidence": sum(confidences) / len(confidences),
         "reliability": reliability,
+        # Per row, in input order: what a paired test compares (not stored with reports).
+        "correct": correct,
     }
 
 

@@ -1,14 +1,21 @@
-"""Full fine-tuning of the encoder with a classification head (plain torch loop).
+"""Fine-tuning of the encoder with a classification head (plain torch loop).
+
+Training starts from ``init_model``: a base encoder (a new head is added) or a
+sequence classifier saved earlier (the champion: retraining continues from its
+weights). Every weight is trained except the vocabulary embeddings, or, with
+``lora_rank``, a LoRA adapter (``peft``) on the encoder's linear layers plus the
+pooler and head; the adapter is saved beside the merged model.
 
 Inputs are rendered through the template version(s) being trained; with several
 versions every example is seen once per version, so one model serves them all.
 Defaults suit 2 CPU cores: short max length, length-bucketed batches (little
-padding), a couple of epochs with early stopping on the validation split.
+padding), a couple of epochs with early stopping on the validation split; then
+a softmax temperature fitted on the validation split is folded into the head
+(``training.calibration``).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import random
@@ -18,10 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from model.calibration import fit_temperature, fold_temperature
 from model.classifiers import classify_texts, torch_logits
 from model.labels import LABEL_TO_ID, LABELS
 from model.templates import PromptTemplate
@@ -40,6 +49,8 @@ class FineTuneResult:
     best_epoch: int = 0
     seconds: float = 0.0
     train_examples: int = 0
+    trainable_parameters: int = 0
+    temperature: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -81,12 +92,13 @@ def fine_tune(
     train: Sequence[Example],
     validation: Sequence[Example],
     *,
-    base_model: Path,
+    init_model: Path,
     templates: Sequence[PromptTemplate],
     args: TrainingArguments,
     output_dir: Path,
 ) -> FineTuneResult:
-    """Train on ``train``, keep the epoch best on ``validation``, save it to ``output_dir``."""
+    """Train on ``train``, keep the epoch best on ``validation``, save it to ``output_dir``
+    (with a LoRA run's adapter in ``output_dir/adapter``)."""
     if not train:
         raise ValueError("no training examples")
     if not templates:
@@ -95,28 +107,20 @@ def fine_tune(
         torch.set_num_threads(args.torch_threads)
     seed_everything(args.seed)
     rng = random.Random(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(str(base_model), local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(base_model),
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id=dict(LABEL_TO_ID),
-        local_files_only=True,
-    )
+    tokenizer = AutoTokenizer.from_pretrained(str(init_model), local_files_only=True)
+    model = _trainable_model(init_model, args)
     items = _rendered(train, templates)
     steps_per_epoch = math.ceil(len(items) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = int(total_steps * args.warmup_ratio)
     no_decay = ("bias", "LayerNorm.weight", "norm.weight")
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
         {
-            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "params": [p for n, p in trainable if not n.endswith(no_decay)],
             "weight_decay": args.weight_decay,
         },
-        {
-            "params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-            "weight_decay": 0.0,
-        },
+        {"params": [p for n, p in trainable if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
 
@@ -129,10 +133,15 @@ def fine_tune(
     validation_texts = [t.render(e.text) for t in templates for e in validation]
     validation_labels = [e.label for _ in templates for e in validation]
 
-    result = FineTuneResult(output_dir=output_dir, train_examples=len(items))
+    result = FineTuneResult(
+        output_dir=output_dir,
+        train_examples=len(items),
+        trainable_parameters=sum(p.numel() for _, p in trainable),
+    )
     best_score, best_state, stale = -1.0, None, 0
     started = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
+        epoch_started = time.perf_counter()
         model.train()
         batches = _length_bucketed_batches(items, args.batch_size, rng)
         running_loss, seen = 0.0, 0
@@ -153,7 +162,7 @@ def fine_tune(
             losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
             loss = (losses * weights).sum() / weights.sum()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_([p for _, p in trainable], args.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
@@ -163,7 +172,7 @@ def fine_tune(
         epoch_metrics: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": running_loss / max(1, seen),
-            "seconds": time.perf_counter() - started,
+            "seconds": time.perf_counter() - epoch_started,
         }
         if validation_texts:
             model.eval()
@@ -183,7 +192,8 @@ def fine_tune(
         result.epochs.append(epoch_metrics)
         logger.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in epoch_metrics.items()})
         if score > best_score:
-            best_score, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+            best_score, stale = score, 0
+            best_state = {name: p.detach().clone() for name, p in trainable}
             result.best_epoch = epoch
         else:
             stale += 1
@@ -191,9 +201,61 @@ def fine_tune(
                 logger.info("early stopping after epoch %d (best %d)", epoch, result.best_epoch)
                 break
     if best_state is not None:
-        model.load_state_dict(best_state)
-    result.seconds = time.perf_counter() - started
+        with torch.no_grad():
+            for name, parameter in trainable:
+                parameter.copy_(best_state[name])
     output_dir.mkdir(parents=True, exist_ok=True)
+    if args.lora_rank is not None:
+        model.save_pretrained(output_dir / "adapter")
+        model = model.merge_and_unload()
+    model.eval()
+    if args.calibrate and validation_texts:
+        logits = _logits(model, ChunkTokenizer(tokenizer, args.max_length), validation_texts)
+        labels = np.array([LABEL_TO_ID[label] for label in validation_labels])
+        result.temperature = fit_temperature(logits, labels)
+        fold_temperature(model.classifier, result.temperature)
+        logger.info("calibrated: temperature %.3f", result.temperature)
+    result.seconds = time.perf_counter() - started
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return result
+
+
+LORA_TARGETS = r".*encoder\.layer\.\d+\..*(query|key|value|dense)$"
+
+
+def _trainable_model(init_model: Path, args: TrainingArguments) -> Any:
+    """The model to train, from a base encoder or a saved classifier, with the
+    parameters ``args`` leaves frozen."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(init_model),
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id=dict(LABEL_TO_ID),
+        local_files_only=True,
+    )
+    if args.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    if args.lora_rank is None:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=args.lora_rank,
+        lora_alpha=2 * args.lora_rank,
+        lora_dropout=0.1,
+        target_modules=LORA_TARGETS,
+        modules_to_save=["pooler", "classifier"],
+    )
+    return get_peft_model(model, config)
+
+
+def _logits(model: Any, tokenizer: ChunkTokenizer, texts: Sequence[str]) -> np.ndarray:
+    """Logits of ``texts`` in input order (torch fp32)."""
+    logits_of = torch_logits(model, torch.device("cpu"))
+    rows: list[np.ndarray] = [np.empty(0)] * len(texts)
+    for chunk, inputs in tokenizer.chunks(texts, 64):
+        values = logits_of(inputs)
+        for row, index in enumerate(chunk):
+            rows[index] = values[row]
+    return np.stack(rows)

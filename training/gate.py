@@ -1,26 +1,76 @@
-"""The promotion gate: a candidate replaces the champion only if it is better.
+"""The promotion gate: a candidate replaces the champion only if it is better
+where it matters, by more than chance.
 
-It must beat the champion on the fixed holdout by ``min_improvement`` of the
-chosen metric, and must not lose more than ``max_feedback_regression`` on the
-feedback holdout (checked only when that holdout has ``min_feedback_rows``).
-For domain adaptation, ``min_improvement`` may be negative (a tolerated loss on
-the base holdout) together with ``min_feedback_improvement`` (a required gain
-on the feedback holdout, which then must have enough rows).
+* The primary holdout is the feedback holdout (the operator's own traffic) once
+  it has ``min_feedback_rows`` rows; before that, the base holdout.
+* On the primary holdout candidate and champion are compared on the same rows
+  with an exact one-sided McNemar test: of the rows where exactly one of them is
+  right, the candidate must win enough that chance (p <= ``significance``) does
+  not explain it.
+* While the feedback holdout is primary, the base holdout is a guard: the
+  candidate may lose at most ``base_tolerance`` of ``metric`` there.
+
+The decision's reason says all of this in plain words.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from training.config import GateConfig
+
+SPLIT_NAMES = {"holdout": "base holdout", "feedback_holdout": "feedback holdout"}
 
 
 @dataclass(frozen=True)
 class GateDecision:
     promote: bool
     reason: str
+    primary: str | None = None  # the split judged with the paired test
+    p_value: float | None = None
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    rows: int
+    candidate_correct: int
+    champion_correct: int
+    candidate_only: int  # rows only the candidate gets right
+    champion_only: int  # rows only the champion gets right
+    p_value: float  # one-sided: the candidate is better
+
+
+def mcnemar_exact_greater(candidate_only: int, champion_only: int) -> float:
+    """P(X >= candidate_only) for X ~ Binomial(candidate_only + champion_only, 1/2):
+    the chance of the candidate winning at least this many discordant rows if
+    both were equally good."""
+    discordant = candidate_only + champion_only
+    if discordant == 0:
+        return 1.0
+    tail = sum(math.comb(discordant, k) for k in range(candidate_only, discordant + 1))
+    return min(1.0, tail / 2**discordant)
+
+
+def paired_comparison(candidate: Sequence[bool], champion: Sequence[bool]) -> PairedComparison:
+    if len(candidate) != len(champion):
+        raise ValueError(f"{len(candidate)} candidate rows but {len(champion)} champion rows")
+    candidate_only = sum(1 for new, old in zip(candidate, champion, strict=True) if new and not old)
+    champion_only = sum(1 for new, old in zip(candidate, champion, strict=True) if old and not new)
+    return PairedComparison(
+        rows=len(candidate),
+        candidate_correct=sum(candidate),
+        champion_correct=sum(champion),
+        candidate_only=candidate_only,
+        champion_only=champion_only,
+        p_value=mcnemar_exact_greater(candidate_only, champion_only),
+    )
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f} points"
 
 
 def decide(
@@ -28,48 +78,58 @@ def decide(
     champion: Mapping[str, Mapping[str, Any]],
     config: GateConfig,
 ) -> GateDecision:
-    """``candidate``/``champion`` map split name (holdout, feedback_holdout) to metrics."""
+    """``candidate``/``champion`` map split name (holdout, feedback_holdout) to metrics
+    with ``correct``: one bool per row, the same rows in the same order for both."""
     metric = config.metric
-    new, old = candidate["holdout"].get(metric), champion["holdout"].get(metric)
-    if new is None or old is None:
-        return GateDecision(False, "the holdout is empty: nothing to compare on")
-    gain = new - old
-    if gain < config.min_improvement:
+    feedback_rows = int(candidate.get("feedback_holdout", {}).get("n", 0))
+    primary = "feedback_holdout" if feedback_rows >= config.min_feedback_rows else "holdout"
+    new, old = candidate.get(primary, {}), champion.get(primary, {})
+    if not new.get("n"):
+        return GateDecision(False, "both holdouts are empty: nothing to compare on")
+    test = paired_comparison(new["correct"], old["correct"])
+    name = SPLIT_NAMES[primary]
+    why_primary = (
+        f"it has {feedback_rows} rows (>= {config.min_feedback_rows})"
+        if primary == "feedback_holdout"
+        else f"the feedback holdout has {feedback_rows} rows (< {config.min_feedback_rows})"
+    )
+    finding = (
+        f"On the {name} ({why_primary}) the candidate is right on {test.candidate_correct} "
+        f"of {test.rows} rows, the champion on {test.champion_correct} "
+        f"(accuracy {_points((test.candidate_correct - test.champion_correct) / test.rows)}; "
+        f"{metric} {new[metric]:.4f} vs {old[metric]:.4f}). Of the "
+        f"{test.candidate_only + test.champion_only} rows where only one is right, the "
+        f"candidate wins {test.candidate_only}: "
+        f"exact McNemar p = {test.p_value:.4g}"
+    )
+    if test.p_value > config.significance:
         return GateDecision(
             False,
-            f"holdout {metric} {new:.4f} vs champion {old:.4f} (+{gain:.4f}) "
-            f"is below the required +{config.min_improvement:.4f}",
+            f"kept the champion. {finding}, above the significance level "
+            f"{config.significance:g}: not a clear improvement.",
+            primary,
+            test.p_value,
         )
-    feedback_new = candidate.get("feedback_holdout", {})
-    feedback_old = champion.get("feedback_holdout", {})
-    rows = int(feedback_new.get("n", 0))
-    if config.min_feedback_improvement is not None:
-        if rows < config.min_feedback_rows:
-            return GateDecision(
-                False,
-                f"a feedback-holdout gain is required but it has {rows} rows "
-                f"(< {config.min_feedback_rows})",
-            )
-        change = feedback_new[metric] - feedback_old[metric]
-        if change < config.min_feedback_improvement:
-            return GateDecision(
-                False,
-                f"feedback holdout {metric} {change:+.4f} is below the required "
-                f"+{config.min_feedback_improvement:.4f}",
-            )
-    if rows >= config.min_feedback_rows:
-        change = feedback_new[metric] - feedback_old[metric]
-        if change < -config.max_feedback_regression:
-            return GateDecision(
-                False,
-                f"feedback holdout {metric} regresses {change:+.4f} "
-                f"({feedback_new[metric]:.4f} vs {feedback_old[metric]:.4f})",
-            )
-        feedback_note = f"; feedback holdout {metric} {change:+.4f} on {rows} rows"
-    else:
-        feedback_note = (
-            f"; feedback holdout too small to check ({rows} < {config.min_feedback_rows})"
+    guard = ""
+    base_new, base_old = candidate.get("holdout", {}), champion.get("holdout", {})
+    if primary == "feedback_holdout" and base_new.get("n"):
+        change = base_new[metric] - base_old[metric]
+        guard_text = (
+            f"On the base holdout ({base_new['n']} rows) {metric} changes by {_points(change)} "
+            f"({base_new[metric]:.4f} vs {base_old[metric]:.4f})"
         )
+        if change < -config.base_tolerance:
+            return GateDecision(
+                False,
+                f"kept the champion. {finding} <= {config.significance:g}, but: {guard_text}, "
+                f"more than the tolerated {100 * config.base_tolerance:.1f} points.",
+                primary,
+                test.p_value,
+            )
+        guard = f" {guard_text}, within the tolerated {100 * config.base_tolerance:.1f} points."
     return GateDecision(
-        True, f"holdout {metric} {new:.4f} vs champion {old:.4f} (+{gain:.4f}){feedback_note}"
+        True,
+        f"promoted. {finding} <= {config.significance:g}.{guard}",
+        primary,
+        test.p_value,
     )

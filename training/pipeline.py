@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,9 +27,11 @@ import storage
 from core import database
 from core.settings import Settings
 from model import model_store
-from model.classifiers import Classifier
+from model.base_models import base_model_dir
+from model.classifiers import Classifier, FineTunedClassifier
 from model.labels import LABELS
-from model.loader import fine_tuned, load_classifier
+from model.language import UNDETERMINED, LanguageDetector
+from model.loader import cold_start_tag, fine_tuned, load_classifier
 from model.templates import PromptTemplate, TemplateRegistry
 from storage import model_roles, runs, store
 from training.config import AssemblyConfig, GateConfig, TrainingArguments
@@ -76,6 +78,11 @@ class TrainingPlan:
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
     arguments: TrainingArguments = field(default_factory=TrainingArguments)
     gate: GateConfig = field(default_factory=GateConfig)
+    # "champion": continue from the champion's weights when it is a fine-tuned
+    # model (the shipped default included), so that a team with only feedback
+    # does not fall back to a model trained on a few hundred rows; "base": a new
+    # head on the base encoder.
+    start_from: Literal["champion", "base"] = "champion"
 
 
 @dataclass(frozen=True)
@@ -94,15 +101,34 @@ _STORED_METRICS = ("n", "accuracy", "macro_f1", "ece")
 
 def champion_classifier(
     settings: Settings, sessions: sessionmaker[Session]
-) -> tuple[str | None, Classifier]:
-    """The model that serves as champion now (the zero-shot model when none), loaded
-    as it serves (``model.loader``)."""
+) -> tuple[str | None, Classifier, dict[str, Any]]:
+    """The model that serves as champion now (the cold-start model when none is
+    promoted), loaded as it serves (``model.loader``)."""
     tag = settings.model_tag
     if tag is None:
         with sessions() as session:
             tag = model_roles.current(session=session, role="champion")
-    classifier, _ = load_classifier(settings, tag)
-    return (None if tag is None else classifier.version), classifier
+    if tag is None:
+        tag = cold_start_tag(settings)
+    classifier, metadata = load_classifier(settings, tag)
+    return (None if tag is None else classifier.version), classifier, metadata
+
+
+# A language makes up at least this share of the training rows to count as trained.
+MIN_LANGUAGE_SHARE = 0.01
+
+
+def trained_languages(examples: Sequence[Example], inherited: Sequence[str]) -> list[str]:
+    """The languages a model trained on ``examples`` covers: those of the model it
+    continues from, and each making up ``MIN_LANGUAGE_SHARE`` of the rows."""
+    detector = LanguageDetector()
+    counts = Counter(detector.detect(example.text) for example in examples)
+    counts.pop(UNDETERMINED, None)
+    total = sum(counts.values())
+    frequent = {
+        code for code, count in counts.items() if total and count / total >= MIN_LANGUAGE_SHARE
+    }
+    return sorted(frequent | set(inherited))
 
 
 def score_examples(
@@ -204,10 +230,19 @@ class TrainingPipeline:
         dataset = self._dataset(plan, cutoff)
         logger.info("run %s: data %s, dropped %s", run_id, dataset.report.counts,
                     dataset.report.dropped)  # fmt: skip
-        champion_tag, champion = champion_classifier(self.settings, self.sessions)
+        champion_tag, champion, champion_metadata = champion_classifier(
+            self.settings, self.sessions
+        )
+        from_champion = plan.start_from == "champion" and isinstance(champion, FineTunedClassifier)
+        init_model = (
+            champion.directory
+            if isinstance(champion, FineTunedClassifier) and from_champion
+            else base_model_dir(self.settings)
+        )
+        inherited = champion_metadata.get("languages", []) if from_champion else []
         with tempfile.TemporaryDirectory(prefix="sentiloop-candidate-") as scratch:
             output = Path(scratch) / "model"
-            trained = self._train(plan, dataset, templates, output)
+            trained = self._train(plan, dataset, templates, init_model, output)
             # Evaluated exactly as it would serve (runtime, quantization, max length).
             candidate = fine_tuned(
                 self.settings, output, version="candidate", onnx_cache_dir=Path(scratch) / "onnx"
@@ -218,6 +253,9 @@ class TrainingPipeline:
                 {split: models["champion"] for split, models in evaluation.items()},
                 plan.gate,
             )
+            for by_model in evaluation.values():
+                for metrics in by_model.values():
+                    metrics.pop("correct", None)
             metadata = self._metadata(
                 plan,
                 versions,
@@ -226,6 +264,10 @@ class TrainingPipeline:
                 trained,
                 champion_tag or champion.version,
                 run_id,
+                trained_languages(dataset.train, inherited),
+            )
+            metadata["started_from"] = (
+                champion.version if from_champion else f"base:{self.settings.base_model}"
             )
             stored = model_store.save_model(
                 output, name=self.settings.model_name, metadata=metadata
@@ -235,6 +277,7 @@ class TrainingPipeline:
             "run_id": run_id,
             "decision": decision_name,
             "reason": decision.reason,
+            "gate": {"primary": decision.primary, "p_value": decision.p_value} | asdict(plan.gate),
             "candidate_tag": stored.tag,
             "champion": champion_tag or champion.version,
             "template_versions": list(versions),
@@ -260,12 +303,14 @@ class TrainingPipeline:
         plan: TrainingPlan,
         dataset: AssembledDataset,
         templates: list[PromptTemplate],
+        init_model: Path,
         output: Path,
     ) -> FineTuneResult:
+        logger.info("training from %s", init_model)
         return fine_tune(
             dataset.train,
             dataset.validation,
-            base_model=self.settings.resolved_base_model,
+            init_model=init_model,
             templates=templates,
             args=plan.arguments,
             output_dir=output,
@@ -299,10 +344,12 @@ class TrainingPipeline:
         trained: FineTuneResult,
         parent: str,
         run_id: str,
+        languages: Sequence[str],
     ) -> dict[str, Any]:
         """What the model store keeps with the candidate (serving reads it back)."""
         return {
-            "base_model": str(self.settings.resolved_base_model),
+            "base_model": self.settings.base_model,
+            "languages": list(languages),
             "template_versions": list(versions),
             "data_sha256": dataset.data_sha256,
             "counts": dataset.report.counts,

@@ -23,6 +23,7 @@ import storage
 from core import database
 from core.settings import Settings
 from model.labels import scores_to_label
+from model.language import LanguageDetector, metric_language
 from model.templates import TemplateRegistry
 from model.text_keys import text_sha256
 from service.http.routing import TrafficSplit
@@ -60,8 +61,10 @@ class SentimentAPI:
         database_engine: Engine,
         sessions: sessionmaker[Session],
         log_writer: storage.PredictionLogWriter,
+        language_detector: LanguageDetector,
     ) -> None:
         self.settings = settings
+        self.language_detector = language_detector
         self.registry = registry
         self.metrics = metrics
         self.split = TrafficSplit(settings.traffic_split, salt=settings.routing_salt)
@@ -122,6 +125,7 @@ class SentimentAPI:
                     template_version=prediction.template_version,
                     latency_ms=latency_ms,
                     routing_key_sha256=routing_hash,
+                    language=prediction.language,
                 )
                 for text, result, prediction in zip(texts, results, predictions, strict=True)
             ]
@@ -134,15 +138,25 @@ class SentimentAPI:
         texts = request.all_texts
         self.metrics.request_texts.observe(len(texts))
         started = time.perf_counter()
+        languages = (
+            [request.language] * len(texts)
+            if request.language is not None
+            else [self.language_detector.detect(text) for text in texts]
+        )
         results = await classify(
             [
-                ScoreItem(text=t, template_version=route.template_version, model=route.model)
-                for t in texts
+                ScoreItem(
+                    text=text,
+                    template_version=route.template_version,
+                    model=route.model,
+                    language=language,
+                )
+                for text, language in zip(texts, languages, strict=True)
             ]
         )
         latency_ms = (time.perf_counter() - started) * 1000
         predictions: list[Prediction] = []
-        for result in results:
+        for result, language in zip(results, languages, strict=True):
             label = scores_to_label(result.scores)
             predictions.append(
                 Prediction(
@@ -152,18 +166,21 @@ class SentimentAPI:
                     confidence=result.scores[label],
                     model_version=result.model_version,
                     template_version=route.template_version,
+                    language=language,
+                    language_supported=result.language_supported,
                     latency_ms=round(latency_ms, 3),
                 )
             )
         if self.settings.log_predictions:
             self._log(request, texts, results, predictions, latency_ms)
-        for model_version in {p.model_version for p in predictions}:
-            same_model = [p for p in predictions if p.model_version == model_version]
-            self.metrics.observe_predictions(
-                [p.label for p in same_model],
-                [p.confidence for p in same_model],
-                model_version,
-                route.template_version,
+        for prediction in predictions:
+            self.metrics.observe_prediction(
+                prediction.label,
+                prediction.confidence,
+                prediction.model_version,
+                prediction.template_version,
+                metric_language(prediction.language),
+                prediction.language_supported,
             )
         return PredictResponse(predictions=predictions)
 

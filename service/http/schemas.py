@@ -9,13 +9,14 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     model_validator,
 )
 
-from model.labels import Label
+from model.labels import Label, normalize_label
 
 MAX_TEXTS_PER_REQUEST = 256
 MAX_CHARS_PER_TEXT = 5_000
@@ -59,6 +60,10 @@ PredictionId = Annotated[
 ]
 Comment = Annotated[str, StringConstraints(max_length=MAX_COMMENT_CHARS), AfterValidator(_storable)]
 Source = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_storable)]
+# Labels as the rest of the system takes them: names in any case, short names, the
+# training data's class ids 0/1/2 (as numbers or strings).
+FeedbackLabel = Annotated[Label, BeforeValidator(normalize_label)]
+LanguageCode = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$")]
 IdempotencyKey = Annotated[
     str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)
 ]
@@ -84,6 +89,11 @@ class PredictRequest(BaseModel):
         default=None,
         description="Sticky A/B assignment key, e.g. a customer or ticket id (stored hashed).",
     )
+    language: LanguageCode | None = Field(
+        default=None,
+        description="ISO 639-1 code (two lowercase letters) of the texts' language; "
+        "detected per text when absent.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> PredictRequest:
@@ -103,6 +113,14 @@ class Prediction(BaseModel):
     confidence: float
     model_version: str
     template_version: str
+    language: str = Field(
+        description="ISO 639-1 code of the text's language (given or detected); "
+        '"und" when it cannot be told (too short, no words).'
+    )
+    language_supported: bool = Field(
+        description="Whether the model was trained on this language; false: answered "
+        "by the multilingual encoder alone, expect lower quality."
+    )
     latency_ms: float
 
 
@@ -116,7 +134,11 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prediction_id: PredictionId
-    label: Label | None = Field(default=None, description="The correct label.")
+    label: FeedbackLabel | None = Field(
+        default=None,
+        description="The correct label: negative, neutral or positive (any case; also "
+        "neg/neu/pos or the class ids 0/1/2).",
+    )
     verdict: Literal["correct", "incorrect"] | None = Field(
         default=None, description="Thumbs up (correct) or down (incorrect)."
     )

@@ -1,7 +1,8 @@
 """Scores raw texts with the model and template an item names; swaps models live.
 
 Model references: ``champion`` (the pinned ``model_tag``, else the champion
-recorded in the database, else the zero-shot model), ``challenger`` (the
+recorded in the database, else the cold-start model: the shipped model of the
+base preset, or the zero-shot model), ``challenger`` (the
 recorded challenger, else the champion), ``zero-shot``, or a BentoML model tag.
 
 ``refresh()`` re-resolves ``champion``/``challenger``; a changed tag is loaded
@@ -21,7 +22,8 @@ from typing import Any, Protocol
 
 from core.settings import CHALLENGER, CHAMPION, ZERO_SHOT, Settings
 from model.classifiers import Classifier, Scores
-from model.loader import load_classifier
+from model.language import UNDETERMINED, is_supported
+from model.loader import cold_start_tag, load_classifier
 from model.templates import TemplateRegistry
 
 logger = logging.getLogger(__name__)
@@ -63,12 +65,14 @@ class ScoreItem:
     text: str
     template_version: str
     model: str = CHAMPION
+    language: str = UNDETERMINED
 
 
 @dataclass(frozen=True, slots=True)
 class ScoreResult:
     scores: Scores
     model_version: str
+    language_supported: bool = True
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ class Scorer:
         self._observer: ScorerObserver = observer or _NoObserver()
         self._registry = registry
         self._assignments = assignments
+        self._cold_start = cold_start_tag(settings)
         self._models: dict[str, LoadedModel] = {}
         self._by_tag: dict[str | None, LoadedModel] = {}
         self._lock = threading.Lock()
@@ -108,7 +113,7 @@ class Scorer:
         if reference == CHAMPION:
             if self._settings.model_tag is not None:
                 return self._settings.model_tag
-            return self._assignments(CHAMPION)
+            return self._assignments(CHAMPION) or self._cold_start
         if reference == CHALLENGER:
             return self._assignments(CHALLENGER) or self.target_tag(CHAMPION)
         return reference
@@ -188,10 +193,16 @@ class Scorer:
         results: list[ScoreResult | None] = [None] * len(items)
         for (reference, version), indices in groups.items():
             template = self._registry.get(version)
-            classifier = self.model(reference).classifier
+            loaded = self.model(reference)
+            classifier = loaded.classifier
+            languages = loaded.metadata.get("languages")
             rendered = [template.render(items[index].text) for index in indices]
             for index, scores in zip(indices, classifier.predict(rendered, template), strict=True):
-                results[index] = ScoreResult(scores=scores, model_version=classifier.version)
+                results[index] = ScoreResult(
+                    scores=scores,
+                    model_version=classifier.version,
+                    language_supported=is_supported(items[index].language, languages),
+                )
         return [result for result in results if result is not None]
 
     def describe(self) -> dict[str, Any]:

@@ -56,14 +56,14 @@ def observed(
             "text,label\n" + "".join(f"{t} {n},{label}\n" for n in range(20) for t, label in rows)
         )
         pipeline = TrainingPipeline(
-            Settings(home=home, base_model=tiny_model_dir, model_name=model_name)
+            Settings(home=home, base_model=str(tiny_model_dir), model_name=model_name)
         )
         outcome = pipeline.run(
             TrainingPlan(
                 base_data=DataSource(base),
                 assembly=AssemblyConfig(holdout_fraction=0.3),
                 arguments=TrainingArguments(epochs=1, batch_size=16, max_length=32, progress=False),
-                gate=GateConfig(min_improvement=-1.0, max_feedback_regression=1.0),
+                gate=GateConfig(significance=1.0, base_tolerance=1.0),
             )
         )
         pipeline.close()

@@ -53,7 +53,7 @@ def write_base_data(path: Path) -> Path:
 def settings(tmp_path: Path, tiny_model_dir: Path, bentoml_home: Path) -> Settings:
     return Settings(
         home=tmp_path / "home",
-        base_model=tiny_model_dir,
+        base_model=str(tiny_model_dir),
         model_name=f"train-test-{uuid.uuid4().hex[:8]}",
     )
 
@@ -74,8 +74,8 @@ def plan(tmp_path: Path, **gate: float) -> TrainingPlan:
     )
 
 
-ALWAYS = {"min_improvement": -1.0, "max_feedback_regression": 1.0}
-NEVER = {"min_improvement": 1.0}
+ALWAYS = {"significance": 1.0, "base_tolerance": 1.0}
+NEVER = {"significance": 1e-300}
 
 
 def champion(pipeline: TrainingPipeline) -> str | None:
@@ -100,6 +100,7 @@ def test_run_saves_candidate_with_metadata_records_run_and_writes_report(
         assert key in stored.metadata, key
     assert stored.metadata["template_versions"] == ["v1"]
     assert stored.metadata["parent_model"].startswith("zero-shot:")
+    assert stored.metadata["training"]["temperature"] > 0
     assert stored.metadata["training_run_id"] == outcome.run_id
     with pipeline.sessions() as session:
         run = session.get(TrainingRun, outcome.run_id)
@@ -128,11 +129,19 @@ def test_gate_keeps_a_candidate_that_is_not_better_as_challenger(
 ) -> None:
     first = pipeline.run(plan(tmp_path, **ALWAYS))
     second = pipeline.run(plan(tmp_path, **NEVER))
-    assert second.decision == "challenger" and "below the required" in second.reason
+    assert second.decision == "challenger" and "kept the champion" in second.reason
     assert champion(pipeline) == first.candidate_tag
     with pipeline.sessions() as session:
         assert model_roles.current(session=session, role="challenger") == second.candidate_tag
     assert second.report["champion"] == first.candidate_tag
+    # The second run continued from the champion's weights; the first from the base.
+    first_metadata = model_store.get_model(first.candidate_tag).metadata
+    second_metadata = model_store.get_model(second.candidate_tag).metadata
+    assert first_metadata["started_from"] == f"base:{pipeline.settings.base_model}"
+    assert second_metadata["started_from"] == first.candidate_tag
+    assert first_metadata["languages"] == second_metadata["languages"] == ["en"]
+    assert second.report["gate"]["primary"] == "holdout"
+    assert 0 < second.report["gate"]["p_value"] <= 1
 
 
 def test_logged_feedback_is_trained_on(pipeline: TrainingPipeline, tmp_path: Path) -> None:

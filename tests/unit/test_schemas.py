@@ -51,3 +51,13 @@ def test_feedback_needs_exactly_one_of_label_and_verdict() -> None:
     with pytest.raises(ValidationError) as caught:
         FeedbackRequest.model_validate({"prediction_id": "p", "label": "mixed"})
     assert ("label",) in error_locs(caught.value)
+
+
+def test_feedback_labels_are_taken_as_training_takes_them() -> None:
+    for raw, label in (("Positive", "positive"), (2, "positive"), ("0", "negative"),
+                       ("NEU", "neutral"), (" negative ", "negative")):  # fmt: skip
+        request = FeedbackRequest.model_validate({"prediction_id": "p", "label": raw})
+        assert request.label == label, raw
+    with pytest.raises(ValidationError, match="unknown label 'mixed'") as caught:
+        FeedbackRequest.model_validate({"prediction_id": "p", "label": "mixed"})
+    assert ("label",) in error_locs(caught.value)

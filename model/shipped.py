@@ -1,0 +1,134 @@
+"""The shipped default model: a LoRA adapter (with its pooler, head and softmax
+temperature) over a packaged base encoder, small enough to live in git.
+
+``model/shipped/<name>/`` holds ``adapter_config.json``,
+``adapter_model.safetensors``, ``calibration.json`` and the model card
+(``card.json``, ``MODEL_CARD.md``). On first use a machine merges the adapter
+into the base encoder, folds the temperature into the head and keeps the result
+as a Hugging Face directory in its cache (once, under a file lock); the loader
+then serves it like any fine-tuned model (ONNX Runtime int8 on CPUs). Its
+version names the artifact's content: ``shipped:<name>@<sha256 prefix>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.file_lock import exclusive_file_lock
+from model.base_models import resolve_base_model
+from model.calibration import fold_temperature
+from model.labels import LABEL_TO_ID, LABELS
+
+logger = logging.getLogger(__name__)
+
+SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
+VERSION_PREFIX = "shipped:"
+ARTIFACT_FILES = ("adapter_config.json", "adapter_model.safetensors", "calibration.json")
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    name: str
+    directory: Path
+    card: Mapping[str, Any]
+
+    @property
+    def base_model(self) -> str:
+        return str(self.card["base_model"])
+
+    @property
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for name in ARTIFACT_FILES:
+            digest.update(name.encode())
+            digest.update((self.directory / name).read_bytes())
+        return digest.hexdigest()
+
+    @property
+    def version(self) -> str:
+        return f"{VERSION_PREFIX}{self.name}@{self.sha256[:12]}"
+
+    @property
+    def temperature(self) -> float:
+        calibration = json.loads((self.directory / "calibration.json").read_text())
+        return float(calibration["temperature"])
+
+    def metadata(self) -> dict[str, Any]:
+        """What the store records for a trained model, from the card."""
+        return {
+            "base_model": self.base_model,
+            "template_versions": list(self.card.get("template_versions", [])),
+            "languages": list(self.card.get("languages", [])),
+            "metrics": dict(self.card.get("metrics", {})),
+            "shipped": self.name,
+            "card": f"model/shipped/{self.name}/MODEL_CARD.md",
+        }
+
+
+def shipped_models(root: Path = SHIPPED_ROOT) -> list[ShippedModel]:
+    models = []
+    for card in sorted(root.glob("*/card.json")):
+        directory = card.parent
+        if all((directory / name).is_file() for name in ARTIFACT_FILES):
+            models.append(ShippedModel(directory.name, directory, json.loads(card.read_text())))
+    return models
+
+
+def shipped_for_base(base_model: str, root: Path = SHIPPED_ROOT) -> ShippedModel | None:
+    """The shipped model trained on the base preset ``base_model``, if there is one."""
+    return next((m for m in shipped_models(root) if m.base_model == base_model), None)
+
+
+def shipped_by_version(version: str, root: Path = SHIPPED_ROOT) -> ShippedModel | None:
+    return next((m for m in shipped_models(root) if m.version == version), None)
+
+
+def merge_adapter(base_dir: Path, adapter_dir: Path, temperature: float, destination: Path) -> Path:
+    """Base encoder + LoRA adapter (+ temperature folded into the head), saved as a
+    sequence-classification directory."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(base_dir),
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id=dict(LABEL_TO_ID),
+        local_files_only=True,
+    )
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
+    fold_temperature(merged.classifier, temperature)
+    destination.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(destination)
+    AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True).save_pretrained(destination)
+    return destination
+
+
+def materialize(shipped: ShippedModel, cache_dir: Path) -> Path:
+    """The merged model directory of ``shipped`` in the machine's cache (made once)."""
+    target = cache_dir / "shipped" / f"{shipped.name}-{shipped.sha256[:12]}"
+    if (target / "config.json").exists():
+        return target
+    with exclusive_file_lock(cache_dir / "shipped" / ".lock"):
+        if (target / "config.json").exists():
+            return target
+        started = time.perf_counter()
+        base_dir = resolve_base_model(shipped.base_model, cache_dir)
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        merge_adapter(base_dir, shipped.directory, shipped.temperature, partial)
+        partial.replace(target)
+        logger.info(
+            "built the shipped model %s in %s (%.1f s)",
+            shipped.version,
+            target,
+            time.perf_counter() - started,
+        )
+    return target

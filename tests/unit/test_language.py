@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from model.language import (
+    METRIC_LANGUAGES,
+    OTHER,
+    UNDETERMINED,
+    LanguageDetector,
+    is_supported,
+    metric_language,
+)
+
+DETECTOR = LanguageDetector()
+
+
+def test_common_languages_are_detected_as_iso_639_1() -> None:
+    texts = {
+        "en": "My order number is 12345, when will it ship?",
+        "de": "Das Produkt ist schrecklich",
+        "fr": "C'est nul, je suis très déçu",
+        "es": "Mi pedido llegó tarde y roto",
+        "ja": "最悪の商品でした",
+        "zh": "这个产品很好，我很满意",
+        "pt": "Muito bom, recomendo",
+    }
+    assert {code: DETECTOR.detect(text) for code, text in texts.items()} == {
+        code: code for code in texts
+    }
+
+
+def test_texts_too_short_or_without_words_are_undetermined() -> None:
+    for text in ("ok", "12345", "!!!", "👍"):
+        assert DETECTOR.detect(text) == UNDETERMINED, text
+
+
+def test_metric_labels_stay_bounded() -> None:
+    assert metric_language("de") == "de" and metric_language(UNDETERMINED) == UNDETERMINED
+    assert metric_language("xh") == OTHER and "xh" not in METRIC_LANGUAGES
+
+
+def test_support_follows_the_model_languages() -> None:
+    assert is_supported("de", ["en", "de"]) and not is_supported("ja", ["en", "de"])
+    assert is_supported(UNDETERMINED, ["en"])  # not flagged: unknown is not unsupported
+    assert is_supported("ja", None)  # a model that recorded no languages
