@@ -36,7 +36,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -103,6 +103,14 @@ def wait_for_champion(server: ServerProcess, tag: str, timeout_s: float = 120) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scenario", choices=("reviews", "german"), default="reviews")
+    parser.add_argument(
+        "--start",
+        choices=("english", "shipped"),
+        default="english",
+        help="german: start from a model trained on English tweets only (it never saw "
+        "German), or from the shipped model (trained on XLM-T de train, the texts the "
+        "corrections come from: nothing new to learn)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", type=int, default=600)
     parser.add_argument("--base-examples", type=int, default=4000)
@@ -135,7 +143,14 @@ def main() -> None:
             sets[f"xlmt_val_{language}"] = (xlmt(language, "val"), THREE_CLASS)
         sets["tweet_test"] = (tweet_eval, THREE_CLASS)
         pool = xlmt("de", "train")
-        base_data = None
+        # From the shipped model a team has only its feedback; from an English model
+        # the tweets stay in training beside the German corrections.
+        shipped_start = args.start == "shipped"
+        base_data = (
+            None
+            if shipped_start
+            else DataSource(DATA / "tweet_sentiment_extraction" / "train.jsonl")
+        )
     else:
         in_domain = "sst2_dev"
         sets = {"sst2_dev": (sst2("dev"), BINARY), "tweet_test": (tweet_eval, THREE_CLASS)}
@@ -143,18 +158,19 @@ def main() -> None:
         base_data = DataSource(DATA / "tweet_sentiment_extraction" / "train.jsonl")
     rng.shuffle(pool)
 
-    def plan(gate: GateConfig) -> TrainingPlan:
+    def plan(gate: GateConfig, start_from: Literal["champion", "base"]) -> TrainingPlan:
         return TrainingPlan(
             base_data=base_data,
             holdout_data=DataSource(holdout_file),
             assembly=AssemblyConfig(max_base_examples=args.base_examples),
             arguments=TrainingArguments(epochs=1, progress=False),
             gate=gate,
+            start_from=start_from,
         )
 
     pipeline = TrainingPipeline(settings)
-    if not german:  # the English scenario starts from a model trained on tweets
-        first = pipeline.run(plan(GateConfig(significance=1.0)), trigger="bench:initial")
+    if not (german and args.start == "shipped"):  # an initial model trained on tweets
+        first = pipeline.run(plan(GateConfig(significance=1.0), "base"), trigger="bench:initial")
         logger.info("initial model %s (%s)", first.candidate_tag, first.reason)
     server = ServerProcess(env, scratch / "server.log")
     result: dict[str, Any] = {
@@ -177,7 +193,9 @@ def main() -> None:
                 sent = send_round(client, batch)
                 corrections += sent["corrections"]
                 started = time.perf_counter()
-                outcome = pipeline.run(plan(GateConfig()), trigger=f"bench:round{round_number}")
+                outcome = pipeline.run(
+                    plan(GateConfig(), "champion"), trigger=f"bench:round{round_number}"
+                )
                 train_seconds = time.perf_counter() - started
                 swap_seconds = None
                 if outcome.decision == "promoted":
@@ -212,7 +230,7 @@ def main() -> None:
     finally:
         server.stop()
         pipeline.close()
-    write_result("flywheel" if not german else "flywheel-german", result)
+    write_result("flywheel" if not german else f"flywheel-german-from-{args.start}", result)
     names = list(sets)
     print("macro-F1 through the API; in domain: " + in_domain)
     print("before: " + "  ".join(f"{n} {result['before'][n]['macro_f1']:.4f}" for n in names))

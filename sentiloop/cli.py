@@ -21,12 +21,24 @@ from core.settings import Settings
 from sentiloop.input_files import read_texts
 from training import AssemblyConfig, GateConfig, Schedule, TrainingArguments
 
-app = typer.Typer(help="sentiloop: sentiment serving with a feedback loop.", no_args_is_help=True)
-templates_app = typer.Typer(help="Versioned prompt templates.", no_args_is_help=True)
-db_app = typer.Typer(help="The prediction and feedback database.", no_args_is_help=True)
-feedback_app = typer.Typer(help="Logged feedback.", no_args_is_help=True)
-models_app = typer.Typer(help="Models: store, champion/challenger, runs.", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys (stored hashed).", no_args_is_help=True)
+app = typer.Typer(
+    help="sentiloop: sentiment serving with a feedback loop.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+templates_app = typer.Typer(
+    help="Versioned prompt templates.", no_args_is_help=True, rich_markup_mode=None
+)
+db_app = typer.Typer(
+    help="The prediction and feedback database.", no_args_is_help=True, rich_markup_mode=None
+)
+feedback_app = typer.Typer(help="Logged feedback.", no_args_is_help=True, rich_markup_mode=None)
+models_app = typer.Typer(
+    help="Models: store, champion/challenger, runs.", no_args_is_help=True, rich_markup_mode=None
+)
+keys_app = typer.Typer(
+    help="API keys (stored hashed).", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(templates_app, name="templates")
 app.add_typer(models_app, name="models")

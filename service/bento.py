@@ -21,7 +21,6 @@ import storage
 from core import database
 from core.logs import configure_logging
 from core.settings import Settings
-from model.language import LanguageDetector
 from model.templates import TemplateRegistry, UnknownTemplateVersion
 from service.http.api import SentimentAPI
 from service.http.errors import DOMAIN_ERRORS, error_response
@@ -107,8 +106,6 @@ class SentiLoop:
             run_first=True,
         )
         self.gauges.start()
-        language_detector = LanguageDetector()
-        language_detector.warm_up()  # its model loads before the first request
         self.api = SentimentAPI(
             settings,
             registry,
@@ -116,7 +113,6 @@ class SentiLoop:
             database_engine=self.database_engine,
             sessions=sessions,
             log_writer=self.log_writer,
-            language_detector=language_detector,
         )
         self.inference = InferenceWorker(settings, registry, sessions, ModelMetrics())
         # Exempt everything loaded so far (torch, transformers, the models: about a

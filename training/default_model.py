@@ -52,13 +52,13 @@ LANGUAGES = ("en", "fr", "de", "es")
 class Recipe:
     lora_rank: int = 16
     learning_rate: float = 6e-4
-    epochs: int = 2
+    epochs: int = 1
     batch_size: int = 32
     max_length: int = 64
     seed: int = 13
     sst2_sentences: int = 8000
     sst2_min_words: int = 8
-    xlmt_repeats: int = 3
+    xlmt_repeats: int = 2
     validation_tweets: int = 1000
     validation_xlmt_per_language: int = 100
 

@@ -23,7 +23,7 @@ import storage
 from core import database
 from core.settings import Settings
 from model.labels import scores_to_label
-from model.language import LanguageDetector, metric_language
+from model.language import metric_language
 from model.templates import TemplateRegistry
 from model.text_keys import text_sha256
 from service.http.routing import TrafficSplit
@@ -61,10 +61,8 @@ class SentimentAPI:
         database_engine: Engine,
         sessions: sessionmaker[Session],
         log_writer: storage.PredictionLogWriter,
-        language_detector: LanguageDetector,
     ) -> None:
         self.settings = settings
-        self.language_detector = language_detector
         self.registry = registry
         self.metrics = metrics
         self.split = TrafficSplit(settings.traffic_split, salt=settings.routing_salt)
@@ -138,25 +136,20 @@ class SentimentAPI:
         texts = request.all_texts
         self.metrics.request_texts.observe(len(texts))
         started = time.perf_counter()
-        languages = (
-            [request.language] * len(texts)
-            if request.language is not None
-            else [self.language_detector.detect(text) for text in texts]
-        )
         results = await classify(
             [
                 ScoreItem(
                     text=text,
                     template_version=route.template_version,
                     model=route.model,
-                    language=language,
+                    language=request.language,
                 )
-                for text, language in zip(texts, languages, strict=True)
+                for text in texts
             ]
         )
         latency_ms = (time.perf_counter() - started) * 1000
         predictions: list[Prediction] = []
-        for result, language in zip(results, languages, strict=True):
+        for result in results:
             label = scores_to_label(result.scores)
             predictions.append(
                 Prediction(
@@ -166,7 +159,7 @@ class SentimentAPI:
                     confidence=result.scores[label],
                     model_version=result.model_version,
                     template_version=route.template_version,
-                    language=language,
+                    language=result.language,
                     language_supported=result.language_supported,
                     latency_ms=round(latency_ms, 3),
                 )

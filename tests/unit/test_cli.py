@@ -34,6 +34,14 @@ def test_every_command_has_help(path: list[str]) -> None:
     assert "Usage" in result.output
 
 
+def test_help_shows_every_option_name_in_full_when_not_on_a_terminal() -> None:
+    result = runner.invoke(app, ["train", "--help"], terminal_width=60)
+    for option in ("--max-base-examples", "--feedback-holdout-fraction", "--min-feedback-rows",
+                   "--base-tolerance", "--start-from"):  # fmt: skip
+        assert option in result.output, option
+    assert "…" not in result.output
+
+
 def test_every_command_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for path in all_command_paths():

@@ -52,3 +52,39 @@ FULL_WIDTH_CARD_GROUPED = "4111 1111 1111 1111".translate(
 )
 def test_redact_covers_dotted_full_width_and_international_forms(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Financial news and CRM texts: amounts, percentages, dates, year ranges, ids.
+        "Operating profit rose by 26.9 % to EUR 13.1 mn from EUR 10.3 mn in 2007 - 2008.",
+        "Net sales increased to EUR 131.3 million (EUR 114.5 million) in Q3.",
+        "Revenue of 2 500 000 euros in 2023, up from 1.950.000 EUR.",
+        "The company expects sales of $ 1 050 000 000 next year.",
+        "Between 2019 and 2020 revenue grew 12.5 % to 1 050 000 $.",
+        "Delivery planned for 2023 11 25, invoice 20231125 paid.",
+        "Ticket 12345678: refund of 99.90 USD still missing.",
+        "Bestellung Nr. 4471902 kam nicht an, Rechnung 2023-114.",
+        "order #100234567 arrived broken",
+    ],
+)
+def test_redact_leaves_amounts_dates_and_ids_alone(text: str) -> None:
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("call me on 0171 2345678 after six", "call me on [PHONE] after six"),
+        ("reach me: (030) 12345678", "reach me: [PHONE]"),
+        ("my number is 555-123-4567", "my number is [PHONE]"),
+        ("ring +33 6 12 34 56 78 or 06 12 34 56 78", "ring [PHONE] or [PHONE]"),
+        (
+            "order #100234567 arrived broken, call 5551234567",
+            "order #100234567 arrived broken, call [PHONE]",
+        ),
+    ],
+)
+def test_redact_still_masks_phone_numbers_beside_amounts(text: str, expected: str) -> None:
+    assert redact(text) == expected
