@@ -105,11 +105,12 @@ def main() -> None:
     parser.add_argument("--scenario", choices=("reviews", "german"), default="reviews")
     parser.add_argument(
         "--start",
-        choices=("english", "shipped"),
-        default="english",
-        help="german: start from a model trained on English tweets only (it never saw "
-        "German), or from the shipped model (trained on XLM-T de train, the texts the "
-        "corrections come from: nothing new to learn)",
+        choices=("multilingual", "english", "shipped"),
+        default="multilingual",
+        help="german: start from a model trained on tweets and XLM-T en/fr/es (no German; "
+        "held-out XLM-T train rows of each language join the guard holdout), on English "
+        "tweets only, or from the shipped model (trained on XLM-T de train, the texts "
+        "the corrections come from: nothing new to learn)",
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", type=int, default=600)
@@ -145,12 +146,25 @@ def main() -> None:
         pool = xlmt("de", "train")
         # From the shipped model a team has only its feedback; from an English model
         # the tweets stay in training beside the German corrections.
-        shipped_start = args.start == "shipped"
-        base_data = (
-            None
-            if shipped_start
-            else DataSource(DATA / "tweet_sentiment_extraction" / "train.jsonl")
-        )
+        base_data = None
+        if args.start == "english":
+            base_data = DataSource(DATA / "tweet_sentiment_extraction" / "train.jsonl")
+        elif args.start == "multilingual":
+            english = rng.sample(tweets("train"), args.base_examples)
+            guard: list[Example] = []
+            for language in ("en", "fr", "es"):
+                rows = xlmt(language, "train")
+                rng.shuffle(rows)
+                guard += rows[:150]
+                english += rows[150:]
+            base_file = scratch / "base.jsonl"
+            base_file.write_text(
+                "".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in english)
+            )
+            base_data = DataSource(base_file)
+            with holdout_file.open("a") as handle:
+                for example in guard:
+                    handle.write(json.dumps({"text": example.text, "label": example.label}) + "\n")
     else:
         in_domain = "sst2_dev"
         sets = {"sst2_dev": (sst2("dev"), BINARY), "tweet_test": (tweet_eval, THREE_CLASS)}
@@ -162,7 +176,11 @@ def main() -> None:
         return TrainingPlan(
             base_data=base_data,
             holdout_data=DataSource(holdout_file),
-            assembly=AssemblyConfig(max_base_examples=args.base_examples),
+            assembly=AssemblyConfig(
+                max_base_examples=None
+                if german and args.start == "multilingual"
+                else args.base_examples
+            ),
             arguments=TrainingArguments(epochs=1, progress=False),
             gate=gate,
             start_from=start_from,

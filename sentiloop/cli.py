@@ -342,6 +342,9 @@ def train(
     min_feedback_rows: Annotated[
         int, typer.Option(help="Feedback-holdout rows from which it decides (not the base).")
     ] = _GATE.min_feedback_rows,
+    min_language_rows: Annotated[
+        int, typer.Option(help="Base-holdout rows of a language from which it is guarded.")
+    ] = _GATE.min_language_rows,
     base_tolerance: Annotated[
         float, typer.Option(help="Largest tolerated loss of --metric on the base holdout.")
     ] = _GATE.base_tolerance,
@@ -398,6 +401,7 @@ def train(
             metric=metric,
             significance=significance,
             min_feedback_rows=min_feedback_rows,
+            min_language_rows=min_language_rows,
             base_tolerance=base_tolerance,
         ),
         start_from=start_from,

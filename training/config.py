@@ -78,12 +78,14 @@ class TrainingArguments:
 class GateConfig:
     """``training.gate``: the feedback holdout is primary from ``min_feedback_rows``
     rows on, judged with a paired test at ``significance``; the base holdout is then a
-    guard that may lose at most ``base_tolerance`` of ``metric``."""
+    guard that may lose at most ``base_tolerance`` of ``metric``, and of accuracy on
+    each language with ``min_language_rows`` rows in it."""
 
     metric: Metric = "macro_f1"
     significance: float = 0.05
     min_feedback_rows: int = 50
     base_tolerance: float = 0.02
+    min_language_rows: int = 50
 
     def __post_init__(self) -> None:
         if self.metric not in ("macro_f1", "accuracy"):
@@ -92,6 +94,8 @@ class GateConfig:
             raise ValueError(f"significance must be in (0, 1], got {self.significance}")
         if self.min_feedback_rows < 1:
             raise ValueError("min_feedback_rows must be at least 1")
+        if self.min_language_rows < 1:
+            raise ValueError("min_language_rows must be at least 1")
         if not 0 <= self.base_tolerance <= 1:
             raise ValueError(f"base_tolerance must be in [0, 1], got {self.base_tolerance}")
 

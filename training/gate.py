@@ -8,7 +8,10 @@ where it matters, by more than chance.
   right, the candidate must win enough that chance (p <= ``significance``) does
   not explain it.
 * While the feedback holdout is primary, the base holdout is a guard: the
-  candidate may lose at most ``base_tolerance`` of ``metric`` there.
+  candidate may lose at most ``base_tolerance`` of ``metric`` there, and at most
+  ``base_tolerance`` of accuracy on the rows of each language with
+  ``min_language_rows`` rows in it (a model that learns German from corrections
+  must not quietly forget French).
 
 The decision's reason says all of this in plain words.
 """
@@ -69,6 +72,32 @@ def paired_comparison(candidate: Sequence[bool], champion: Sequence[bool]) -> Pa
     )
 
 
+def language_losses(
+    candidate: Mapping[str, Any], champion: Mapping[str, Any], config: GateConfig
+) -> list[str]:
+    """Per language of the rows (``languages``, one code per row) with at least
+    ``min_language_rows`` rows: where the candidate's accuracy falls by more than the
+    tolerance, described."""
+    languages = candidate.get("languages")
+    if not languages:
+        return []
+    rows: dict[str, list[int]] = {}
+    for index, language in enumerate(languages):
+        rows.setdefault(language, []).append(index)
+    losses = []
+    for language, indices in sorted(rows.items()):
+        if language == "und" or len(indices) < config.min_language_rows:
+            continue
+        new = sum(candidate["correct"][i] for i in indices) / len(indices)
+        old = sum(champion["correct"][i] for i in indices) / len(indices)
+        if new - old < -config.base_tolerance:
+            losses.append(
+                f"{language} ({len(indices)} rows) accuracy {_points(new - old)} "
+                f"({new:.4f} vs {old:.4f})"
+            )
+    return losses
+
+
 def _points(value: float) -> str:
     return f"{100 * value:+.1f} points"
 
@@ -123,6 +152,16 @@ def decide(
                 False,
                 f"kept the champion. {finding} <= {config.significance:g}, but: {guard_text}, "
                 f"more than the tolerated {100 * config.base_tolerance:.1f} points.",
+                primary,
+                test.p_value,
+            )
+        losses = language_losses(base_new, base_old, config)
+        if losses:
+            return GateDecision(
+                False,
+                f"kept the champion. {finding} <= {config.significance:g}, but on the base "
+                f"holdout's rows in {'; '.join(losses)}: more than the tolerated "
+                f"{100 * config.base_tolerance:.1f} points.",
                 primary,
                 test.p_value,
             )

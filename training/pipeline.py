@@ -248,6 +248,11 @@ class TrainingPipeline:
                 self.settings, output, version="candidate", onnx_cache_dir=Path(scratch) / "onnx"
             )
             evaluation = self._evaluate(candidate, champion, dataset, templates[0])
+            # The guard checks each language of the base holdout (training.gate).
+            detector = LanguageDetector()
+            languages = [detector.detect(example.text) for example in dataset.holdout]
+            for metrics in evaluation["holdout"].values():
+                metrics["languages"] = languages
             decision = decide(
                 {split: models["candidate"] for split, models in evaluation.items()},
                 {split: models["champion"] for split, models in evaluation.items()},
@@ -256,6 +261,7 @@ class TrainingPipeline:
             for by_model in evaluation.values():
                 for metrics in by_model.values():
                     metrics.pop("correct", None)
+                    metrics.pop("languages", None)
             metadata = self._metadata(
                 plan,
                 versions,

@@ -121,3 +121,19 @@ def test_base_holdout_decides_while_feedback_is_scarce() -> None:
 def test_gate_does_not_promote_on_empty_holdouts() -> None:
     empty = {"holdout": {"n": 0}, "feedback_holdout": {"n": 0}}
     assert not decide(empty, empty, GateConfig()).promote
+
+
+def test_the_guard_refuses_a_loss_on_one_language_of_the_base_holdout() -> None:
+    # Overall the base holdout barely moves, but the French rows lose 20 points.
+    candidate, champion = models(rows(150, 30, 20, 0), rows(150, 40, 8, 52), base_f1=(0.80, 0.80))
+    languages = ["en"] * 100 + ["fr"] * 100
+    base_new = [True] * 100 + [True] * 60 + [False] * 40
+    base_old = [True] * 100 + [True] * 80 + [False] * 20
+    candidate["holdout"] = split(base_new, 0.80) | {"languages": languages}
+    champion["holdout"] = split(base_old, 0.80) | {"languages": languages}
+    decision = decide(candidate, champion, GateConfig(base_tolerance=0.25))
+    assert decision.promote  # within a loose tolerance
+    strict = decide(candidate, champion, GateConfig(base_tolerance=0.1))
+    assert not strict.promote and "fr (100 rows) accuracy -20.0 points" in strict.reason
+    few = decide(candidate, champion, GateConfig(base_tolerance=0.1, min_language_rows=101))
+    assert few.promote  # too few French rows to judge
