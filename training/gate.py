@@ -165,7 +165,12 @@ def decide(
                 primary,
                 test.p_value,
             )
-        guard = f" {guard_text}, within the tolerated {100 * config.base_tolerance:.1f} points."
+        within = (
+            f", within the tolerated {100 * config.base_tolerance:.1f} points"
+            if change < 0
+            else ""
+        )
+        guard = f" {guard_text}{within}; no language of it loses more."
     return GateDecision(
         True,
         f"promoted. {finding} <= {config.significance:g}.{guard}",
