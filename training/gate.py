@@ -166,9 +166,7 @@ def decide(
                 test.p_value,
             )
         within = (
-            f", within the tolerated {100 * config.base_tolerance:.1f} points"
-            if change < 0
-            else ""
+            f", within the tolerated {100 * config.base_tolerance:.1f} points" if change < 0 else ""
         )
         guard = f" {guard_text}{within}; no language of it loses more."
     return GateDecision(
