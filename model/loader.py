@@ -29,12 +29,7 @@ from model.shipped import (
     shipped_for_base,
 )
 
-
-class UnknownShippedModel(model_store.ModelNotFound):
-    def __init__(self, version: str) -> None:
-        model_store.ModelStoreError.__init__(
-            self, f"no shipped model {version!r} in this installation"
-        )
+SHIPPED_MODELS = "the shipped models of this installation"
 
 
 def cold_start_tag(settings: Settings) -> str | None:
@@ -80,7 +75,7 @@ def model_directory(settings: Settings, tag: str) -> Path:
     if tag.startswith(VERSION_PREFIX):
         shipped = shipped_by_version(tag)
         if shipped is None:
-            raise UnknownShippedModel(tag)
+            raise model_store.ModelNotFound(tag, SHIPPED_MODELS)
         return materialize(shipped, settings.cache_dir)
     return model_store.get_model(tag).path
 
@@ -107,7 +102,7 @@ def load_classifier(settings: Settings, tag: str | None) -> tuple[Classifier, di
     if tag.startswith(VERSION_PREFIX):
         shipped = shipped_by_version(tag)
         if shipped is None:
-            raise UnknownShippedModel(tag)
+            raise model_store.ModelNotFound(tag, SHIPPED_MODELS)
         return shipped_classifier(settings, shipped), shipped.metadata()
     stored = model_store.get_model(tag)
     cache = settings.onnx_cache_dir / stored.tag.replace(":", "-")

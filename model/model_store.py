@@ -25,8 +25,8 @@ class ModelStoreError(Exception):
 class ModelNotFound(ModelStoreError):
     field = "model"
 
-    def __init__(self, tag: str) -> None:
-        super().__init__(f"no model {tag!r} in the BentoML model store")
+    def __init__(self, tag: str, where: str = "the BentoML model store") -> None:
+        super().__init__(f"no model {tag!r} in {where}")
 
 
 @dataclass(frozen=True)
