@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a virtual environment and serve sentiloop on port 3000 with the
-# embedded defaults: a SQLite file under ./var and, until a model is trained,
-# the zero-shot model built from the prompt template's verbalizers.
+# embedded defaults: a SQLite file under ./var and, until a model trained on
+# your feedback is promoted, the shipped multilingual model (the first start
+# on a machine converts, merges and exports it: about a minute).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
