@@ -55,6 +55,13 @@ BINARY = ("negative", "positive")
 THREE_CLASS = ("negative", "neutral", "positive")
 
 
+def write_jsonl(path: Path, examples: list[Example]) -> None:
+    """``examples`` as a JSONL data file the training pipeline reads."""
+    path.write_text(
+        "".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in examples)
+    )
+
+
 def api_accuracy(
     client: SentiloopClient, rows: list[Example], labels: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -133,9 +140,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     tweet_eval = rng.sample(tweets("test"), args.tweet_eval)
     holdout_file = scratch / "tweet_holdout.jsonl"
-    holdout_file.write_text(
-        "".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in tweet_eval)
-    )
+    write_jsonl(holdout_file, tweet_eval)
     sets: dict[str, tuple[list[Example], tuple[str, ...]]]
     if german:
         in_domain = "xlmt_val_de"
@@ -158,13 +163,9 @@ def main() -> None:
                 guard += rows[:150]
                 english += rows[150:]
             base_file = scratch / "base.jsonl"
-            base_file.write_text(
-                "".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in english)
-            )
+            write_jsonl(base_file, english)
             base_data = DataSource(base_file)
-            with holdout_file.open("a") as handle:
-                for example in guard:
-                    handle.write(json.dumps({"text": example.text, "label": example.label}) + "\n")
+            write_jsonl(holdout_file, tweet_eval + guard)
     else:
         in_domain = "sst2_dev"
         sets = {"sst2_dev": (sst2("dev"), BINARY), "tweet_test": (tweet_eval, THREE_CLASS)}

@@ -58,19 +58,15 @@ logger = logging.getLogger("bench.serve")
 def build_model(directory: Path) -> Path:
     """The packaged encoder with a (seeded) 3-class head: the compute of a fine-tuned model."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from model.base_models import minilm_directory
-    from model.labels import LABEL_TO_ID, LABELS
+    from model.classifiers import sentiment_model
 
     torch.manual_seed(0)
-    base = str(minilm_directory())
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=3, id2label=dict(enumerate(LABELS)), label2id=dict(LABEL_TO_ID),
-        local_files_only=True,
-    )  # fmt: skip
-    model.save_pretrained(directory)
-    AutoTokenizer.from_pretrained(base, local_files_only=True).save_pretrained(directory)
+    base = minilm_directory()
+    sentiment_model(base).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(str(base), local_files_only=True).save_pretrained(directory)
     return directory
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from model.labels import LABELS, normalize_label
+from model.labels import LABEL_TO_ID, LABELS, normalize_label
 from model.onnx_runtime import OnnxLogits, onnx_model_file
 from model.templates import PromptTemplate
 from model.tokenization import ChunkTokenizer
@@ -54,6 +54,18 @@ class Classifier(Protocol):
     runtime: str  # what executes it, e.g. "onnx-int8", "torch-fp32"
 
     def predict(self, rendered: Sequence[str], template: PromptTemplate) -> list[Scores]: ...
+
+
+def sentiment_model(directory: Path) -> Any:
+    """A torch sequence classifier with the label set, from ``directory``: a base
+    encoder (a new, randomly initialized head) or a classifier saved earlier."""
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(directory),
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id=dict(LABEL_TO_ID),
+        local_files_only=True,
+    )
 
 
 def torch_logits(model: Any, device: torch.device) -> LogitsFunction:

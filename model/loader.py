@@ -70,13 +70,17 @@ def shipped_classifier(settings: Settings, shipped: ShippedModel) -> Classifier:
     return fine_tuned(settings, directory, version=shipped.version, onnx_cache_dir=directory)
 
 
+def _shipped(tag: str) -> ShippedModel:
+    shipped = shipped_by_version(tag)
+    if shipped is None:
+        raise model_store.ModelNotFound(tag, SHIPPED_MODELS)
+    return shipped
+
+
 def model_directory(settings: Settings, tag: str) -> Path:
     """The Hugging Face directory of a shipped or stored model."""
     if tag.startswith(VERSION_PREFIX):
-        shipped = shipped_by_version(tag)
-        if shipped is None:
-            raise model_store.ModelNotFound(tag, SHIPPED_MODELS)
-        return materialize(shipped, settings.cache_dir)
+        return materialize(_shipped(tag), settings.cache_dir)
     return model_store.get_model(tag).path
 
 
@@ -100,9 +104,7 @@ def load_classifier(settings: Settings, tag: str | None) -> tuple[Classifier, di
         # The verbalizer sentences the zero-shot model compares with are English.
         return zero_shot(settings), {"base_model": settings.base_model, "languages": ["en"]}
     if tag.startswith(VERSION_PREFIX):
-        shipped = shipped_by_version(tag)
-        if shipped is None:
-            raise model_store.ModelNotFound(tag, SHIPPED_MODELS)
+        shipped = _shipped(tag)
         return shipped_classifier(settings, shipped), shipped.metadata()
     stored = model_store.get_model(tag)
     cache = settings.onnx_cache_dir / stored.tag.replace(":", "-")

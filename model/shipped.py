@@ -25,7 +25,7 @@ from typing import Any
 from core.file_lock import exclusive_file_lock
 from model.base_models import resolve_base_model
 from model.calibration import fold_temperature
-from model.labels import LABEL_TO_ID, LABELS
+from model.classifiers import sentiment_model
 
 logger = logging.getLogger(__name__)
 
@@ -95,15 +95,9 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, temperature: float, destina
     """Base encoder + LoRA adapter (+ temperature folded into the head), saved as a
     sequence-classification directory."""
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(base_dir),
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id=dict(LABEL_TO_ID),
-        local_files_only=True,
-    )
+    model = sentiment_model(base_dir)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
     fold_temperature(merged.classifier, temperature)
     destination.mkdir(parents=True, exist_ok=True)

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
 from model.calibration import fit_temperature, fold_temperature
-from model.classifiers import classify_texts, torch_logits
+from model.classifiers import classify_texts, sentiment_model, torch_logits
 from model.labels import LABEL_TO_ID, LABELS
 from model.templates import PromptTemplate
 from model.tokenization import ChunkTokenizer
@@ -227,13 +227,7 @@ LORA_TARGETS = r".*encoder\.layer\.\d+\..*(query|key|value|dense)$"
 def _trainable_model(init_model: Path, args: TrainingArguments) -> Any:
     """The model to train, from a base encoder or a saved classifier, with the
     parameters ``args`` leaves frozen."""
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(init_model),
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id=dict(LABEL_TO_ID),
-        local_files_only=True,
-    )
+    model = sentiment_model(init_model)
     if args.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     if args.lora_rank is None:

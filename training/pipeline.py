@@ -118,10 +118,11 @@ def champion_classifier(
 MIN_LANGUAGE_SHARE = 0.01
 
 
-def trained_languages(examples: Sequence[Example], inherited: Sequence[str]) -> list[str]:
+def trained_languages(
+    examples: Sequence[Example], inherited: Sequence[str], detector: LanguageDetector
+) -> list[str]:
     """The languages a model trained on ``examples`` covers: those of the model it
     continues from, and each making up ``MIN_LANGUAGE_SHARE`` of the rows."""
-    detector = LanguageDetector()
     counts = Counter(detector.detect(example.text) for example in examples)
     counts.pop(UNDETERMINED, None)
     total = sum(counts.values())
@@ -240,6 +241,7 @@ class TrainingPipeline:
             else base_model_dir(self.settings)
         )
         inherited = champion_metadata.get("languages", []) if from_champion else []
+        detector = LanguageDetector()  # for the training rows and the guard's rows
         with tempfile.TemporaryDirectory(prefix="sentiloop-candidate-") as scratch:
             output = Path(scratch) / "model"
             trained = self._train(plan, dataset, templates, init_model, output)
@@ -249,7 +251,6 @@ class TrainingPipeline:
             )
             evaluation = self._evaluate(candidate, champion, dataset, templates[0])
             # The guard checks each language of the base holdout (training.gate).
-            detector = LanguageDetector()
             languages = [detector.detect(example.text) for example in dataset.holdout]
             for metrics in evaluation["holdout"].values():
                 metrics["languages"] = languages
@@ -270,7 +271,7 @@ class TrainingPipeline:
                 trained,
                 champion_tag or champion.version,
                 run_id,
-                trained_languages(dataset.train, inherited),
+                trained_languages(dataset.train, inherited, detector),
             )
             metadata["started_from"] = (
                 champion.version if from_champion else f"base:{self.settings.base_model}"
