@@ -31,6 +31,7 @@ COPY core ./core
 COPY model ./model
 COPY storage ./storage
 COPY service ./service
+COPY feedback ./feedback
 COPY training ./training
 COPY sentiloop ./sentiloop
 RUN pip install . \

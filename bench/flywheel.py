@@ -20,9 +20,19 @@ round retrains from the champion on the feedback alone (a team with no training
 data of its own), the tweet sample is the base guard; measured on XLM-T val de
 (in domain) and on XLM-T val en/fr/es and tweet test (elsewhere).
 
-    python -m bench.flywheel [--scenario reviews|german] [--rounds 3] [--per-round 600]
+``--scenario queue`` (English preset): the review queue against random traffic at
+the same number of labels. From the same initial tweet model, each arm gets a fresh
+server and database, scores the same SST-2 train pool through /v1/predict, then
+labels ``--per-round`` predictions (arm "queue": those GET /v1/review-queue returns
+with its default exploration share; "uncertainty": the queue without exploration;
+"random": a random sample of the pool) through /v1/feedback/batch, retrains
+once from the champion and serves the candidate (gate significance 1.0: it is
+measured whatever the gate would say); SST-2 dev and tweet test are measured
+through the API.
 
-Prints the figures and writes bench/results/flywheel[-german].json.
+    python -m bench.flywheel [--scenario reviews|german|queue] [--rounds 3] [--per-round 600]
+
+Prints the figures and writes bench/results/flywheel[-german|-queue].json.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ import httpx
 from bench.common import DATA, machine, sst2, tweets, write_result, xlmt
 from core.logs import configure_logging
 from core.settings import Settings
+from feedback.review_queue import DEFAULT_EXPLORATION
 from sentiloop.client import SentiloopClient
 from tests.support import ServerProcess
 from training import AssemblyConfig, GateConfig, TrainingArguments
@@ -109,7 +120,10 @@ def wait_for_champion(server: ServerProcess, tag: str, timeout_s: float = 120) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--scenario", choices=("reviews", "german"), default="reviews")
+    parser.add_argument("--scenario", choices=("reviews", "german", "queue"), default="reviews")
+    parser.add_argument(
+        "--pool", type=int, default=3000, help="queue: SST-2 train sentences scored per arm"
+    )
     parser.add_argument(
         "--start",
         choices=("multilingual", "english", "shipped"),
@@ -187,6 +201,9 @@ def main() -> None:
             start_from=start_from,
         )
 
+    if args.scenario == "queue":
+        queue_vs_random(args, env, scratch, plan, pool, sets, rng)
+        return
     pipeline = TrainingPipeline(settings)
     if not (german and args.start == "shipped"):  # an initial model trained on tweets
         first = pipeline.run(plan(GateConfig(significance=1.0), "base"), trigger="bench:initial")
@@ -264,6 +281,104 @@ def main() -> None:
             f"retrain {entry['retrain_seconds']:.0f}s: {figures}"
         )
         print(f"  gate: {entry['reason']}")
+
+
+def queue_vs_random(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    scratch: Path,
+    plan: Any,
+    pool: list[Example],
+    sets: dict[str, tuple[list[Example], tuple[str, ...]]],
+    rng: random.Random,
+) -> None:
+    """The review queue against random traffic, one fresh server and database per arm."""
+    import storage
+    from core import database
+    from training import promote
+
+    pool = rng.sample(pool, min(args.pool, len(pool)))
+    truth = {e.text: e.label for e in pool}
+    first = TrainingPipeline(Settings()).run(
+        plan(GateConfig(significance=1.0), "base"), trigger="bench:initial"
+    )
+    assert first.candidate_tag is not None
+    result: dict[str, Any] = {"machine": machine(), "arguments": vars(args), "arms": {}}
+    explorations = {"queue": DEFAULT_EXPLORATION, "uncertainty": 0.0}
+    for arm in ("queue", "uncertainty", "random"):
+        home = scratch / f"home-{arm}"
+        os.environ["SENTILOOP_HOME"] = str(home)
+        settings = Settings()
+        engine = database.make_engine(settings.resolved_database_url)
+        storage.upgrade(settings.resolved_database_url)
+        promote(
+            sessions=database.make_session_factory(engine),
+            tag=first.candidate_tag,
+            reason="bench: initial",
+        )
+        engine.dispose()
+        server = ServerProcess({**env, "SENTILOOP_HOME": str(home)}, scratch / f"server-{arm}.log")
+        pipeline = TrainingPipeline(settings)
+        try:
+            server.wait_ready(timeout_s=600)
+            with SentiloopClient(server.url) as client:
+                # The pool first: the queue must choose among the pool's predictions
+                # (the measurements are logged too).
+                predictions: list[tuple[str, dict[str, Any]]] = []
+                for start in range(0, len(pool), 128):
+                    texts = [e.text for e in pool[start : start + 128]]
+                    predictions += zip(texts, client.predict(texts), strict=True)
+                if arm in explorations:
+                    queue = httpx.get(
+                        f"{server.url}/v1/review-queue",
+                        params={
+                            "limit": args.per_round,
+                            "days": 1,
+                            "exploration": explorations[arm],
+                        },
+                        timeout=60,
+                    ).json()["items"]
+                    chosen = [(item["text"], item["prediction_id"]) for item in queue]
+                else:
+                    picked = rng.sample(predictions, args.per_round)
+                    chosen = [(text, p["prediction_id"]) for text, p in picked]
+                before = measure(client, sets)
+                items = [{"prediction_id": pid, "label": truth[text]} for text, pid in chosen]
+                by_id = {p["prediction_id"]: p["label"] for _, p in predictions}
+                wrong = sum(by_id[pid] != truth[text] for text, pid in chosen)
+                response = httpx.post(
+                    f"{server.url}/v1/feedback/batch", json={"items": items}, timeout=120
+                ).json()
+                started = time.perf_counter()
+                outcome = pipeline.run(
+                    plan(GateConfig(significance=1.0), "champion"), trigger=f"bench:{arm}"
+                )
+                retrain_seconds = time.perf_counter() - started
+                if outcome.decision == "promoted":
+                    wait_for_champion(server, outcome.candidate_tag)
+                after = measure(client, sets)
+        finally:
+            server.stop()
+            pipeline.close()
+        result["arms"][arm] = {
+            "labels": len(items),
+            "stored": response["stored"],
+            "labels_correcting_a_wrong_answer": wrong,
+            "decision": outcome.decision,
+            "retrain_seconds": retrain_seconds,
+            "before": before,
+            "after": after,
+            "gain": {name: after[name]["macro_f1"] - before[name]["macro_f1"] for name in sets},
+        }
+        logger.info("%s: %s", arm, result["arms"][arm]["gain"])
+    write_result("flywheel-queue", result)
+    print(f"labels per arm: {args.per_round} (pool {len(pool)}); macro-F1 through the API")
+    for arm, entry in result["arms"].items():
+        gains = "  ".join(f"{name} {value:+.4f}" for name, value in entry["gain"].items())
+        print(
+            f"{arm:>11}: {entry['labels_correcting_a_wrong_answer']} of {entry['labels']} labels "
+            f"corrected a wrong 3-class answer; {entry['decision']}; gain {gains}"
+        )
 
 
 if __name__ == "__main__":

@@ -327,31 +327,33 @@ def main() -> None:
         bodies_dir = scratch if args.client == "wrk" else None
         results = measure_interleaved(servers, plans, texts, args.seconds, args.rounds, bodies_dir)
 
-    def rate(server: str, batch: int, concurrency: int) -> float:
-        row = next(
-            r for r in results
+    def rate(server: str, batch: int, concurrency: int) -> float | None:
+        found = [
+            float(r["texts_per_s"]) for r in results
             if (r["server"], r["batch"], r["concurrency"]) == (server, batch, concurrency)
-        )  # fmt: skip
-        return float(row["texts_per_s"])
+        ]  # fmt: skip
+        return found[0] if found else None
 
     b = args.batch
-    ratios = {
-        "throughput_vs_baseline_c32_single": rate("sentiloop", 1, 32) / rate("baseline", 1, 32),
-        "throughput_vs_baseline_batch_c8": rate("sentiloop", b, 8) / rate("baseline", b, 8),
-        "logging_on_vs_off_c32_single": rate("sentiloop", 1, 32) / rate("sentiloop-no-log", 1, 32),
-        "logging_on_vs_off_batch_c8": rate("sentiloop", b, 8) / rate("sentiloop-no-log", b, 8),
-        "onnx_int8_vs_torch_fp32_c32_single": rate("sentiloop", 1, 32)
-        / rate("sentiloop-torch-fp32", 1, 32),
-        "processes_vs_threads_c32_single": rate("sentiloop", 1, 32)
-        / rate("sentiloop-threads", 1, 32),
-        "processes_vs_threads_batch_c8": rate("sentiloop", b, 8) / rate("sentiloop-threads", b, 8),
+    wanted = {  # name: (server, other server, texts per request, concurrency)
+        "throughput_vs_baseline_c32_single": ("sentiloop", "baseline", 1, 32),
+        "throughput_vs_baseline_batch_c8": ("sentiloop", "baseline", b, 8),
+        "logging_on_vs_off_c32_single": ("sentiloop", "sentiloop-no-log", 1, 32),
+        "logging_on_vs_off_batch_c8": ("sentiloop", "sentiloop-no-log", b, 8),
+        "onnx_int8_vs_torch_fp32_c32_single": ("sentiloop", "sentiloop-torch-fp32", 1, 32),
+        "processes_vs_threads_c32_single": ("sentiloop", "sentiloop-threads", 1, 32),
+        "processes_vs_threads_batch_c8": ("sentiloop", "sentiloop-threads", b, 8),
+        "this_vs_reference_c1_single": ("sentiloop", "reference", 1, 1),
+        "this_vs_reference_c32_single": ("sentiloop", "reference", 1, 32),
+        "this_vs_reference_batch_c8": ("sentiloop", "reference", b, 8),
     }
-    if args.reference_checkout is not None:
-        ratios["this_vs_reference_c1_single"] = rate("sentiloop", 1, 1) / rate("reference", 1, 1)
-        ratios["this_vs_reference_c32_single"] = rate("sentiloop", 1, 32) / rate("reference", 1, 32)
-        ratios["this_vs_reference_batch_c8"] = rate("sentiloop", b, 8) / rate("reference", b, 8)
-    p50_c1 = next(r["p50_ms"] for r in results if (r["server"], r["batch"], r["concurrency"])
-                  == ("sentiloop", 1, 1))  # fmt: skip
+    ratios = {}
+    for name, (ours, other, batch, concurrency) in wanted.items():
+        mine, theirs = rate(ours, batch, concurrency), rate(other, batch, concurrency)
+        if mine is not None and theirs:  # measured in this run (--concurrency picks)
+            ratios[name] = mine / theirs
+    p50_c1 = next((r["p50_ms"] for r in results if (r["server"], r["batch"], r["concurrency"])
+                  == ("sentiloop", 1, 1)), None)  # fmt: skip
     write_result(
         "serve" if args.model == "minilm" else "serve-shipped",
         {
@@ -373,7 +375,8 @@ def main() -> None:
         print("".join(f"{v!s:>17}" for v in values))
     for key, value in ratios.items():
         print(f"{key}: {value:.2f}x")
-    print(f"sentiloop p50 at concurrency 1: {p50_c1:.1f} ms")
+    if p50_c1 is not None:
+        print(f"sentiloop p50 at concurrency 1: {p50_c1:.1f} ms")
 
 
 if __name__ == "__main__":

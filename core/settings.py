@@ -7,13 +7,15 @@ Every value can be set by an environment variable named ``SENTILOOP_<FIELD>``
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     AliasChoices,
     BaseModel,
     Field,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -39,6 +41,11 @@ class TrafficArm(BaseModel):
     template_version: str = Field(min_length=1)
     model: str = Field(default=CHAMPION, min_length=1)
     weight: float = Field(gt=0)
+
+
+def split_fingerprint(arms: Sequence[TrafficArm]) -> list[list[Any]]:
+    """A split as a decision stores it, to tell later whether it concluded this split."""
+    return sorted([arm.template_version, arm.model, arm.weight] for arm in arms)
 
 
 def default_cache_dir() -> Path:
@@ -176,6 +183,7 @@ class Settings(BaseSettings):
         "all traffic to the default template and the champion when empty.",
     )
     routing_salt: str = Field(default="sentiloop", description="Salt of the sticky routing hash.")
+    _split_configured: bool = PrivateAttr(default=False)
 
     text_storage: TextStorage = Field(
         default="redacted",
@@ -218,8 +226,15 @@ class Settings(BaseSettings):
             seen.add(key)
         return arms
 
+    @property
+    def traffic_split_configured(self) -> bool:
+        """Whether a split was set (an experiment) rather than left to the default
+        template version and the champion."""
+        return self._split_configured
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
+        self._split_configured = bool(self.traffic_split)
         if not self.traffic_split:
             self.traffic_split = [
                 TrafficArm(template_version=self.default_template_version, weight=1.0)

@@ -62,8 +62,12 @@ class ShippedModel:
         return float(calibration["temperature"])
 
     def metadata(self) -> dict[str, Any]:
-        """What the store records for a trained model, from the card."""
+        """What the store records for a trained model, from the card; the drift
+        reference is the served tweet test set's accuracy."""
+        served = self.card.get("metrics", {}).get("serving", {}).get("tweet_test", {})
+        reference = {"accuracy": served["accuracy"]} if "accuracy" in served else {}
         return {
+            "reference": reference,
             "base_model": self.base_model,
             "template_versions": list(self.card.get("template_versions", [])),
             "languages": list(self.card.get("languages", [])),

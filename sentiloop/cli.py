@@ -10,21 +10,87 @@ import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
+import typer.core
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.logs import configure_logging
 from core.settings import Settings
+from feedback.review_queue import DEFAULT_EXPLORATION
 from sentiloop.input_files import read_texts
 from training import AssemblyConfig, GateConfig, Schedule, TrainingArguments
+
+_DEBUG = False  # --debug: tracebacks instead of one-line errors
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that a command's user fixes (a file, an option, the data, the database
+    address): one or two lines naming it, never a traceback (except with --debug)."""
+    from sqlalchemy.exc import OperationalError
+
+    from feedback.experiments import ExperimentError
+    from feedback.imports import ImportFileError
+    from model.base_models import BaseModelError
+    from model.model_store import ModelNotFound
+    from model.templates import UnknownTemplateVersion
+    from sentiloop.input_files import InputFileError
+    from training.dataset import DatasetTooSmall
+    from training.examples import DataFileError
+    from training.pipeline import TrainingBusy
+    from training.promotion import PromotionError
+
+    return (
+        DataFileError,
+        DatasetTooSmall,
+        TrainingBusy,
+        PromotionError,
+        ModelNotFound,
+        UnknownTemplateVersion,
+        BaseModelError,
+        InputFileError,
+        ImportFileError,
+        ExperimentError,
+        OperationalError,
+        OSError,
+        ValueError,
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(error, OperationalError):
+        from core import database
+
+        return f"database unavailable: {database.describe_error(error)}"
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return str(error).strip()
+
+
+class _Commands(typer.core.TyperGroup):
+    """The root command group: maps what a user fixes to a one-line error, exit 2."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's click Context
+        try:
+            return super().invoke(ctx)
+        except _user_errors() as error:
+            if _DEBUG:
+                raise
+            typer.echo(f"error: {_one_line(error)}", err=True)
+            typer.echo("(run with --debug for the traceback)", err=True)
+            raise typer.Exit(code=2) from None
+
 
 app = typer.Typer(
     help="sentiloop: sentiment serving with a feedback loop.",
     no_args_is_help=True,
     rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    cls=_Commands,
 )
 templates_app = typer.Typer(
     help="Versioned prompt templates.", no_args_is_help=True, rich_markup_mode=None
@@ -43,7 +109,19 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(templates_app, name="templates")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+experiments_app = typer.Typer(
+    help="A/B experiments over the traffic split: report, conclude, revert.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+review_app = typer.Typer(
+    help="The review queue: predictions that most need a human label.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(feedback_app, name="feedback")
+app.add_typer(review_app, name="review")
+app.add_typer(experiments_app, name="experiments")
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 logger = logging.getLogger("sentiloop.cli")
@@ -72,7 +150,14 @@ def _database(ctx: typer.Context, *, migrate: bool) -> Iterator[sessionmaker[Ses
 
 
 @app.callback()
-def main(ctx: typer.Context) -> None:
+def main(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+    ] = False,
+) -> None:
+    global _DEBUG
+    _DEBUG = debug
     configure_logging()
     ctx.obj = Settings()
 
@@ -294,6 +379,103 @@ def feedback_export(
             out.close()
 
 
+@feedback_app.command("import")
+def feedback_import(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="CSV, TSV or JSONL of labels.")],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="The system of the file's external_ids, for rows without a "
+            "source column (e.g. the CRM)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Store labels from a file: rows with prediction_id or external_id (+ source) and
+    label (negative/neutral/positive, any case, or 0/1/2) or verdict (correct/incorrect).
+    Importing the same file again stores nothing twice; unlabelled rows are skipped."""
+    from feedback.imports import ImportFileError, import_feedback
+
+    if not file.is_file():
+        raise _fail(f"{file}: no such file")
+    with _database(ctx, migrate=True) as sessions:
+        try:
+            summary = import_feedback(file, sessions=sessions, source=source)
+        except ImportFileError as error:
+            raise _fail(str(error)) from None
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        typer.echo(
+            f"{file}: {summary.rows} rows: {summary.stored} stored, {summary.replayed} "
+            f"already there, {summary.skipped_unlabelled} without a label, "
+            f"{summary.failed} failed"
+        )
+        for problem in summary.errors:
+            typer.echo(f"  {problem}", err=True)
+    if summary.failed:
+        raise typer.Exit(code=1)
+
+
+@review_app.command("export")
+def review_export(
+    ctx: typer.Context,
+    output: Annotated[Path | None, typer.Option(help="File to write (stdout if unset).")] = None,
+    format: Annotated[Literal["csv", "jsonl"], typer.Option()] = "csv",
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 200,
+    days: Annotated[float, typer.Option(help="Predictions of the last DAYS days.")] = 30.0,
+    model_version: Annotated[str | None, typer.Option()] = None,
+    language: Annotated[str | None, typer.Option(help="ISO 639-1 code.")] = None,
+    exploration: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share drawn at random from the other "
+            "unlabelled predictions (what the model is confidently wrong about).",
+        ),
+    ] = DEFAULT_EXPLORATION,
+) -> None:
+    """Write the predictions that most need a label, with an empty 'label' column for
+    an annotation tool; load the labels back with `sentiloop feedback import`."""
+    from datetime import UTC, timedelta
+
+    from feedback.review_queue import review_queue
+    from storage.export import serialize
+
+    with _database(ctx, migrate=True) as sessions, sessions() as session:
+        items = review_queue(
+            session=session,
+            since=datetime.now(UTC) - timedelta(days=days),
+            limit=limit,
+            model_version=model_version,
+            language=language,
+            exploration=exploration,
+        )
+    columns = ("prediction_id", "external_id", "source", "language", "text", "predicted_label")
+    rows = (
+        {
+            **{name: item.to_dict()[name] for name in columns},
+            "confidence": round(item.confidence, 4),
+            "margin": item.margin,
+            "chosen_for": item.chosen_for,
+            "label": "",
+        }
+        for item in items
+    )
+    fields = (*columns, "confidence", "margin", "chosen_for", "label")
+    out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+    try:
+        for chunk in serialize(rows, format, fields):
+            out.write(chunk)
+    finally:
+        if output:
+            out.close()
+    if output:
+        typer.echo(f"wrote {len(items)} predictions to label to {output}", err=True)
+
+
 # The training options take their defaults from the training dataclasses.
 _ASSEMBLY, _ARGUMENTS, _GATE, _SCHEDULE = (
     AssemblyConfig(),
@@ -307,17 +489,50 @@ _ASSEMBLY, _ARGUMENTS, _GATE, _SCHEDULE = (
 def train(
     ctx: typer.Context,
     base_data: Annotated[
-        Path | None, typer.Option(help="Base training data: .csv, .tsv or .jsonl.")
+        Path | None,
+        typer.Option(
+            help="Base training data: .csv or .tsv (with or without a header row), "
+            ".jsonl or .parquet."
+        ),
     ] = None,
     holdout: Annotated[
         Path | None,
         typer.Option(help="Fixed holdout file (else a stable hash split of the base data)."),
     ] = None,
-    text_field: Annotated[str | None, typer.Option(help="Text column (auto-detected).")] = None,
-    label_field: Annotated[str, typer.Option(help="Label column.")] = "label",
-    label_map: Annotated[
-        str | None, typer.Option(help='Raw label mapping, e.g. "0=negative,1=positive".')
+    text_field: Annotated[
+        str | None,
+        typer.Option(help="Text column: a name, or a 1-based position (auto-detected by name)."),
     ] = None,
+    label_field: Annotated[
+        str, typer.Option(help="Label column: a name, or a 1-based position.")
+    ] = "label",
+    no_header: Annotated[
+        bool,
+        typer.Option(
+            "--no-header",
+            help="The CSV/TSV has no header row: name columns by "
+            "position (--text-field 2 --label-field 3).",
+        ),
+    ] = False,
+    label_map: Annotated[
+        str | None,
+        typer.Option(
+            help="Raw labels to labels: a preset (stars5: 1-2 negative, 3 neutral, "
+            '4-5 positive; binary: 0 negative, 1 positive) or pairs, e.g. "0=negative,1=positive".'
+        ),
+    ] = None,
+    drop_unknown_labels: Annotated[
+        bool,
+        typer.Option(
+            "--drop-unknown-labels",
+            help="Drop (and count) rows whose label is "
+            "neither a label nor in --label-map, instead of stopping.",
+        ),
+    ] = False,
+    min_examples_per_class: Annotated[
+        int,
+        typer.Option(help="Refuse to train unless two labels have this many training rows."),
+    ] = _ASSEMBLY.min_examples_per_class,
     template_version: Annotated[
         list[str] | None, typer.Option(help="Template version(s) to train on (repeatable).")
     ] = None,
@@ -378,9 +593,15 @@ def train(
     )
 
     mapping = parse_label_map(label_map)
+    sources = [
+        DataSource(path, text_field, label_field, mapping, not no_header, drop_unknown_labels)
+        if path is not None
+        else None
+        for path in (base_data, holdout)
+    ]
     plan = TrainingPlan(
-        base_data=DataSource(base_data, text_field, label_field, mapping) if base_data else None,
-        holdout_data=DataSource(holdout, text_field, label_field, mapping) if holdout else None,
+        base_data=sources[0],
+        holdout_data=sources[1],
         template_versions=tuple(template_version or ()),
         assembly=AssemblyConfig(
             holdout_fraction=holdout_fraction,
@@ -388,6 +609,7 @@ def train(
             feedback_weight=feedback_weight,
             conflict_policy=conflict_policy,
             max_base_examples=max_base_examples,
+            min_examples_per_class=min_examples_per_class,
         ),
         arguments=TrainingArguments(
             epochs=epochs,
@@ -419,8 +641,31 @@ def train(
     typer.echo(f"report: {outcome.report_dir}")
 
 
+_JSON = typer.Option("--json", help="Print JSON (one object per row) for scripts.")
+
+
+def _table(rows: list[dict[str, Any]], as_json: bool, empty: str) -> None:
+    """Rows as an aligned table with a header, or as JSON lines."""
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, default=str))
+        return
+    if not rows:
+        typer.echo(empty)
+        return
+    columns = list(rows[0])
+    cells = [[("-" if row[c] is None else str(row[c])) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    for line in [columns, *cells]:
+        typer.echo(
+            "  ".join(
+                value.ljust(width) for value, width in zip(line, widths, strict=True)
+            ).rstrip()
+        )
+
+
 @models_app.command("list")
-def models_list(ctx: typer.Context) -> None:
+def models_list(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
     """Models in the BentoML store, oldest first, with their current role."""
     from model import model_store
     from storage import model_roles
@@ -430,13 +675,20 @@ def models_list(ctx: typer.Context) -> None:
             model_roles.current(session=session, role="champion"): "champion",
             model_roles.current(session=session, role="challenger"): "challenger",
         }
+    rows = []
     for stored in model_store.list_models(_settings(ctx).model_name):
         holdout = stored.metadata.get("metrics", {}).get("holdout", {})
         score = holdout.get("macro_f1")
-        typer.echo(
-            f"{stored.tag}\t{roles.get(stored.tag, '-')}\t{stored.created_at}\t"
-            f"holdout_macro_f1={score if score is None else round(score, 4)}"
+        rows.append(
+            {
+                "tag": stored.tag,
+                "role": roles.get(stored.tag),
+                "created_at": stored.created_at[:19],
+                "holdout_macro_f1": None if score is None else round(score, 4),
+                "languages": ",".join(stored.metadata.get("languages", [])) or None,
+            }
         )
+    _table(rows, as_json, "no stored models yet (`sentiloop train` makes one)")
 
 
 @models_app.command("promote")
@@ -465,26 +717,202 @@ def models_rollback(
 
 
 @models_app.command("history")
-def models_history(ctx: typer.Context, limit: int = 20) -> None:
+def models_history(
+    ctx: typer.Context, limit: int = 20, as_json: Annotated[bool, _JSON] = False
+) -> None:
     """Champion/challenger assignments, newest first."""
     from storage import model_roles
 
     with _database(ctx, migrate=True) as sessions, sessions() as session:
-        for a in model_roles.history(session=session, limit=limit):
-            typer.echo(f"{a.created_at.isoformat()}\t{a.role}\t{a.model_tag}\t{a.reason}")
+        rows = [
+            {
+                "when": a.created_at.isoformat(timespec="seconds"),
+                "role": a.role,
+                "model": a.model_tag,
+                "reason": a.reason,
+            }
+            for a in model_roles.history(session=session, limit=limit)
+        ]
+    _table(rows, as_json, "no assignments yet")
 
 
 @models_app.command("runs")
-def models_runs(ctx: typer.Context, limit: int = 20) -> None:
+def models_runs(
+    ctx: typer.Context, limit: int = 20, as_json: Annotated[bool, _JSON] = False
+) -> None:
     """Training runs, newest first: status, decision, counts, candidate."""
     from storage import runs
 
     with _database(ctx, migrate=True) as sessions, sessions() as session:
-        for run in runs.list_runs(session=session, limit=limit):
-            typer.echo(
-                f"{run.id}\t{run.started_at}\t{run.trigger}\t{run.status}\t"
-                f"{run.decision}\t{run.candidate_tag}\t{json.dumps(run.counts)}"
+        rows = [
+            {
+                "run": run.id,
+                "started_at": run.started_at.isoformat(timespec="seconds"),
+                "trigger": run.trigger,
+                "status": run.status,
+                "decision": run.decision,
+                "candidate": run.candidate_tag,
+                "train_rows": (run.counts or {}).get("train"),
+                "error": run.error,
+            }
+            for run in runs.list_runs(session=session, limit=limit)
+        ]
+    _table(rows, as_json, "no training runs yet")
+
+
+def _fail(message: str) -> typer.Exit:
+    """A one-line error on stderr; the caller raises what this returns."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+def _actor() -> str:
+    import getpass
+    import socket
+
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _report(
+    ctx: typer.Context, sessions: sessionmaker[Session], days: float, control: str | None
+) -> Any:
+    from datetime import UTC, timedelta
+
+    from feedback import experiments
+    from storage import template_decisions
+
+    settings = _settings(ctx)
+    with sessions() as session:
+        default = template_decisions.default_version(
+            session=session, fallback=settings.default_template_version
+        )
+        try:
+            return experiments.build_report(
+                session=session,
+                since=datetime.now(UTC) - timedelta(days=days),
+                default_template=default,
+                control=control,
             )
+        except experiments.ExperimentError as error:
+            raise _fail(str(error)) from None
+
+
+_DAYS = typer.Option(help="Predictions made in the last DAYS days.", min=0.001)
+_CONTROL = typer.Option(
+    help="The control arm (template/model, or a template version); default: the arm "
+    "of the default template with the most predictions."
+)
+
+
+@experiments_app.command("report")
+def experiments_report(
+    ctx: typer.Context,
+    days: Annotated[float, _DAYS] = 7.0,
+    control: Annotated[str | None, _CONTROL] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Per arm: predictions, judged predictions, agreement with a 95% interval; per arm
+    against the control: the difference, its interval, p-value and a verdict."""
+    with _database(ctx, migrate=True) as sessions:
+        report = _report(ctx, sessions, days, control)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    typer.echo(f"default template: {report.default_template_version}; control: {report.control}")
+    header = f"{'arm':<48} {'predictions':>11} {'judged':>7} {'agreement':>9}  95% interval"
+    typer.echo(header)
+    for arm in report.arms:
+        agreement = f"{arm.agreement:.3f}" if arm.agreement is not None else "-"
+        interval = f"{arm.interval[0]:.3f}-{arm.interval[1]:.3f}" if arm.interval else "-"
+        typer.echo(
+            f"{arm.name:<48} {arm.predictions:>11} {arm.judged:>7} {agreement:>9}  {interval}"
+        )
+    for comparison in report.comparisons:
+        typer.echo(f"{comparison.arm} vs {comparison.control}: {comparison.verdict}")
+    if not report.arms:
+        typer.echo("no predictions in the window")
+
+
+@experiments_app.command("conclude")
+def experiments_conclude(
+    ctx: typer.Context,
+    days: Annotated[float, _DAYS] = 7.0,
+    control: Annotated[str | None, _CONTROL] = None,
+    winner: Annotated[
+        str | None,
+        typer.Option(
+            help="The template version to make the default when no arm wins "
+            "significantly (needs --reason)."
+        ),
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Why (recorded).")] = None,
+    actor: Annotated[str | None, typer.Option(help="Who decides (default: user@host).")] = None,
+) -> None:
+    """Make the winning arm's template version the default (recorded with who, when
+    and why; `experiments revert` undoes it). The service follows within its poll
+    interval: a concluded split sends all traffic to the winner's arms."""
+    from core.settings import split_fingerprint
+    from feedback import experiments
+    from model.templates import TemplateRegistry
+
+    settings = _settings(ctx)
+    if winner is not None:
+        TemplateRegistry.load(settings.resolved_templates_dir).get(winner)
+    with _database(ctx, migrate=True) as sessions:
+        report = _report(ctx, sessions, days, control)
+        with sessions() as session:
+            try:
+                decision = experiments.conclude(
+                    session=session,
+                    report=report,
+                    actor=actor or _actor(),
+                    reason=reason,
+                    winner_template=winner,
+                    split=split_fingerprint(settings.traffic_split)
+                    if settings.traffic_split_configured
+                    else None,
+                )
+            except experiments.ExperimentError as error:
+                raise _fail(str(error)) from None
+            session.commit()
+    typer.echo(
+        f"default template: {decision.template_version} (was {decision.previous_version}); "
+        f"decision {decision.id} by {decision.actor}: {decision.reason}"
+    )
+
+
+@experiments_app.command("revert")
+def experiments_revert(
+    ctx: typer.Context,
+    reason: Annotated[str, typer.Option(help="Why (recorded).")],
+    actor: Annotated[str | None, typer.Option(help="Who decides (default: user@host).")] = None,
+) -> None:
+    """Undo the latest template decision: the previous default serves again, and a
+    concluded split runs as configured."""
+    from feedback import experiments
+
+    with _database(ctx, migrate=True) as sessions, sessions() as session:
+        try:
+            decision = experiments.revert(session=session, actor=actor or _actor(), reason=reason)
+        except experiments.ExperimentError as error:
+            raise _fail(str(error)) from None
+        session.commit()
+    typer.echo(f"default template: {decision.template_version} (decision {decision.id})")
+
+
+@experiments_app.command("history")
+def experiments_history(ctx: typer.Context, limit: int = 20) -> None:
+    """Template decisions, newest first."""
+    from storage import template_decisions
+
+    with _database(ctx, migrate=True) as sessions, sessions() as session:
+        decisions = template_decisions.history(session=session, limit=limit)
+    typer.echo(f"{'id':>4}  {'when (UTC)':<25} {'default':<10} {'was':<10} {'who':<24} why")
+    for d in decisions:
+        typer.echo(
+            f"{d.id:>4}  {d.created_at.isoformat(timespec='seconds'):<25} "
+            f"{d.template_version:<10} {d.previous_version or '-':<10} {d.actor:<24} {d.reason}"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

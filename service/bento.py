@@ -7,12 +7,13 @@ scores with its own models through an adaptive batcher (``service.inference.batc
 Serve with ``bentoml serve service.bento:SentiLoop`` (or ``sentiloop serve``).
 """
 
+import asyncio
 import gc
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import bentoml
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
@@ -21,12 +22,16 @@ import storage
 from core import database
 from core.logs import configure_logging
 from core.settings import Settings
+from feedback.review_queue import DEFAULT_EXPLORATION
 from model.templates import TemplateRegistry, UnknownTemplateVersion
 from service.http.api import SentimentAPI
 from service.http.errors import DOMAIN_ERRORS, error_response
 from service.http.guard import GuardConfig, GuardConfigSlot, GuardMiddleware
 from service.http.paths import RouteLabelPaths
 from service.http.schemas import (
+    MAX_REVIEW_ITEMS,
+    FeedbackBatchRequest,
+    FeedbackBatchResponse,
     FeedbackRequest,
     FeedbackResponse,
     ModelsResponse,
@@ -114,6 +119,13 @@ class SentiLoop:
             sessions=sessions,
             log_writer=self.log_writer,
         )
+        self.routing = PeriodicTask(
+            "routing-refresher",
+            self.api.refresh_routing,
+            settings.model_poll_interval_s,
+            run_first=True,
+        )
+        self.routing.start()
         self.inference = InferenceWorker(settings, registry, sessions, ModelMetrics())
         # Exempt everything loaded so far (torch, transformers, the models: about a
         # million objects) from garbage collection: a full collection scanning them
@@ -129,6 +141,7 @@ class SentiLoop:
         """Stop in the reverse order of building: models, gauges, the log (flushed),
         the database."""
         self.inference.close()
+        self.routing.stop()
         self.gauges.stop()
         self.log_writer.close()
         self.database_engine.dispose()
@@ -155,6 +168,16 @@ class SentiLoop:
         ctx.response.status_code = 200 if result.replayed else 201
         return result
 
+    @bentoml.api(
+        route="/v1/feedback/batch",
+        input_spec=FeedbackBatchRequest,
+        output_spec=FeedbackBatchResponse,
+    )
+    def feedback_batch(self, **fields: Any) -> FeedbackBatchResponse:
+        """Record up to 1,000 pieces of feedback, each with its own status (201, 200 on
+        a replay, 400, 404, 409, 503): the others are stored whatever one of them gets."""
+        return self.api.record_feedback_batch(FeedbackBatchRequest.model_construct(**fields))
+
     @read_api.get("/templates")
     def list_templates(self) -> dict[str, Any]:
         return {"templates": self.api.templates(), "traffic_split": self.api.traffic_split()}
@@ -176,7 +199,40 @@ class SentiLoop:
         """Switch this worker to a newly promoted model now (admin scope); the other
         workers follow within `model_poll_interval_s`."""
         described = await self.inference.reload()
+        await asyncio.to_thread(self.api.refresh_routing)
         return ModelsResponse(**described, traffic_split=self.api.traffic_split())
+
+    @read_api.get("/experiments")
+    def experiments(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        control: str | None = None,
+    ) -> Any:
+        """The A/B report over predictions made in [since, until) (default: the last
+        7 days): per arm, agreement with a 95% interval; per arm against the control,
+        the difference, its interval, a two-sided test and a verdict."""
+        try:
+            since, until = store.utc_bounds(since, until)
+            return self.api.experiments_report(since, until, control)
+        except DOMAIN_ERRORS as error:
+            return error_response(error)
+
+    @read_api.get("/review-queue")
+    def review_queue(
+        self,
+        limit: Annotated[int, Query(ge=1, le=MAX_REVIEW_ITEMS)] = 50,
+        model_version: Annotated[str | None, Query(max_length=200)] = None,
+        language: Annotated[str | None, Query(pattern=r"^[a-z]{2,3}$")] = None,
+        # ge, not gt: BentoML labels its spec OpenAPI 3.0 (no numeric exclusiveMinimum).
+        days: Annotated[float, Query(ge=0.01, le=365)] = 30.0,
+        exploration: Annotated[float, Query(ge=0, le=1)] = DEFAULT_EXPLORATION,
+    ) -> dict[str, Any]:
+        """Logged predictions that most need a human label (admin scope: texts leave
+        the service): uncertain first, then a share drawn at random (`exploration`),
+        no near-duplicates, not labelled yet."""
+        items = self.api.review_queue(limit, model_version, language, days, exploration)
+        return {"items": items}
 
     @read_api.get("/feedback/export")
     def export_feedback(

@@ -26,6 +26,7 @@ SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class ApiMetrics:
     def __init__(self) -> None:
         m = bentoml.metrics
+        self._split_arms: set[tuple[str, str]] = set()
         self.predictions = m.Counter(
             name="sentiloop_predictions",
             documentation="Predictions served, by label, model version, template version and "
@@ -66,6 +67,13 @@ class ApiMetrics:
             documentation="Share of feedback agreeing with the prediction over the rolling "
             "window, by language of the text (all models and templates).",
             labelnames=["language"],
+            multiprocess_mode="livemax",
+        )
+        self.experiment_agreement = m.Gauge(
+            name="sentiloop_experiment_agreement",
+            documentation="A/B arms over the feedback window: agreement of feedback with "
+            "predictions (bound=estimate) and its 95% Wilson interval (bound=low|high).",
+            labelnames=["template_version", "model_version", "bound"],
             multiprocess_mode="livemax",
         )
         self.feedback_window = m.Gauge(
@@ -167,8 +175,12 @@ class ApiMetrics:
             self.unsupported_language.labels(model, language).inc()
 
     def set_traffic_split(self, arms: Iterable[Mapping[str, Any]]) -> None:
-        for arm in arms:
-            self.traffic_share.labels(arm["template_version"], arm["model"]).set(arm["share"])
+        shares = {(arm["template_version"], arm["model"]): arm["share"] for arm in arms}
+        for gone in self._split_arms - shares.keys():  # arms that left the split
+            self.traffic_share.labels(*gone).set(0)
+        for key, share in shares.items():
+            self.traffic_share.labels(*key).set(share)
+        self._split_arms = set(shares)
 
     # PredictionLogWriter observer protocol
     def written(self, count: int, seconds: float) -> None:
@@ -233,6 +245,13 @@ class ModelMetrics:
             labelnames=["model_version"],
             multiprocess_mode="livemax",
         )
+        self.reference_accuracy = m.Gauge(
+            name="sentiloop_reference_accuracy",
+            documentation="Accuracy of the model on its holdout (shipped: its served test "
+            "set): the bar for the estimate sentiloop:estimated_accuracy:1h.",
+            labelnames=["model_version"],
+            multiprocess_mode="livemax",
+        )
         self.swaps = m.Counter(
             name="sentiloop_model_swaps",
             documentation="Live model switches, by reference (counted in every worker).",
@@ -278,5 +297,7 @@ class ModelMetrics:
         drift_reference = metadata.get("reference", {})
         for label, share in drift_reference.get("label_share", {}).items():
             self.reference_label_share.labels(version, label).set(share)
+        if "accuracy" in drift_reference:
+            self.reference_accuracy.labels(version).set(drift_reference["accuracy"])
         if "mean_confidence" in drift_reference:
             self.reference_confidence.labels(version).set(drift_reference["mean_confidence"])

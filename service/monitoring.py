@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from feedback.statistics import wilson_interval
 from model.language import UNDETERMINED, metric_language
 from service.metrics import ApiMetrics
 from storage import stats
@@ -29,6 +30,13 @@ def refresh_gauges(
         labels = (version.model_version, version.template_version)
         metrics.feedback_accuracy.labels(*labels).set(version.accuracy)
         metrics.feedback_window.labels(*labels).set(version.rows)
+    for arm in agreement:  # the A/B arms, with the report's interval
+        interval = wilson_interval(arm.agreeing, arm.rows)
+        bounds = (("estimate", arm.accuracy), ("low", interval.low), ("high", interval.high))
+        for bound, value in bounds:
+            metrics.experiment_agreement.labels(arm.template_version, arm.model_version, bound).set(
+                value
+            )
     totals: dict[str, list[int]] = {}
     for language, rows, agreeing in by_language:
         bucket = totals.setdefault(metric_language(language or UNDETERMINED), [0, 0])

@@ -5,7 +5,9 @@ store functions. It imports neither ``service`` nor ``training``.
 """
 
 from storage.errors import (
+    AmbiguousExternalId,
     DuplicateFeedback,
+    ExternalIdNotFound,
     FeedbackError,
     IdempotencyConflict,
     InvalidTimeRange,
@@ -19,7 +21,9 @@ from storage.records import FeedbackInput, FeedbackResult, PredictionRecord
 from storage.spool import Spool
 
 __all__ = [
+    "AmbiguousExternalId",
     "DuplicateFeedback",
+    "ExternalIdNotFound",
     "FeedbackError",
     "FeedbackInput",
     "FeedbackResult",

@@ -17,6 +17,27 @@ class PredictionNotFound(FeedbackError):
         self.prediction_id = prediction_id
 
 
+class ExternalIdNotFound(FeedbackError):
+    field = "external_id"
+
+    def __init__(self, external_id: str, source: str | None) -> None:
+        where = f" from source={source!r}" if source is not None else ""
+        super().__init__(
+            f"no prediction scored with external_id={external_id!r}{where} before this feedback"
+        )
+
+
+class AmbiguousExternalId(FeedbackError):
+    field = "source"
+
+    def __init__(self, external_id: str, sources: list[str | None]) -> None:
+        names = ", ".join(repr(s) for s in sources)
+        super().__init__(
+            f"external_id={external_id!r} was scored from several sources ({names}); "
+            "name the one meant in 'source'"
+        )
+
+
 class IdempotencyConflict(FeedbackError):
     field = "idempotency_key"
 

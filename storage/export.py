@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 from storage.store import EXPORT_FIELDS
@@ -38,11 +38,14 @@ def _csv_cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def serialize(rows: Iterable[dict[str, Any]], fmt: ExportFormat) -> Iterator[str]:
+def serialize(
+    rows: Iterable[dict[str, Any]], fmt: ExportFormat, fields: Sequence[str] = EXPORT_FIELDS
+) -> Iterator[str]:
+    """Rows as JSON Lines, or as CSV with the columns ``fields``."""
     if fmt == "jsonl":
         for row in rows:
             yield json.dumps(row, ensure_ascii=False) + "\n"
         return
-    yield _csv_line(list(EXPORT_FIELDS))
+    yield _csv_line(list(fields))
     for row in rows:
-        yield _csv_line([_csv_cell(row[name]) for name in EXPORT_FIELDS])
+        yield _csv_line([_csv_cell(row[name]) for name in fields])

@@ -15,6 +15,9 @@ class Base(DeclarativeBase):
 
 class Prediction(Base):
     __tablename__ = "predictions"
+    __table_args__ = (
+        Index("ix_predictions_external", "external_id", "external_source", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -29,6 +32,9 @@ class Prediction(Base):
     routing_key_sha256: Mapped[str | None] = mapped_column(String(64))
     latency_ms: Mapped[float] = mapped_column(Float)
     language: Mapped[str | None] = mapped_column(String(8))
+    # The caller's own id of the scored text (a ticket, review or chat) and its system.
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    external_source: Mapped[str | None] = mapped_column(String(100))
 
 
 class Feedback(Base):
@@ -71,6 +77,21 @@ class ModelAssignment(Base):
     model_tag: Mapped[str | None] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text)
     training_run_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class TemplateDecision(Base):
+    """Append-only history of the default prompt template version (the newest row is
+    current; none: the settings' ``default_template_version``)."""
+
+    __tablename__ = "template_decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    template_version: Mapped[str] = mapped_column(String(64))
+    previous_version: Mapped[str | None] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class TrainingRun(Base):

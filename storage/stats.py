@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
 from storage.models import Feedback, Prediction, TrainingRun
@@ -104,3 +104,97 @@ def training_stats(*, session: Session) -> TrainingStats:
         stats.last_metrics = dict(succeeded.metrics or {})
         stats.last_promoted = succeeded.decision == "promoted"
     return stats
+
+
+@dataclass(frozen=True)
+class ArmCounts:
+    """One (template version, model version) arm's predictions in a window, and the
+    latest judgement of each of them that has feedback."""
+
+    template_version: str
+    model_version: str
+    predictions: int
+    judged: int
+    agreeing: int
+
+
+def arm_counts(
+    *, session: Session, since: datetime, until: datetime | None = None
+) -> list[ArmCounts]:
+    """Per arm, predictions made in ``[since, until)`` and their feedback (the latest
+    piece per prediction: a prediction is one trial however often it was judged)."""
+    window = [Prediction.created_at >= since]
+    if until is not None:
+        window.append(Prediction.created_at < until)
+    made = session.execute(
+        select(Prediction.template_version, Prediction.model_version, func.count())
+        .where(*window)
+        .group_by(Prediction.template_version, Prediction.model_version)
+    ).all()
+    latest = (
+        select(func.max(Feedback.id).label("id"))
+        .join(Prediction, Feedback.prediction_id == Prediction.id)
+        .where(*window)
+        .group_by(Feedback.prediction_id)
+        .subquery()
+    )
+    judged = {
+        (template, model): (int(rows), int(agreeing or 0))
+        for template, model, rows, agreeing in session.execute(
+            select(
+                Prediction.template_version,
+                Prediction.model_version,
+                func.count(),
+                func.sum(case((Feedback.agrees, 1), else_=0)),
+            )
+            .select_from(Feedback)
+            .join(latest, Feedback.id == latest.c.id)
+            .join(Prediction, Feedback.prediction_id == Prediction.id)
+            .group_by(Prediction.template_version, Prediction.model_version)
+        )
+    }
+    return [
+        ArmCounts(template, model, int(count), *judged.get((template, model), (0, 0)))
+        for template, model, count in made
+    ]
+
+
+def _unjudged(
+    since: datetime, model_version: str | None, language: str | None
+) -> Select[Prediction]:
+    judged = select(Feedback.id).where(Feedback.prediction_id == Prediction.id).exists()
+    query = select(Prediction).where(
+        Prediction.created_at >= since, Prediction.text.is_not(None), ~judged
+    )
+    if model_version is not None:
+        query = query.where(Prediction.model_version == model_version)
+    if language is not None:
+        query = query.where(Prediction.language == language)
+    return query
+
+
+def random_unjudged(
+    *,
+    session: Session,
+    since: datetime,
+    limit: int,
+    model_version: str | None = None,
+    language: str | None = None,
+) -> list[Prediction]:
+    """A random sample of the predictions ``least_confident_unjudged`` draws from."""
+    query = _unjudged(since, model_version, language).order_by(func.random()).limit(limit)
+    return list(session.scalars(query))
+
+
+def least_confident_unjudged(
+    *,
+    session: Session,
+    since: datetime,
+    limit: int,
+    model_version: str | None = None,
+    language: str | None = None,
+) -> list[Prediction]:
+    """Predictions since ``since`` with a stored text and no feedback yet, least
+    confident first (the review queue's candidates)."""
+    query = _unjudged(since, model_version, language)
+    return list(session.scalars(query.order_by(Prediction.confidence, Prediction.id).limit(limit)))

@@ -9,12 +9,14 @@ from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, insert, select, update
+from sqlalchemy import CursorResult, Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.errors import (
+    AmbiguousExternalId,
     DuplicateFeedback,
+    ExternalIdNotFound,
     IdempotencyConflict,
     InvalidTimeRange,
     PredictionNotFound,
@@ -80,6 +82,7 @@ def get_prediction(*, session: Session, prediction_id: str) -> Prediction | None
 def _body_sha256(feedback: FeedbackInput) -> str:
     body = {
         "prediction_id": feedback.prediction_id,
+        **({"external_id": feedback.external_id} if feedback.external_id is not None else {}),
         "label": feedback.label,
         "verdict": feedback.verdict,
         "comment": feedback.comment,
@@ -88,7 +91,36 @@ def _body_sha256(feedback: FeedbackInput) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _result(row: Feedback, prediction: Prediction, *, replayed: bool) -> FeedbackResult:
+def latest_with_external_id(
+    *, session: Session, external_id: str, source: str | None, before: datetime
+) -> tuple[Prediction, int]:
+    """The latest prediction scored with ``external_id`` (from ``source`` when given)
+    at or before ``before``, and how many carried it; a ticket scored from several
+    sources needs ``source``."""
+    matching = [Prediction.external_id == external_id, Prediction.created_at <= before]
+    if source is not None:
+        matching.append(Prediction.external_source == source)
+    else:
+        sources = session.scalars(
+            select(Prediction.external_source).where(*matching).distinct().limit(5)
+        ).all()
+        if len(sources) > 1:
+            raise AmbiguousExternalId(external_id, sorted(sources, key=str))
+    latest = session.scalars(
+        select(Prediction)
+        .where(*matching)
+        .order_by(Prediction.created_at.desc(), Prediction.id.desc())
+        .limit(1)
+    ).first()
+    if latest is None:
+        raise ExternalIdNotFound(external_id, source)
+    count = session.scalar(select(func.count()).select_from(Prediction).where(*matching))
+    return latest, int(count or 0)
+
+
+def _result(
+    row: Feedback, prediction: Prediction, *, replayed: bool, matches: int | None = None
+) -> FeedbackResult:
     return FeedbackResult(
         feedback_id=row.id,
         prediction_id=row.prediction_id,
@@ -100,6 +132,8 @@ def _result(row: Feedback, prediction: Prediction, *, replayed: bool) -> Feedbac
         model_version=prediction.model_version,
         template_version=prediction.template_version,
         replayed=replayed,
+        external_id=prediction.external_id if matches is not None else None,
+        predictions_with_external_id=matches,
     )
 
 
@@ -138,23 +172,35 @@ def record_feedback(
             replay = _replay(session, feedback.idempotency_key, body_sha256)
             if replay is not None:
                 return replay
-        prediction = session.get(Prediction, feedback.prediction_id)
-        if prediction is None:
-            raise PredictionNotFound(feedback.prediction_id)
+        now = utcnow()
+        matches: int | None = None
+        if feedback.external_id is not None:
+            prediction, matches = latest_with_external_id(
+                session=session,
+                external_id=feedback.external_id,
+                source=feedback.source,
+                before=now,
+            )
+        else:
+            assert feedback.prediction_id is not None  # FeedbackInput checks
+            found = session.get(Prediction, feedback.prediction_id)
+            if found is None:
+                raise PredictionNotFound(feedback.prediction_id)
+            prediction = found
         if feedback.idempotency_key is None:
             twin = session.scalars(
                 select(Feedback.id).where(
-                    Feedback.prediction_id == feedback.prediction_id,
+                    Feedback.prediction_id == prediction.id,
                     Feedback.body_sha256 == body_sha256,
                 )
             ).first()
             if twin is not None:
-                raise DuplicateFeedback(feedback.prediction_id, twin)
+                raise DuplicateFeedback(prediction.id, twin)
         kind, effective_label, agrees = _judge(feedback, prediction.label)
         row = Feedback(
             id=time_ordered_id(),
-            prediction_id=feedback.prediction_id,
-            created_at=utcnow(),
+            prediction_id=prediction.id,
+            created_at=now,
             kind=kind,
             label=feedback.label,
             verdict=feedback.verdict,
@@ -177,7 +223,7 @@ def record_feedback(
             if replay is None:
                 raise
             return replay
-        return _result(row, prediction, replayed=False)
+        return _result(row, prediction, replayed=False, matches=matches)
 
 
 EXPORT_FIELDS = (
@@ -194,6 +240,8 @@ EXPORT_FIELDS = (
     "model_version",
     "template_version",
     "language",
+    "external_id",
+    "external_source",
     "kind",
     "label",
     "verdict",
@@ -236,6 +284,8 @@ def iter_feedback_export(
             "model_version": prediction.model_version,
             "template_version": prediction.template_version,
             "language": prediction.language,
+            "external_id": prediction.external_id,
+            "external_source": prediction.external_source,
             "kind": fb.kind,
             "label": fb.label,
             "verdict": fb.verdict,

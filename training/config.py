@@ -20,8 +20,14 @@ class AssemblyConfig:
     feedback_weight: float = 2.0
     conflict_policy: ConflictPolicy = "latest"
     max_base_examples: int | None = None
+    # Refuse to train unless at least two labels have this many training rows.
+    min_examples_per_class: int = 8
 
     def __post_init__(self) -> None:
+        if self.min_examples_per_class < 1:
+            raise ValueError(
+                f"min_examples_per_class must be at least 1, got {self.min_examples_per_class}"
+            )
         for name in ("holdout_fraction", "feedback_holdout_fraction", "validation_fraction"):
             value = getattr(self, name)
             if not 0 <= value < 1:
@@ -58,6 +64,8 @@ class TrainingArguments:
     lora_rank: int | None = None
     # Fit a softmax temperature on the validation split and fold it into the head.
     calibrate: bool = True
+    # Where to train: "cpu", "cuda", "cuda:1"...; None: a CUDA GPU when there is one.
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

@@ -13,19 +13,18 @@ import codecs
 from pathlib import Path
 
 from model.labels import LABELS
-from training.examples import Example, load_examples
+from training.examples import LABEL_MAP_PRESETS, Example, load_examples
 
 XLMT_LANGUAGES = {"en": "english", "fr": "french", "de": "german", "es": "spanish"}
 
 
 def tweets(data: Path, split: str) -> list[Example]:
-    return load_examples(data / "tweet_sentiment_extraction" / f"{split}.jsonl")
+    return load_examples(data / "tweet_sentiment_extraction" / f"{split}.jsonl").examples
 
 
 def sst2(data: Path, split: str) -> list[Example]:
-    return load_examples(
-        data / "sst2" / f"{split}.tsv", label_map={"0": "negative", "1": "positive"}
-    )
+    path = data / "sst2" / f"{split}.tsv"
+    return load_examples(path, label_map=LABEL_MAP_PRESETS["binary"]).examples
 
 
 def xlmt(data: Path, language: str, split: str) -> list[Example]:

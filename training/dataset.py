@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.buckets import stable_bucket
-from model.labels import normalize_label
+from model.labels import LABELS, normalize_label
 from training.config import AssemblyConfig
 from training.examples import Example
 
@@ -186,4 +186,28 @@ def assemble(
         feedback_holdout=feedback_holdout,
         report=report,
         data_sha256=_digest(train),
+    )
+
+
+class DatasetTooSmall(ValueError):
+    """Too little data to train on, found before any training starts."""
+
+
+def check_trainable(dataset: AssembledDataset, config: AssemblyConfig) -> None:
+    """Refuse a dataset on which no model can be trained and compared: fewer than two
+    labels with ``config.min_examples_per_class`` training rows each."""
+    per_class = Counter(example.label for example in dataset.train)
+    enough = [label for label in LABELS if per_class[label] >= config.min_examples_per_class]
+    if len(enough) >= 2:
+        return
+    per_label = ", ".join(f"{label} {per_class[label]}" for label in LABELS)
+    dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(dataset.report.dropped.items()))
+    after = f" after drops ({dropped})" if dropped else ""
+    counts = dataset.report.counts
+    raise DatasetTooSmall(
+        f"too little data to train: {len(dataset.train)} training rows ({per_label}){after}, "
+        f"of {counts['base_rows']} base rows and {counts['feedback_examples']} feedback "
+        "examples; at "
+        f"least {config.min_examples_per_class} rows for each of two labels are needed "
+        "(--min-examples-per-class)"
     )

@@ -32,7 +32,6 @@ from core.logs import configure_logging
 from core.settings import Settings
 from model.base_models import MULTILINGUAL_E5_SMALL, resolve_base_model
 from model.classifiers import Classifier, FineTunedClassifier
-from model.loader import shipped_classifier
 from model.shipped import SHIPPED_ROOT, ShippedModel, materialize, shipped_models
 from model.templates import TemplateRegistry
 from training.config import TrainingArguments
@@ -100,10 +99,17 @@ def training_mix(
 
 
 def train_artifact(
-    data: Path, destination: Path, cache_dir: Path, recipe: Recipe, *, limit: int | None = None
+    data: Path,
+    destination: Path,
+    cache_dir: Path,
+    recipe: Recipe,
+    *,
+    limit: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Train the adapter and write it (with its temperature) to ``destination``;
-    ``limit``: at most this many training and validation rows (a quick trial)."""
+    ``limit``: at most this many training and validation rows (a quick trial);
+    ``device``: where to train (None: a CUDA GPU when there is one)."""
     rng = random.Random(recipe.seed)
     train, validation, counts = training_mix(data, recipe, rng)
     if limit is not None:
@@ -116,6 +122,7 @@ def train_artifact(
         max_length=recipe.max_length,
         seed=recipe.seed,
         lora_rank=recipe.lora_rank,
+        device=device,
     )
     base = resolve_base_model(MULTILINGUAL_E5_SMALL, cache_dir)
     logger.info(
@@ -178,6 +185,10 @@ def measure_shipped(
     shipped: ShippedModel, data: Path, settings: Settings, *, limit: int | None = None
 ) -> dict[str, Any]:
     """The shipped model's figures on the serving runtime and on torch fp32."""
+    # The serving loader (and BentoML's model store under it) only where the model is
+    # measured: --train-only runs on training machines without the serving stack.
+    from model.loader import shipped_classifier
+
     directory = materialize(shipped, settings.cache_dir)
     sets = evaluation_sets(data, limit)
     serving = shipped_classifier(settings, shipped)  # exactly as the loader serves it
@@ -218,8 +229,10 @@ fully) over **multilingual-e5-small** (intfloat, MIT), converted offline from Py
 {", ".join(card["languages"])}. Artifact: {card["artifact_bytes"] / 1e6:.1f} MB.
 
 Reproduce: `python -m training.default_model --data ../shared/data --epochs
-{card["recipe"]["epochs"]} --xlmt-repeats {card["recipe"]["xlmt_repeats"]}`
-({card["training"]["seconds"] / 60:.0f} min on {card["training"]["machine"]}).
+{card["recipe"]["epochs"]} --xlmt-repeats {card["recipe"]["xlmt_repeats"]} --lora-rank
+{card["recipe"]["lora_rank"]} --learning-rate {card["recipe"]["learning_rate"]:g}`
+({card["training"]["seconds"] / 60:.0f} min on {card["training"]["machine"]}; on a GPU
+machine add `--train-only` and measure with `--evaluate-only` where it serves).
 
 ## Data (not part of this project; licence caveats)
 
@@ -259,27 +272,55 @@ Cost per text (bulk scoring in one process, one thread): {cost}. ECE on the
 """
 
 
+def training_machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"one {torch.cuda.get_device_name()} GPU"
+    return f"{os.cpu_count()} CPU cores ({platform.machine()})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--output", type=Path, default=SHIPPED_ROOT / NAME)
-    parser.add_argument("--evaluate-only", action="store_true")
+    phase = parser.add_mutually_exclusive_group()
+    phase.add_argument(
+        "--evaluate-only", action="store_true", help="Measure the artifact already there."
+    )
+    phase.add_argument(
+        "--train-only",
+        action="store_true",
+        help="Train and write the artifact without measuring it (train on a GPU machine, "
+        "then measure with --evaluate-only where it serves).",
+    )
     parser.add_argument("--epochs", type=int, default=RECIPE.epochs)
     parser.add_argument("--xlmt-repeats", type=int, default=RECIPE.xlmt_repeats)
+    parser.add_argument("--lora-rank", type=int, default=RECIPE.lora_rank)
+    parser.add_argument("--learning-rate", type=float, default=RECIPE.learning_rate)
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, ... (default: a CUDA GPU when there is one)"
+    )
     parser.add_argument(
         "--limit", type=int, default=None, help="At most this many rows per split (a trial)."
     )
     args = parser.parse_args()
     configure_logging()
     settings = Settings()
-    recipe = replace(RECIPE, epochs=args.epochs, xlmt_repeats=args.xlmt_repeats)
+    recipe = replace(
+        RECIPE,
+        epochs=args.epochs,
+        xlmt_repeats=args.xlmt_repeats,
+        lora_rank=args.lora_rank,
+        learning_rate=args.learning_rate,
+    )
     card_path = args.output / "card.json"
     card: dict[str, Any] = json.loads(card_path.read_text()) if card_path.exists() else {}
     if not args.evaluate_only:
         training = train_artifact(
-            args.data, args.output, settings.cache_dir, recipe, limit=args.limit
+            args.data, args.output, settings.cache_dir, recipe, limit=args.limit, device=args.device
         )
-        training["machine"] = f"{os.cpu_count()} CPU cores ({platform.machine()})"
+        training["machine"] = training_machine()
         card = {
             "name": NAME,
             "base_model": MULTILINGUAL_E5_SMALL,
@@ -290,6 +331,9 @@ def main() -> None:
             "training": training,
         }
         card_path.write_text(json.dumps(card, indent=2) + "\n")
+        if args.train_only:
+            logger.info("wrote %s (not measured: run --evaluate-only where it serves)", args.output)
+            return
     shipped = next(m for m in shipped_models(args.output.parent) if m.name == args.output.name)
     card["temperature"] = shipped.temperature
     card["artifact_bytes"] = sum(

@@ -107,8 +107,10 @@ def fine_tune(
         torch.set_num_threads(args.torch_threads)
     seed_everything(args.seed)
     rng = random.Random(args.seed)
+    device = training_device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(str(init_model), local_files_only=True)
-    model = _trainable_model(init_model, args)
+    model = _trainable_model(init_model, args).to(device)
+    logger.info("training on %s", device)
     items = _rendered(train, templates)
     steps_per_epoch = math.ceil(len(items) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
@@ -156,9 +158,11 @@ def fine_tune(
                 max_length=args.max_length,
                 return_tensors="pt",
             )
-            targets = torch.tensor([label for _, label, _ in batch])
-            weights = torch.tensor([weight for _, _, weight in batch], dtype=torch.float)
-            logits = model(**encoded).logits
+            targets = torch.tensor([label for _, label, _ in batch], device=device)
+            weights = torch.tensor(
+                [weight for _, _, weight in batch], dtype=torch.float, device=device
+            )
+            logits = model(**encoded.to(device)).logits
             losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
             loss = (losses * weights).sum() / weights.sum()
             loss.backward()
@@ -177,7 +181,7 @@ def fine_tune(
         if validation_texts:
             model.eval()
             scores = classify_texts(
-                torch_logits(model, torch.device("cpu")),
+                torch_logits(model, device),
                 ChunkTokenizer(tokenizer, args.max_length),
                 validation_texts,
                 id2label=dict(enumerate(LABELS)),
@@ -205,6 +209,7 @@ def fine_tune(
             for name, parameter in trainable:
                 parameter.copy_(best_state[name])
     output_dir.mkdir(parents=True, exist_ok=True)
+    model = model.cpu()
     if args.lora_rank is not None:
         model.save_pretrained(output_dir / "adapter")
         model = model.merge_and_unload()
@@ -219,6 +224,13 @@ def fine_tune(
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return result
+
+
+def training_device(requested: str | None) -> torch.device:
+    """The device to train on: ``requested``, or a CUDA GPU when there is one."""
+    if requested is not None:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 LORA_TARGETS = r".*encoder\.layer\.\d+\..*(query|key|value|dense)$"

@@ -33,11 +33,11 @@ from model.labels import LABELS
 from model.language import UNDETERMINED, LanguageDetector
 from model.loader import cold_start_tag, fine_tuned, load_classifier
 from model.templates import PromptTemplate, TemplateRegistry
-from storage import model_roles, runs, store
+from storage import model_roles, runs, store, template_decisions
 from training.config import AssemblyConfig, GateConfig, TrainingArguments
-from training.dataset import AssembledDataset, assemble
+from training.dataset import AssembledDataset, assemble, check_trainable
 from training.evaluate import evaluate, plot_evaluation, render_summary
-from training.examples import Example, load_examples
+from training.examples import Example, LoadedExamples, load_examples
 from training.finetune import FineTuneResult, fine_tune
 from training.gate import GateDecision, decide
 
@@ -53,20 +53,24 @@ class TrainingBusy(RuntimeError):
 
 @dataclass(frozen=True)
 class DataSource:
-    """A base-data file and how to read it."""
+    """A base-data file and how to read it (columns by name or 1-based position)."""
 
     path: Path
     text_field: str | None = None
     label_field: str = "label"
     label_map: dict[str, str] | None = None
+    header: bool = True
+    drop_unknown_labels: bool = False
 
-    def load(self, source: str = "base") -> list[Example]:
+    def load(self, source: str = "base") -> LoadedExamples:
         return load_examples(
             self.path,
             text_field=self.text_field,
             label_field=self.label_field,
             label_map=self.label_map,
             source=source,
+            header=self.header,
+            drop_unknown_labels=self.drop_unknown_labels,
         )
 
 
@@ -142,13 +146,15 @@ def score_examples(
 def drift_reference(
     dataset: AssembledDataset, evaluation: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """What serving compares live traffic with: training label mix, holdout confidence."""
+    """What serving compares live traffic with: training label mix, holdout confidence
+    and accuracy (the bar for the confidence-based accuracy estimate)."""
     counts = Counter(example.label for example in dataset.train)
     total = sum(counts.values()) or 1
     reference: dict[str, Any] = {"label_share": {label: counts[label] / total for label in LABELS}}
     holdout = evaluation["holdout"]["candidate"]
     if holdout.get("n"):
         reference["mean_confidence"] = holdout["mean_confidence"]
+        reference["accuracy"] = holdout["accuracy"]
     return reference
 
 
@@ -177,12 +183,25 @@ class TrainingPipeline:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _dataset(self, plan: TrainingPlan, cutoff: Any) -> AssembledDataset:
-        base = plan.base_data.load() if plan.base_data is not None else []
+    def dataset(self, plan: TrainingPlan, cutoff: Any) -> AssembledDataset:
+        """The run's data, checked before a run is recorded: an unreadable file
+        (``DataFileError``) or too little data (``DatasetTooSmall``) is the caller's
+        to fix, not a failed run."""
+        base = plan.base_data.load() if plan.base_data is not None else None
         holdout = plan.holdout_data.load("holdout") if plan.holdout_data is not None else None
         with self.sessions() as session:
             rows = list(store.iter_feedback_export(session=session, until=cutoff))
-        return assemble(base, rows, plan.assembly, holdout=holdout)
+        dataset = assemble(
+            base.examples if base else [],
+            rows,
+            plan.assembly,
+            holdout=holdout.examples if holdout else None,
+        )
+        for prefix, loaded in (("base", base), ("holdout", holdout)):
+            for reason, count in (loaded.dropped if loaded else {}).items():
+                dataset.report.drop(f"{prefix}_{reason}", count)
+        check_trainable(dataset, plan.assembly)
+        return dataset
 
     def run(self, plan: TrainingPlan, *, trigger: str = "manual") -> RunOutcome:
         holder = f"{socket.gethostname()}:{os.getpid()}"
@@ -194,10 +213,15 @@ class TrainingPipeline:
             raise TrainingBusy(str(exc)) from exc
         try:
             cutoff = store.utcnow()
+            # What the caller must fix (a template version, a data file, too little
+            # data) is refused before a run is recorded.
+            versions = plan.template_versions or (self._default_template_version(),)
+            templates = [self.templates.get(version) for version in versions]
+            dataset = self.dataset(plan, cutoff)
             with self.sessions() as session:
                 run_id = runs.start_run(session=session, trigger=trigger, feedback_cutoff=cutoff)
             try:
-                outcome = self._run(plan, run_id, cutoff)
+                outcome = self._run(plan, run_id, templates, dataset)
             except Exception as exc:
                 with self.sessions() as session:
                     runs.finish_run(
@@ -223,12 +247,24 @@ class TrainingPipeline:
         finally:
             runs.release_lock(session_factory=self.sessions, name=LOCK_NAME, holder=holder)
 
-    def _run(self, plan: TrainingPlan, run_id: str, cutoff: Any) -> RunOutcome:
-        """The named steps of a run: data, champion, training, evaluation, gate,
-        saving with metadata, role assignment, report."""
-        versions = plan.template_versions or (self.settings.default_template_version,)
-        templates = [self.templates.get(version) for version in versions]
-        dataset = self._dataset(plan, cutoff)
+    def _default_template_version(self) -> str:
+        """The latest template decision's version (an experiment concluded), else the
+        settings'."""
+        with self.sessions() as session:
+            return template_decisions.default_version(
+                session=session, fallback=self.settings.default_template_version
+            )
+
+    def _run(
+        self,
+        plan: TrainingPlan,
+        run_id: str,
+        templates: list[PromptTemplate],
+        dataset: AssembledDataset,
+    ) -> RunOutcome:
+        """The named steps of a run: champion, training, evaluation, gate, saving with
+        metadata, role assignment, report."""
+        versions = tuple(template.version for template in templates)
         logger.info("run %s: data %s, dropped %s", run_id, dataset.report.counts,
                     dataset.report.dropped)  # fmt: skip
         champion_tag, champion, champion_metadata = champion_classifier(
@@ -245,6 +281,13 @@ class TrainingPipeline:
         with tempfile.TemporaryDirectory(prefix="sentiloop-candidate-") as scratch:
             output = Path(scratch) / "model"
             trained = self._train(plan, dataset, templates, init_model, output)
+            logger.info(
+                "run %s: preparing the candidate as it would serve, then evaluating it and "
+                "the champion on %d holdout and %d feedback-holdout rows",
+                run_id,
+                len(dataset.holdout),
+                len(dataset.feedback_holdout),
+            )
             # Evaluated exactly as it would serve (runtime, quantization, max length).
             candidate = fine_tuned(
                 self.settings, output, version="candidate", onnx_cache_dir=Path(scratch) / "onnx"
@@ -276,6 +319,9 @@ class TrainingPipeline:
             metadata["started_from"] = (
                 champion.version if from_champion else f"base:{self.settings.base_model}"
             )
+            logger.info(
+                "run %s: %s; saving the candidate to the model store", run_id, decision.reason
+            )
             stored = model_store.save_model(
                 output, name=self.settings.model_name, metadata=metadata
             )
@@ -294,7 +340,7 @@ class TrainingPipeline:
         }
         report_dir = self.settings.reports_dir / run_id
         _write_report(report, report_dir)
-        logger.info("\n%s", render_summary(report))
+        logger.info("run %s: %s %s (report: %s)", run_id, decision_name, stored.tag, report_dir)
         return RunOutcome(
             run_id=run_id,
             decision=decision_name,

@@ -12,9 +12,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,12 +23,18 @@ from sqlalchemy.orm import Session, sessionmaker
 import storage
 from core import database
 from core.settings import Settings
+from feedback import experiments
+from feedback.review_queue import review_queue
 from model.labels import scores_to_label
 from model.language import metric_language
 from model.templates import TemplateRegistry
 from model.text_keys import text_sha256
-from service.http.routing import TrafficSplit
+from service.http.errors import status_of
+from service.http.routing import TrafficSplit, serving_arms
 from service.http.schemas import (
+    FeedbackBatchRequest,
+    FeedbackBatchResponse,
+    FeedbackItemResult,
     FeedbackRequest,
     FeedbackResponse,
     Prediction,
@@ -36,12 +43,14 @@ from service.http.schemas import (
 )
 from service.inference.scoring import ScoreItem, ScoreResult
 from service.metrics import ApiMetrics
-from storage import store
+from storage import store, template_decisions
 from storage.export import ExportFormat, serialize
 from storage.redaction import redact
 
 logger = logging.getLogger(__name__)
 
+# The experiments report's window when the request names none.
+REPORT_WINDOW = timedelta(days=7)
 # Allowance for clocks of replicas that disagree, when judging a prediction id's age.
 _CLOCK_SKEW_S = 1.0
 
@@ -65,13 +74,42 @@ class SentimentAPI:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
-        self.split = TrafficSplit(settings.traffic_split, salt=settings.routing_salt)
-        for version in self.split.template_versions:
-            registry.get(version)  # an unknown version in the split fails at start-up
+        for arm in settings.traffic_split:
+            registry.get(arm.template_version)  # an unknown version fails at start-up
         self.database_engine = database_engine
         self.sessions = sessions
         self.log_writer = log_writer
+        self.split = self._split(None)
+        self.decision: template_decisions.Decision | None = None
         metrics.set_traffic_split(self.traffic_split())
+
+    def _split(self, decision: template_decisions.Decision | None) -> TrafficSplit:
+        configured = self.settings.traffic_split if self.settings.traffic_split_configured else None
+        arms = serving_arms(configured, self.settings.default_template_version, decision)
+        return TrafficSplit(arms, salt=self.settings.routing_salt)
+
+    def refresh_routing(self) -> None:
+        """Follow the latest template decision (an experiment concluded or reverted);
+        the periodic refresher and the reload endpoint call this."""
+        with self.sessions() as session:
+            decision = template_decisions.latest(session=session)
+        if decision == self.decision:
+            return
+        if decision is not None and decision.template_version not in self.registry.versions:
+            logger.error(
+                "template decision %d names unknown version %r; routing unchanged",
+                decision.id,
+                decision.template_version,
+            )
+            return
+        self.split = self._split(decision)
+        self.decision = decision
+        logger.info(
+            "routing follows template decision %s: %s",
+            decision and decision.id,
+            self.traffic_split(),
+        )
+        self.metrics.set_traffic_split(self.traffic_split())
 
     def is_ready(self) -> bool:
         """Ready when the database answers and prediction-log writes succeed."""
@@ -124,8 +162,12 @@ class SentimentAPI:
                     latency_ms=latency_ms,
                     routing_key_sha256=routing_hash,
                     language=prediction.language,
+                    external_id=external_id,
+                    external_source=request.source if external_id is not None else None,
                 )
-                for text, result, prediction in zip(texts, results, predictions, strict=True)
+                for text, result, prediction, external_id in zip(
+                    texts, results, predictions, request.all_external_ids, strict=True
+                )
             ]
         )
 
@@ -181,6 +223,7 @@ class SentimentAPI:
         """Store feedback durably; waits briefly for a prediction still in the log queue."""
         item = storage.FeedbackInput(
             prediction_id=request.prediction_id,
+            external_id=request.external_id,
             label=request.label,
             verdict=request.verdict,
             comment=self._stored_text(request.comment) if request.comment else None,
@@ -188,13 +231,24 @@ class SentimentAPI:
             idempotency_key=request.idempotency_key,
         )
         started = time.perf_counter()
+        flushed = False
+        if request.external_id is not None:
+            # The latest prediction of a ticket may still wait in this worker's log
+            # queue (a ticket scored and labelled moments apart): write it first.
+            flushed = self.log_writer.flush(0.5)
         while True:
             try:
                 result = store.record_feedback(session_factory=self.sessions, feedback=item)
                 break
             except storage.PredictionNotFound:
+                assert request.prediction_id is not None
                 if not self._wait_for_prediction(request.prediction_id):
                     raise
+            except storage.ExternalIdNotFound:
+                # A ticket scored moments ago may still wait in this worker's log queue.
+                if flushed or not self.log_writer.flush(0.5):
+                    raise
+                flushed = True
             except OperationalError as exc:
                 self.metrics.db_errors.labels("feedback").inc()
                 logger.warning(
@@ -210,6 +264,46 @@ class SentimentAPI:
                 result.template_version,
             ).inc()
         return FeedbackResponse.model_validate(asdict(result))
+
+    def record_feedback_batch(self, request: FeedbackBatchRequest) -> FeedbackBatchResponse:
+        """Each item validated and stored on its own (committed before the next), with
+        its own status: one bad item never drops the others."""
+        results: list[FeedbackItemResult] = []
+        for index, body in enumerate(request.items):
+            try:
+                item = FeedbackRequest.model_validate(body)
+            except ValidationError as error:
+                first = error.errors()[0]
+                field = ".".join(str(part) for part in first["loc"]) or None
+                results.append(
+                    FeedbackItemResult(index=index, status=400, error=first["msg"], field=field)
+                )
+                continue
+            try:
+                stored = self.record_feedback(item)
+            except storage.StoreUnavailable as error:
+                # Nothing after this item can be stored now either: each says so (503),
+                # and the client retries those (idempotency keys make that safe).
+                results.extend(
+                    FeedbackItemResult(index=rest, status=503, error=str(error))
+                    for rest in range(index, len(request.items))
+                )
+                break
+            except storage.FeedbackError as error:
+                results.append(
+                    FeedbackItemResult(
+                        index=index, status=status_of(error), error=str(error), field=error.field
+                    )
+                )
+                continue
+            status = 200 if stored.replayed else 201
+            results.append(FeedbackItemResult(index=index, status=status, feedback=stored))
+        return FeedbackBatchResponse(
+            results=results,
+            stored=sum(r.status == 201 for r in results),
+            replayed=sum(r.status == 200 for r in results),
+            failed=sum(r.status >= 400 for r in results),
+        )
 
     def _wait_for_prediction(self, prediction_id: str) -> bool:
         """Whether to look for an unknown prediction again, after a short wait.
@@ -241,6 +335,48 @@ class SentimentAPI:
         with self.sessions() as session:
             rows = store.iter_feedback_export(session=session, since=since, until=until)
             yield from serialize(rows, fmt)
+
+    def experiments_report(
+        self, since: datetime | None, until: datetime | None, control: str | None
+    ) -> dict[str, Any]:
+        default = self.split_default_template()
+        with self.sessions() as session:
+            report = experiments.build_report(
+                session=session,
+                since=since or datetime.now(UTC) - REPORT_WINDOW,
+                until=until,
+                default_template=default,
+                control=control,
+            )
+        body = report.to_dict()
+        body["traffic_split"] = self.traffic_split()
+        body["decision"] = asdict(self.decision) if self.decision is not None else None
+        return body
+
+    def review_queue(
+        self,
+        limit: int,
+        model_version: str | None,
+        language: str | None,
+        days: float,
+        exploration: float,
+    ) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            items = review_queue(
+                session=session,
+                since=datetime.now(UTC) - timedelta(days=days),
+                limit=limit,
+                model_version=model_version,
+                language=language,
+                exploration=exploration,
+            )
+        return [item.to_dict() for item in items]
+
+    def split_default_template(self) -> str:
+        """The default template version this worker follows."""
+        if self.decision is not None:
+            return self.decision.template_version
+        return self.settings.default_template_version
 
     def templates(self) -> list[dict[str, Any]]:
         return [self.registry.get(version).to_dict() for version in self.registry.versions]

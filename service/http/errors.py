@@ -8,6 +8,7 @@ from http import HTTPStatus
 from starlette.responses import JSONResponse
 
 import storage
+from feedback.experiments import ExperimentError
 from model.model_store import ModelNotFound
 from model.templates import UnknownTemplateVersion
 from service.inference.batching import Overloaded
@@ -17,8 +18,11 @@ logger = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: tuple[tuple[type[Exception], HTTPStatus], ...] = (
     (storage.InvalidTimeRange, HTTPStatus.BAD_REQUEST),
+    (ExperimentError, HTTPStatus.BAD_REQUEST),
     (UnknownTemplateVersion, HTTPStatus.NOT_FOUND),
     (storage.PredictionNotFound, HTTPStatus.NOT_FOUND),
+    (storage.ExternalIdNotFound, HTTPStatus.NOT_FOUND),
+    (storage.AmbiguousExternalId, HTTPStatus.CONFLICT),
     (ModelNotFound, HTTPStatus.NOT_FOUND),
     (storage.IdempotencyConflict, HTTPStatus.CONFLICT),
     (storage.DuplicateFeedback, HTTPStatus.CONFLICT),
@@ -30,9 +34,13 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], HTTPStatus], ...] = (
 DOMAIN_ERRORS = tuple(error for error, _ in STATUS_BY_ERROR)
 
 
+def status_of(error: Exception) -> HTTPStatus:
+    return next(code for kind, code in STATUS_BY_ERROR if isinstance(error, kind))
+
+
 def error_response(error: Exception) -> JSONResponse:
     """The JSON error body ``{"error", "field"}`` with the error's status code."""
-    status = next(code for kind, code in STATUS_BY_ERROR if isinstance(error, kind))
+    status = status_of(error)
     if status >= 500:
         logger.error("%s: %s", type(error).__name__, error)
     body: dict[str, object] = {"error": str(error), "field": getattr(error, "field", None)}

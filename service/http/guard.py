@@ -31,10 +31,12 @@ def required_scope(path: str) -> Scope | None:
     path = path.rstrip("/") or "/"
     if path == "/v1/predict":
         return "predict"
-    if path == "/v1/feedback":
+    if path in ("/v1/feedback", "/v1/feedback/batch"):
         return "feedback"
-    if path == "/v1/feedback/export" or path.startswith(("/v1/feedback/export/", "/v1/admin/")):
-        return "admin"
+    if path in ("/v1/feedback/export", "/v1/review-queue") or path.startswith(
+        ("/v1/feedback/export/", "/v1/admin/")
+    ):
+        return "admin"  # logged texts leave the service
     if path == "/v1" or path.startswith("/v1/"):
         return "predict"  # read endpoints: any key that can predict
     return None

@@ -25,6 +25,9 @@ ROUTES = frozenset(
     {
         "/v1/predict",
         "/v1/feedback",
+        "/v1/feedback/batch",
+        "/v1/experiments",
+        "/v1/review-queue",
         "/v1/admin/reload-models",
         "/v1/templates",
         "/v1/models",

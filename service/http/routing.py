@@ -3,6 +3,12 @@
 Assignment is sticky per routing key: the same key always lands in the same
 arm while the split is unchanged (a salted SHA-256 bucket). Without a key the
 arm is drawn at random with the configured weights.
+
+Which arms serve (``serving_arms``): without a configured split, the default
+template version (the latest template decision's, else the settings') with the
+champion. A configured split is an experiment: it serves as configured until it
+is concluded (``sentiloop experiments conclude``), then its arms of the winning
+template version take all traffic; a reverted decision resumes the experiment.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.buckets import stable_bucket
-from core.settings import CHAMPION, TrafficArm
+from core.settings import CHAMPION, TrafficArm, split_fingerprint
+from storage.template_decisions import Decision
 
 
 @dataclass(frozen=True)
@@ -78,3 +85,23 @@ class TrafficSplit:
             if point < running:
                 return arm
         return candidates[-1][0]
+
+
+def serving_arms(
+    configured: Sequence[TrafficArm] | None, default_template: str, decision: Decision | None
+) -> list[TrafficArm]:
+    """The arms to serve: see the module's docstring. ``configured`` is None when no
+    split was set; ``default_template`` is the settings' default."""
+    if decision is not None:
+        default_template = decision.template_version
+    if not configured:
+        return [TrafficArm(template_version=default_template, weight=1.0)]
+    concluded = (
+        decision is not None
+        and decision.evidence.get("kind") == "concluded"
+        and decision.evidence.get("split") == split_fingerprint(configured)
+    )
+    if not concluded:
+        return list(configured)
+    winners = [arm for arm in configured if arm.template_version == default_template]
+    return winners or [TrafficArm(template_version=default_template, weight=1.0)]

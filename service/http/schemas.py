@@ -21,6 +21,8 @@ from model.labels import Label, normalize_label
 MAX_TEXTS_PER_REQUEST = 256
 MAX_CHARS_PER_TEXT = 5_000
 MAX_COMMENT_CHARS = 2_000
+MAX_FEEDBACK_BATCH = 1_000
+MAX_REVIEW_ITEMS = 500
 
 
 def _not_blank(value: str) -> str:
@@ -60,6 +62,9 @@ PredictionId = Annotated[
 ]
 Comment = Annotated[str, StringConstraints(max_length=MAX_COMMENT_CHARS), AfterValidator(_storable)]
 Source = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_storable)]
+ExternalId = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)
+]
 # Labels as the rest of the system takes them: names in any case, short names, the
 # training data's class ids 0/1/2 (as numbers or strings).
 FeedbackLabel = Annotated[Label, BeforeValidator(normalize_label)]
@@ -69,10 +74,15 @@ IdempotencyKey = Annotated[
 ]
 
 
+# The titles name the request bodies in validation errors ("1 validation error for
+# the body of POST /v1/predict"): BentoML's error names the model's title, which
+# would otherwise be its internal IODescriptor subclass.
+
+
 class PredictRequest(BaseModel):
     """One text (``text``) or a list of texts (``texts``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", title="the body of POST /v1/predict")
 
     text: Text | None = Field(default=None, description="One text to score.")
     texts: list[Text] | None = Field(
@@ -94,16 +104,46 @@ class PredictRequest(BaseModel):
         description="ISO 639-1 code (two lowercase letters) of the texts' language; "
         "detected per text when absent.",
     )
+    external_id: ExternalId | None = Field(
+        default=None,
+        description="Your id of the text (ticket, review or chat id), with 'text': "
+        "feedback may name it instead of the prediction_id, days later.",
+    )
+    external_ids: list[ExternalId | None] | None = Field(
+        default=None,
+        max_length=MAX_TEXTS_PER_REQUEST,
+        description="Your ids of the texts, with 'texts': one per text, in order (null "
+        "for a text without one).",
+    )
+    source: Source | None = Field(
+        default=None, description="The system the texts come from (a CRM), stored with them."
+    )
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> PredictRequest:
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of 'text' (a string) or 'texts' (a list)")
+        if self.external_id is not None and self.text is None:
+            raise ValueError("'external_id' goes with 'text'; with 'texts' send 'external_ids'")
+        if self.external_ids is not None:
+            if self.texts is None:
+                raise ValueError("'external_ids' goes with 'texts'; with 'text' send 'external_id'")
+            if len(self.external_ids) != len(self.texts):
+                raise ValueError(
+                    f"'external_ids' has {len(self.external_ids)} entries for "
+                    f"{len(self.texts)} texts; send one per text (null for none)"
+                )
         return self
 
     @property
     def all_texts(self) -> list[str]:
         return [self.text] if self.text is not None else list(self.texts or [])
+
+    @property
+    def all_external_ids(self) -> list[str | None]:
+        if self.external_ids is not None:
+            return list(self.external_ids)
+        return [self.external_id] * len(self.all_texts)
 
 
 class Prediction(BaseModel):
@@ -129,11 +169,19 @@ class PredictResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    """A correction (``label``) or a thumbs up/down (``verdict``) on one prediction."""
+    """A correction (``label``) or a thumbs up/down (``verdict``) on one prediction,
+    named by ``prediction_id`` or by your ``external_id`` (+ ``source``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", title="the body of POST /v1/feedback")
 
-    prediction_id: PredictionId
+    prediction_id: PredictionId | None = Field(
+        default=None, description="The prediction_id that POST /v1/predict returned."
+    )
+    external_id: ExternalId | None = Field(
+        default=None,
+        description="Instead of prediction_id: the external_id sent with the text; the "
+        "latest prediction of it before this feedback is judged.",
+    )
     label: FeedbackLabel | None = Field(
         default=None,
         description="The correct label: negative, neutral or positive (any case; also "
@@ -143,7 +191,11 @@ class FeedbackRequest(BaseModel):
         default=None, description="Thumbs up (correct) or down (incorrect)."
     )
     comment: Comment | None = None
-    source: Source | None = None
+    source: Source | None = Field(
+        default=None,
+        description="Where the feedback comes from (a CRM); with external_id, only "
+        "predictions sent with this source match.",
+    )
     idempotency_key: IdempotencyKey | None = Field(
         default=None,
         description="Retries with the same key return the first result and store one row.",
@@ -153,6 +205,8 @@ class FeedbackRequest(BaseModel):
     def _exactly_one_judgement(self) -> FeedbackRequest:
         if (self.label is None) == (self.verdict is None):
             raise ValueError("give exactly one of 'label' or 'verdict'")
+        if (self.prediction_id is None) == (self.external_id is None):
+            raise ValueError("give exactly one of 'prediction_id' or 'external_id'")
         return self
 
 
@@ -167,6 +221,41 @@ class FeedbackResponse(BaseModel):
     model_version: str
     template_version: str
     replayed: bool
+    external_id: str | None = Field(
+        default=None, description="The external_id the feedback named, if it named one."
+    )
+    predictions_with_external_id: int | None = Field(
+        default=None,
+        description="How many predictions carried that external_id before the feedback "
+        "(the latest was judged).",
+    )
+
+
+class FeedbackBatchRequest(BaseModel):
+    """Up to 1,000 feedback items, each judged on its own."""
+
+    model_config = ConfigDict(extra="forbid", title="the body of POST /v1/feedback/batch")
+
+    items: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_FEEDBACK_BATCH,
+        description=f"Up to {MAX_FEEDBACK_BATCH} bodies of POST /v1/feedback.",
+    )
+
+
+class FeedbackItemResult(BaseModel):
+    index: int
+    status: int = Field(description="201 stored, 200 replayed, 400, 404, 409 or 503 (retry).")
+    feedback: FeedbackResponse | None = None
+    error: str | None = None
+    field: str | None = None
+
+
+class FeedbackBatchResponse(BaseModel):
+    results: list[FeedbackItemResult]
+    stored: int
+    replayed: int
+    failed: int
 
 
 class ModelsResponse(BaseModel):

@@ -294,11 +294,11 @@ def test_a_poison_row_in_the_spool_does_not_block_the_records_behind_it(
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 kB tmpfs: a disk that can be filled and freed (needs root)."""
+    """A 512 kB tmpfs: a disk that can be filled and freed (needs root)."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount_point)],
         capture_output=True,
     )
     if mounted.returncode != 0:

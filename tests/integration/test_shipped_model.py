@@ -3,6 +3,8 @@ by the one loader on the serving runtime, and measured exactly as it serves."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from core.settings import Settings
@@ -63,3 +65,26 @@ def test_the_card_figures_are_what_the_loader_serves() -> None:
         scores = served.predict([template.render(e.text) for e in rows], template)
         metrics = evaluate([e.label for e in rows], scores, labels=labels)
         assert round(metrics["macro_f1"], 4) == measured["serving"][name]["macro_f1"], name
+
+
+# The stated tolerance of the confidence-based accuracy estimate (README, Monitoring).
+ESTIMATE_TOLERANCE = 0.05
+
+
+def test_mean_confidence_estimates_accuracy_on_held_out_sets() -> None:
+    """The estimate behind sentiloop_estimated_accuracy: the mean calibrated confidence
+    of served predictions, against realized accuracy on held-out sets."""
+    shipped = shipped_for_base("multilingual-e5-small")
+    assert shipped is not None
+    served, _ = load_classifier(settings(), shipped.version)
+    template = TemplateRegistry.load(settings().resolved_templates_dir).get("v1")
+    sets = evaluation_sets(SHARED_DATA)
+    held_out = {
+        "tweet_test": random.Random(3).sample(sets["tweet_test"][0], 600),
+        "xlmt_val": [e for language in LANGUAGES for e in sets[f"xlmt_val_{language}"][0]],
+    }
+    for name, rows in held_out.items():
+        scores = served.predict([template.render(e.text) for e in rows], template)
+        estimate = sum(max(s.values()) for s in scores) / len(scores)
+        accuracy = evaluate([e.label for e in rows], scores)["accuracy"]
+        assert abs(estimate - accuracy) <= ESTIMATE_TOLERANCE, (name, estimate, accuracy)

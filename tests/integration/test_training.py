@@ -21,6 +21,8 @@ from model.loader import load_classifier
 from storage import model_roles, runs, store
 from storage.models import TrainingRun
 from training import AssemblyConfig, GateConfig, Schedule, TrainingArguments, run_schedule
+from training.dataset import DatasetTooSmall
+from training.examples import DataFileError
 from training.pipeline import (
     DataSource,
     TrainingBusy,
@@ -118,7 +120,7 @@ def test_run_saves_candidate_with_metadata_records_run_and_writes_report(
     # uses, scores the same holdout rows exactly as the gate saw them.
     served, _ = load_classifier(pipeline.settings, outcome.candidate_tag)
     assert served.runtime == "onnx-int8"  # the CPU default, not training's torch fp32
-    dataset = pipeline._dataset(plan(tmp_path, **ALWAYS), None)
+    dataset = pipeline.dataset(plan(tmp_path, **ALWAYS), None)
     rescored = score_examples(served, pipeline.templates.get("v1"), dataset.holdout)
     for key in ("n", "accuracy", "macro_f1", "confusion_matrix"):
         assert rescored[key] == holdout["candidate"][key], key
@@ -225,17 +227,37 @@ def test_an_expired_lock_is_taken_over(pipeline: TrainingPipeline) -> None:
         )
 
 
-def test_a_failing_run_is_recorded_and_releases_the_lock(
+def test_invalid_data_is_refused_before_a_run_is_recorded(
     pipeline: TrainingPipeline, tmp_path: Path
 ) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nhello,mixed\n")
-    broken = replace(plan(tmp_path, **ALWAYS), base_data=DataSource(bad))
-    with pytest.raises(ValueError, match="mixed"):
-        pipeline.run(broken)
+    with pytest.raises(DataFileError, match="'mixed' \\(1 rows, first row 2\\)"):
+        pipeline.run(replace(plan(tmp_path, **ALWAYS), base_data=DataSource(bad)))
+    tiny = tmp_path / "tiny.csv"
+    tiny.write_text("text,label\ngreat,positive\nawful,negative\nfine,positive\n,neutral\n")
+    with pytest.raises(DatasetTooSmall) as caught:
+        pipeline.run(replace(plan(tmp_path, **ALWAYS), base_data=DataSource(tiny)))
+    assert "too little data to train" in str(caught.value)
+    assert "after drops (base_empty_text 1" in str(caught.value)
+    with pipeline.sessions() as session:
+        assert session.scalars(select(TrainingRun)).all() == []
+    assert pipeline.run(plan(tmp_path, **ALWAYS)).decision == "promoted"  # the lock was freed
+
+
+def test_a_failing_run_is_recorded_and_releases_the_lock(
+    pipeline: TrainingPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("training.pipeline.fine_tune", out_of_disk)
+        with pytest.raises(OSError, match="No space left"):
+            pipeline.run(plan(tmp_path, **ALWAYS))
     with pipeline.sessions() as session:
         [run] = session.scalars(select(TrainingRun)).all()
-        assert run.status == "failed" and "mixed" in (run.error or "")
+        assert run.status == "failed" and "No space left" in (run.error or "")
     assert pipeline.run(plan(tmp_path, **ALWAYS)).decision == "promoted"
 
 

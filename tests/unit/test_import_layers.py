@@ -2,7 +2,8 @@
 
     core                  settings, database engine/sessions, logging, file locks
     model      storage    the sentiment model | the database (log, feedback, runs, roles)
-    training   service    re-fine-tuning | the BentoML service (http over inference)
+    feedback   training   the loop's analysis (A/B, review queue, estimates) | re-fine-tuning
+    service               the BentoML service (http over inference)
     sentiloop             the command line, on top of everything
 
 A package imports only the layers below it; inside ``service``, ``http`` may use
@@ -23,9 +24,10 @@ ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "model": {"core"},
     "storage": {"core"},
+    "feedback": {"core", "model", "storage"},
     "training": {"core", "model", "storage"},
-    "service": {"core", "model", "storage"},
-    "sentiloop": {"core", "model", "storage", "training", "service"},
+    "service": {"core", "model", "storage", "feedback"},
+    "sentiloop": {"core", "model", "storage", "feedback", "training", "service"},
 }
 SERVICE_ROOMS: dict[str, set[str]] = {
     "service.inference": set(),

@@ -61,3 +61,26 @@ def test_feedback_labels_are_taken_as_training_takes_them() -> None:
     with pytest.raises(ValidationError, match="unknown label 'mixed'") as caught:
         FeedbackRequest.model_validate({"prediction_id": "p", "label": "mixed"})
     assert ("label",) in error_locs(caught.value)
+
+
+def test_external_ids_go_with_their_texts() -> None:
+    one = PredictRequest.model_validate({"text": "a", "external_id": "T-1", "source": "crm"})
+    assert one.all_external_ids == ["T-1"]
+    many = PredictRequest.model_validate({"texts": ["a", "b"], "external_ids": ["T-1", None]})
+    assert many.all_external_ids == ["T-1", None]
+    assert PredictRequest(texts=["a", "b"]).all_external_ids == [None, None]
+    with pytest.raises(ValidationError, match="'external_ids' has 1 entries for 2 texts"):
+        PredictRequest.model_validate({"texts": ["a", "b"], "external_ids": ["T-1"]})
+    with pytest.raises(ValidationError, match="'external_id' goes with 'text'"):
+        PredictRequest.model_validate({"texts": ["a"], "external_id": "T-1"})
+    with pytest.raises(ValidationError) as caught:
+        PredictRequest.model_validate({"text": "a", "external_id": "x" * 201})
+    assert ("external_id",) in error_locs(caught.value)
+
+
+def test_feedback_names_a_prediction_or_an_external_id() -> None:
+    assert FeedbackRequest(external_id="T-1", source="crm", verdict="correct").prediction_id is None
+    with pytest.raises(ValidationError, match="exactly one of 'prediction_id' or 'external_id'"):
+        FeedbackRequest(label="neutral")
+    with pytest.raises(ValidationError, match="exactly one of 'prediction_id' or 'external_id'"):
+        FeedbackRequest(prediction_id="p", external_id="T-1", label="neutral")
