@@ -156,23 +156,13 @@ def compare(arm: Arm, control: Arm, config: ReportConfig) -> Comparison:
     )
     p_value = two_proportion_p_value(arm.agreeing, arm.judged, control.agreeing, control.judged)
     significant = p_value < config.significance
+    winner: Arm | None = None
     if significant:
         winner, loser = (arm, control) if difference > 0 else (control, arm)
         verdict = (
             f"arm {winner.name} beats {loser.name} by {_points(abs(difference))}, p = {p_value:.3g}"
         )
-        return Comparison(
-            arm.name,
-            control.name,
-            difference,
-            (interval.low, interval.high),
-            p_value,
-            True,
-            winner.name,
-            needed,
-            verdict,
-        )
-    if fewest < needed:
+    elif fewest < needed:
         verdict = (
             f"no significant difference yet ({_points(difference)}, p = {p_value:.2g}): "
             f"~{needed - fewest} more judged predictions per arm needed for a {detectable}"
@@ -188,8 +178,8 @@ def compare(arm: Arm, control: Arm, config: ReportConfig) -> Comparison:
         difference,
         (interval.low, interval.high),
         p_value,
-        False,
-        None,
+        significant,
+        winner.name if winner is not None else None,
         needed,
         verdict,
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,21 +13,12 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 import storage
-from core import database
 from core.settings import TrafficArm, split_fingerprint
 from feedback import experiments
 from feedback.imports import ImportFileError, import_feedback
 from feedback.review_queue import review_queue
 from service.http.routing import serving_arms
 from storage import stats, store, template_decisions
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    storage.upgrade(database_url)
-    engine = database.make_engine(database_url)
-    yield database.make_session_factory(engine)
-    engine.dispose()
 
 
 def record(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,14 +17,6 @@ from core import database
 from storage import store
 from storage.export import serialize
 from storage.models import Feedback, Prediction
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    storage.upgrade(database_url)
-    engine = database.make_engine(database_url)
-    yield database.make_session_factory(engine)
-    engine.dispose()
 
 
 def make_prediction(
