@@ -82,6 +82,9 @@ def test_from_a_headerless_star_export_to_a_promoted_model(
     )  # fmt: skip
     assert trained.exit_code == 0, trained.output
     assert trained.output.count("training run ") == 1  # one summary
+    # Progress after the epochs, through evaluation and saving:
+    assert "preparing the candidate as it would serve, then evaluating it" in trained.output
+    assert "saving the candidate to the model store" in trained.output
     assert "promoted" in trained.output
     assert "base_empty_text=1" in trained.output  # every drop counted
     runs = runner.invoke(app, ["models", "runs", "--json"]).output.splitlines()
