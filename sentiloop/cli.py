@@ -80,9 +80,9 @@ class _Commands(typer.core.TyperGroup):
         except _user_errors() as error:
             if _DEBUG:
                 raise
-            typer.echo(f"error: {_one_line(error)}", err=True)
+            failed = _fail(_one_line(error))
             typer.echo("(run with --debug for the traceback)", err=True)
-            raise typer.Exit(code=2) from None
+            raise failed from None
 
 
 app = typer.Typer(

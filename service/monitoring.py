@@ -26,11 +26,10 @@ def refresh_gauges(
         agreement = stats.feedback_agreement(session=session, since=since)
         by_language = stats.feedback_agreement_by_language(session=session, since=since)
         training = stats.training_stats(session=session)
-    for version in agreement:
-        labels = (version.model_version, version.template_version)
-        metrics.feedback_accuracy.labels(*labels).set(version.accuracy)
-        metrics.feedback_window.labels(*labels).set(version.rows)
-    for arm in agreement:  # the A/B arms, with the report's interval
+    for arm in agreement:  # per (model, template) version: an A/B arm
+        labels = (arm.model_version, arm.template_version)
+        metrics.feedback_accuracy.labels(*labels).set(arm.accuracy)
+        metrics.feedback_window.labels(*labels).set(arm.rows)
         interval = wilson_interval(arm.agreeing, arm.rows)
         bounds = (("estimate", arm.accuracy), ("low", interval.low), ("high", interval.high))
         for bound, value in bounds:
