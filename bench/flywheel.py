@@ -30,9 +30,21 @@ once from the champion and serves the candidate (gate significance 1.0: it is
 measured whatever the gate would say); SST-2 dev and tweet test are measured
 through the API.
 
-    python -m bench.flywheel [--scenario reviews|german|queue] [--rounds 3] [--per-round 600]
+``--scenario domain`` (issue 20, the default multilingual preset): a CRM team with
+the shipped model, one domain's feedback and the README's defaults, no base data.
+Each round its server scores ``--per-round`` short reviews (SST-2 train phrases of
+2-5 words, binary) with ticket ids and ``--traffic`` more that get no feedback,
+then sends a label by ticket id for each of the first (the correction when the
+answer was wrong, ``verdict=correct`` when right) and `sentiloop train`'s
+pipeline runs with its defaults. Round 1 also runs the previous recipe (every
+weight, no rehearsal, no class balance) on a copy of the same database. Every
+candidate, promoted or not, is measured through a second server's API (so that the
+measurement traffic never joins the CRM's logged traffic) on the domain's held-out
+reviews, the tweet test (a sample), SST-2 dev and XLM-T val en/fr/de/es.
 
-Prints the figures and writes bench/results/flywheel[-german|-queue].json.
+    python -m bench.flywheel [--scenario reviews|german|queue|domain] [--rounds 3] [--per-round 600]
+
+Prints the figures and writes bench/results/flywheel[-german|-queue|-domain].json.
 """
 
 from __future__ import annotations
@@ -54,6 +66,7 @@ from bench.common import DATA, machine, sst2, tweets, write_result, xlmt
 from core.logs import configure_logging
 from core.settings import Settings
 from feedback.review_queue import DEFAULT_EXPLORATION
+from model import model_store
 from sentiloop.client import SentiloopClient
 from tests.support import ServerProcess
 from training import AssemblyConfig, GateConfig, TrainingArguments
@@ -120,7 +133,18 @@ def wait_for_champion(server: ServerProcess, tag: str, timeout_s: float = 120) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--scenario", choices=("reviews", "german", "queue"), default="reviews")
+    parser.add_argument(
+        "--scenario", choices=("reviews", "german", "queue", "domain"), default="reviews"
+    )
+    parser.add_argument(
+        "--traffic",
+        type=int,
+        default=1500,
+        help="domain: reviews scored per round that get no feedback (logged traffic)",
+    )
+    parser.add_argument(
+        "--domain-eval", type=int, default=800, help="domain: held-out domain rows measured"
+    )
     parser.add_argument(
         "--pool", type=int, default=3000, help="queue: SST-2 train sentences scored per arm"
     )
@@ -140,6 +164,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     configure_logging()
+    if args.scenario == "domain":
+        domain_scenario(args)
+        return
     scratch = Path(tempfile.mkdtemp(prefix="sentiloop-flywheel-"))
     german = args.scenario == "german"
     env = {
@@ -283,6 +310,271 @@ def main() -> None:
         print(f"  gate: {entry['reason']}")
 
 
+# The recipes compared by ``--scenario domain``: the one `sentiloop train` ran before
+# issue 20 (every weight, no rehearsal, no class balance, and with feedback alone no
+# validation rows: no early stopping, no temperature) and today's defaults.
+RECIPES: dict[str, tuple[AssemblyConfig, TrainingArguments]] = {
+    "full-fine-tune": (
+        AssemblyConfig(rehearsal_ratio=0.0, validation_fraction=0.0),
+        TrainingArguments(lora_rank=None, class_balance=False, progress=False),
+    ),
+    "default": (AssemblyConfig(), TrainingArguments(progress=False)),
+}
+
+
+def domain_metrics(
+    rows: list[Example], scores: list[dict[str, float]], classes: tuple[str, ...]
+) -> dict[str, Any]:
+    """A domain whose labels are ``classes`` judged as its team sees the answers: the
+    3-class label the API returns (a "neutral" answer to a review labelled positive is
+    wrong), macro-F1 over the domain's classes, each class's recall, and the share of
+    each answer."""
+    metrics = evaluate([e.label for e in rows], scores, labels=THREE_CLASS)
+    per_class = metrics["per_class"]
+    answers = [max(THREE_CLASS, key=lambda label: row[label]) for row in scores]
+    return {
+        "n": metrics["n"],
+        "accuracy": metrics["accuracy"],
+        "macro_f1": sum(per_class[c]["f1"] for c in classes) / len(classes),
+        "recall": {c: per_class[c]["recall"] for c in classes},
+        "answer_share": {c: answers.count(c) / len(answers) for c in THREE_CLASS},
+    }
+
+
+def measure_domain(
+    client: SentiloopClient,
+    sets: dict[str, tuple[list[Example], tuple[str, ...]]],
+    domain: tuple[list[Example], tuple[str, ...]],
+) -> dict[str, Any]:
+    """The general sets as ``measure`` does, per-class recall beside, and the domain."""
+    result = {}
+    for name, (rows, labels) in {**sets, "domain": domain}.items():
+        scores, versions = [], set()
+        for start in range(0, len(rows), 128):
+            for prediction in client.predict([e.text for e in rows[start : start + 128]]):
+                scores.append(prediction["scores"])
+                versions.add(prediction["model_version"])
+        if name == "domain":
+            entry = domain_metrics(rows, scores, labels)
+        else:
+            metrics = evaluate([e.label for e in rows], scores, labels=labels)
+            entry = {key: metrics[key] for key in ("n", "accuracy", "macro_f1")}
+            entry["recall"] = {c: metrics["per_class"][c]["recall"] for c in labels}
+        result[name] = entry | {"model_versions": sorted(versions)}
+    return result
+
+
+def crm_round(
+    url: str, labelled: list[Example], traffic: list[Example], round_number: int
+) -> dict[str, int]:
+    """What a CRM does in a week: score every review with its id (``traffic`` is scored
+    and never labelled), then send a label for each of ``labelled`` by id: the
+    correction when the answer was wrong, ``verdict=correct`` when it was right."""
+    sent = {"predictions": 0, "corrections": 0, "confirmations": 0, "unlabelled": 0}
+    rows = [(f"R{round_number}-{i}", e, True) for i, e in enumerate(labelled)]
+    rows += [(f"U{round_number}-{i}", e, False) for i, e in enumerate(traffic)]
+    random.Random(round_number).shuffle(rows)
+    with httpx.Client(base_url=url, timeout=120) as http:
+        answers: dict[str, str] = {}
+        for start in range(0, len(rows), 64):
+            chunk = rows[start : start + 64]
+            body = {"texts": [e.text for _, e, _ in chunk],
+                    "external_ids": [i for i, _, _ in chunk], "source": "crm"}  # fmt: skip
+            response = http.post("/v1/predict", json=body)
+            response.raise_for_status()
+            for (ticket, _, _), prediction in zip(
+                chunk, response.json()["predictions"], strict=True
+            ):
+                answers[ticket] = prediction["label"]
+            sent["predictions"] += len(chunk)
+        items = []
+        for ticket, example, is_labelled in rows:
+            if not is_labelled:
+                sent["unlabelled"] += 1
+                continue
+            item: dict[str, Any] = {"external_id": ticket, "source": "crm"}
+            if answers[ticket] == example.label:
+                item["verdict"] = "correct"
+                sent["confirmations"] += 1
+            else:
+                item["label"] = example.label
+                sent["corrections"] += 1
+            items.append(item)
+        for start in range(0, len(items), 500):
+            response = http.post("/v1/feedback/batch", json={"items": items[start : start + 500]})
+            response.raise_for_status()
+    return sent
+
+
+def copy_database(source: Settings, target: Settings) -> None:
+    """A consistent copy of a SQLite store (the server may be writing)."""
+    import sqlite3
+
+    target.home.mkdir(parents=True, exist_ok=True)
+    source_path = source.resolved_database_url.removeprefix("sqlite:///")
+    target_path = target.resolved_database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(source_path) as src, sqlite3.connect(target_path) as dst:
+        src.backup(dst)
+
+
+def domain_scenario(args: argparse.Namespace) -> None:
+    """Issue 20's table: one domain's feedback only, README defaults, no base data.
+
+    Two servers share one model store: the CRM's (its database logs the domain's
+    traffic and feedback, and `sentiloop train`'s pipeline runs on it) and an
+    evaluation server whose champion is set to each model in turn, so that the
+    measurement traffic never enters the CRM's logged traffic (which the default
+    recipe rehearses on). The previous recipe trains on a copy of the CRM's
+    database taken when round 1's feedback is in.
+    """
+    import signal
+
+    from core import database
+    from training import promote
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(f"stopped by signal {signum}")  # the servers stop in `finally`
+
+    signal.signal(signal.SIGTERM, stop)
+    scratch = Path(tempfile.mkdtemp(prefix="sentiloop-flywheel-domain-"))
+    env = {"BENTOML_HOME": str(scratch / "bentoml"), "SENTILOOP_MODEL_POLL_INTERVAL_S": "1",
+           "SENTILOOP_BASE_MODEL": "multilingual-e5-small"}  # fmt: skip
+    os.environ.update(env)
+    homes = {name: scratch / name for name in ("crm", "eval", "previous")}
+    settings = {name: Settings(home=home) for name, home in homes.items()}
+    rng = random.Random(args.seed)
+    # Short review snippets: SST-2 train phrases of 2 to 5 words. The shipped model was
+    # trained on SST-2 sentences of 8+ words and already answers those as a team would
+    # (accuracy 0.85, 0.5% "neutral"), so they leave nothing to learn; on the snippets
+    # it answers "neutral" to about a fifth of the reviews the team calls positive or
+    # negative: the issue's situation, a domain whose convention differs.
+    pool = [e for e in sst2("train") if 2 <= len(e.text.split()) <= 5]
+    rng.shuffle(pool)
+    holdout, pool = pool[: args.domain_eval], pool[args.domain_eval :]
+    sets: dict[str, tuple[list[Example], tuple[str, ...]]] = {
+        "tweet_test": (rng.sample(tweets("test"), args.tweet_eval), THREE_CLASS),
+        "sst2_dev": (sst2("dev"), BINARY),
+    }
+    for language in ("en", "fr", "de", "es"):
+        sets[f"xlmt_val_{language}"] = (xlmt(language, "val"), THREE_CLASS)
+    domain = (holdout, BINARY)
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "arguments": vars(args),
+        "domain": "SST-2 train phrases of 2-5 words as a team's binary review snippets; "
+        "judged on the 3-class answer (macro-F1 over negative and positive)",
+        "recipes": {
+            name: {"assembly": asdict(a), "arguments": asdict(t)}
+            for name, (a, t) in RECIPES.items()
+        },
+        "rounds": [],
+    }
+
+    def save() -> None:
+        write_result("flywheel-domain", result)
+
+    servers = {
+        name: ServerProcess({**env, "SENTILOOP_HOME": str(homes[name])}, scratch / f"{name}.log")
+        for name in ("crm", "eval")
+    }
+    eval_sessions = None
+    try:
+        for server in servers.values():
+            server.wait_ready(timeout_s=900)
+        eval_engine = database.make_engine(settings["eval"].resolved_database_url)
+        eval_sessions = database.make_session_factory(eval_engine)
+
+        def measured(tag: str | None) -> dict[str, Any]:
+            if tag is not None:
+                promote(settings=settings["eval"], sessions=eval_sessions, tag=tag,
+                        reason="bench: measured")  # fmt: skip
+                wait_for_champion(servers["eval"], tag, timeout_s=600)
+            with SentiloopClient(servers["eval"].url, timeout_s=300) as client:
+                return measure_domain(client, sets, domain)
+
+        def load() -> list[float]:
+            return [round(value, 2) for value in os.getloadavg()]
+
+        result["before"] = measured(None)
+        logger.info("before: %s", result["before"])
+        save()
+        per_round, traffic = args.per_round, args.traffic
+        for round_number in range(1, args.rounds + 1):
+            offset = (round_number - 1) * (per_round + traffic)
+            labelled = pool[offset : offset + per_round]
+            unlabelled = pool[offset + per_round : offset + per_round + traffic]
+            sent = crm_round(servers["crm"].url, labelled, unlabelled, round_number)
+            recipes = ["default"]
+            if round_number == 1:
+                copy_database(settings["crm"], settings["previous"])
+                recipes = ["full-fine-tune", "default"]
+            entry: dict[str, Any] = {"round": round_number, "sent": sent, "recipes": {}}
+            for recipe in recipes:
+                assembly, arguments = RECIPES[recipe]
+                home = "previous" if recipe == "full-fine-tune" else "crm"
+                pipeline = TrainingPipeline(settings[home])
+                load_before = load()
+                started = time.perf_counter()
+                try:
+                    outcome = pipeline.run(
+                        TrainingPlan(assembly=assembly, arguments=arguments),
+                        trigger=f"bench:{recipe}:round{round_number}",
+                    )
+                finally:
+                    pipeline.close()
+                seconds = time.perf_counter() - started
+                stored = model_store.get_model(outcome.candidate_tag)
+                after = measured(outcome.candidate_tag)
+                entry["recipes"][recipe] = {
+                    "decision": outcome.decision,
+                    "reason": outcome.reason,
+                    "candidate": outcome.candidate_tag,
+                    "stored_as": stored.metadata.get("stored_as", "full"),
+                    "stored_bytes": sum(
+                        f.stat().st_size for f in stored.path.rglob("*") if f.is_file()
+                    ),
+                    "dataset": outcome.report["dataset"]["counts"],
+                    "training": outcome.report["training"],
+                    "retrain_seconds": seconds,
+                    "load_average_before_after": [load_before, load()],
+                    "after": after,
+                    "change_vs_before": {
+                        name: after[name]["macro_f1"] - result["before"][name]["macro_f1"]
+                        for name in after
+                    },
+                }
+                logger.info("round %d %s: %s", round_number, recipe,
+                            entry["recipes"][recipe]["change_vs_before"])  # fmt: skip
+                result["rounds"] = [*result["rounds"][: round_number - 1], entry]
+                save()
+                if recipe == "default" and outcome.decision != "promoted":
+                    # The CRM's server keeps its champion; later rounds build on it.
+                    logger.info("round %d: the default recipe's candidate was not promoted",
+                                round_number)  # fmt: skip
+    finally:
+        for server in servers.values():
+            server.stop()
+    print_domain_table(result)
+
+
+def print_domain_table(result: dict[str, Any]) -> None:
+    before = result["before"]
+    columns = [("shipped", before)]
+    for entry in result["rounds"]:
+        for recipe, figures in entry["recipes"].items():
+            columns.append((f"{recipe} r{entry['round']}", figures["after"]))
+    print("macro-F1 through the API (n rows); domain: " + result["domain"])
+    print(f"{'set':<14} {'n':>5} " + " ".join(f"{name:>18}" for name, _ in columns))
+    for name in before:
+        cells = " ".join(f"{after[name]['macro_f1']:>18.4f}" for _, after in columns)
+        print(f"{name:<14} {before[name]['n']:>5} {cells}")
+    for entry in result["rounds"]:
+        for recipe, figures in entry["recipes"].items():
+            print(f"round {entry['round']} {recipe}: {figures['decision']}, "
+                  f"{figures['retrain_seconds']:.0f} s, stored {figures['stored_as']} "
+                  f"{figures['stored_bytes'] / 1e6:.1f} MB; gate: {figures['reason']}")  # fmt: skip
+
+
 def queue_vs_random(
     args: argparse.Namespace,
     env: dict[str, str],
@@ -312,6 +604,7 @@ def queue_vs_random(
         engine = database.make_engine(settings.resolved_database_url)
         storage.upgrade(settings.resolved_database_url)
         promote(
+            settings=settings,
             sessions=database.make_session_factory(engine),
             tag=first.candidate_tag,
             reason="bench: initial",

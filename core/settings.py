@@ -7,9 +7,8 @@ Every value can be set by an environment variable named ``SENTILOOP_<FIELD>``
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import (
     AliasChoices,
@@ -43,9 +42,18 @@ class TrafficArm(BaseModel):
     weight: float = Field(gt=0)
 
 
-def split_fingerprint(arms: Sequence[TrafficArm]) -> list[list[Any]]:
-    """A split as a decision stores it, to tell later whether it concluded this split."""
-    return sorted([arm.template_version, arm.model, arm.weight] for arm in arms)
+class GenericMapping(BaseModel):
+    """Where the generic connector finds each field of a delivery, as singular JSONPath
+    queries (``$.a.b[0].c``). ``event_type`` with ``event_types``: only those types are
+    scored, the others acknowledged; the event id is the ``webhook-id`` header."""
+
+    text: str = "$.text"
+    external_id: str = "$.external_id"
+    language: str | None = "$.language"
+    comment_id: str | None = None
+    author: str | None = None
+    event_type: str | None = None
+    event_types: list[str] = Field(default_factory=list)
 
 
 def default_cache_dir() -> Path:
@@ -63,6 +71,13 @@ class Settings(BaseSettings):
 
     home: Path = Field(
         default=Path("var"), description="Directory for the SQLite file and spool files."
+    )
+    bentoml_home: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SENTILOOP_BENTOML_HOME", "BENTOML_HOME"),
+        description="BentoML's home, whose models/ is the model store; `home`/bentoml "
+        "when unset, so that every command of a checkout (CLI, server, training) reads "
+        "and writes one store.",
     )
     cache_dir: Path = Field(
         default_factory=default_cache_dir,
@@ -96,6 +111,31 @@ class Settings(BaseSettings):
     model_tag: str | None = Field(
         default=None,
         description="Pin this BentoML model tag as champion (ignores promotions).",
+    )
+    model_store_url: str | None = Field(
+        default=None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$",
+        description="Shared model store every replica reads, s3://bucket/prefix (AWS S3, "
+        "GCS's S3 API, MinIO, Ceph; needs `pip install 'sentiloop[s3]'`): a model is "
+        "uploaded before it gets a role, and a replica lacking it downloads it. Unset: "
+        "the local BentoML store only (one machine, or a shared volume).",
+    )
+    model_store_endpoint_url: str | None = Field(
+        default=None,
+        description="S3 API endpoint of the shared model store (MinIO, Ceph, GCS: "
+        "https://storage.googleapis.com); AWS's when unset.",
+    )
+    model_store_region: str | None = Field(
+        default=None,
+        description="Region of the shared model store's bucket (AWS_REGION when unset).",
+    )
+    model_store_access_key_id: str | None = Field(
+        default=None,
+        description="Access key of the shared model store; unset: the standard AWS chain "
+        "(AWS_ACCESS_KEY_ID, a web identity, an instance role).",
+    )
+    model_store_secret_access_key: SecretStr | None = Field(
+        default=None, description="Secret key going with model_store_access_key_id."
     )
     model_poll_interval_s: float = Field(
         default=5.0,
@@ -214,6 +254,70 @@ class Settings(BaseSettings):
         ge=0,
         description="How long feedback waits for its prediction's log row to be written.",
     )
+    feedback_lookup_waiters: int = Field(
+        default=4,
+        ge=1,
+        description="Feedback requests that may wait for log rows at once (of the 8 "
+        "threads for feedback): the others answer at once, so that requests naming "
+        "predictions that do not exist yet cannot hold every thread.",
+    )
+    feedback_batch_budget_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=55,
+        description="Time a feedback batch may take, below the HTTP timeout (60 s): "
+        "items not reached by then are answered 503 (retry) and were not stored.",
+    )
+
+    # CRM connectors (POST /v1/webhooks/{connector}, the connectors package). A
+    # connector without a secret is off unless webhook_allow_unsigned.
+    webhook_secret_zendesk: SecretStr | None = Field(
+        default=None, description="Zendesk webhook's signing secret (off when unset)."
+    )
+    webhook_secret_hubspot: SecretStr | None = Field(
+        default=None, description="HubSpot app's client secret (signature v3; off when unset)."
+    )
+    webhook_secret_intercom: SecretStr | None = Field(
+        default=None, description="Intercom app's client secret (X-Hub-Signature; off when unset)."
+    )
+    webhook_secret_generic: SecretStr | None = Field(
+        default=None,
+        description="Standard Webhooks secret (whsec_...) of the generic connector "
+        "(off when unset).",
+    )
+    webhook_allow_unsigned: bool = Field(
+        default=False,
+        description="Accept webhooks of connectors without a secret, unchecked (local "
+        "development only): refused at start when authentication is required, and served "
+        "to local clients only unless allow_unauthenticated_remote.",
+    )
+    webhook_tolerance_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="Oldest (and furthest ahead) a Zendesk signature timestamp may be; "
+        "HubSpot's and Standard Webhooks' windows are their own 5 minutes.",
+    )
+    webhook_public_url: str | None = Field(
+        default=None,
+        description="The service's URL as the CRM calls it (e.g. https://sentiloop.example.com) "
+        "when a proxy terminates TLS: HubSpot signs the full URI it called.",
+    )
+    webhook_hubspot_text_properties: list[str] = Field(
+        default_factory=lambda: ["content"],
+        description="HubSpot ticket properties whose changes (ticket.propertyChange) are scored.",
+    )
+    webhook_generic_mapping: GenericMapping = Field(
+        default_factory=GenericMapping,
+        description="JSON: where the generic connector finds each field, as JSONPath (e.g. "
+        '{"text": "$.data.message", "external_id": "$.data.ticket_id"}).',
+    )
+    webhook_inbox_poll_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often each worker looks for webhook events to score that another "
+        "worker received or that are due for a retry (its own are scored at once).",
+    )
 
     @field_validator("traffic_split")
     @classmethod
@@ -252,6 +356,17 @@ class Settings(BaseSettings):
         if self.auth is not None:
             return self.auth
         return "disabled" if self.resolved_database_url.startswith("sqlite") else "required"
+
+    def webhook_secret(self, connector: str) -> SecretStr | None:
+        """``webhook_secret_<connector>``; None for a connector without one."""
+        secret = getattr(self, f"webhook_secret_{connector}", None)
+        return secret if isinstance(secret, SecretStr) else None
+
+    @property
+    def resolved_bentoml_home(self) -> Path:
+        """Absolute, so that processes started elsewhere (model processes) agree."""
+        home = self.bentoml_home if self.bentoml_home is not None else self.home / "bentoml"
+        return home.expanduser().resolve()
 
     @property
     def spool_dir(self) -> Path:

@@ -1,17 +1,22 @@
 """The A/B experiments report: per arm of the traffic split (template version x model
 version) over a window, agreement of feedback with a Wilson interval, the difference
 against the control arm with Newcombe's interval and a two-sided z-test, and a
-plain verdict; ``conclude`` makes the winning template version the default.
+plain verdict; ``start`` records a split to run, ``conclude`` makes the winning template
+version the default (and sends the split's traffic to it), ``revert`` undoes a decision.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from core.settings import CHAMPION, TrafficArm
 from feedback.statistics import (
     newcombe_interval,
     rows_per_arm,
@@ -20,6 +25,7 @@ from feedback.statistics import (
 )
 from storage import template_decisions
 from storage.stats import ArmCounts, arm_counts
+from storage.template_decisions import Experiment
 
 
 class ExperimentError(Exception):
@@ -130,9 +136,11 @@ def compare(arm: Arm, control: Arm, config: ReportConfig) -> Comparison:
     confidence = 1 - config.significance
     base = control.agreement if control.agreement is not None else 0.8
     delta = config.detectable_difference
+    # Both directions, where there is room (a control right every time can only lose).
     needed = max(
-        rows_per_arm(base, delta, significance=config.significance, power=config.power),
-        rows_per_arm(base, -delta, significance=config.significance, power=config.power),
+        rows_per_arm(base, change, significance=config.significance, power=config.power)
+        for change in (delta, -delta)
+        if 0 < base + change < 1
     )
     fewest = min(arm.judged, control.judged)
     detectable = f"{100 * delta:.0f}-point difference"
@@ -226,6 +234,89 @@ def build_report(
     return report
 
 
+def parse_split(text: str) -> list[TrafficArm]:
+    """``v1=90,v2=10`` (``TEMPLATE[/MODEL]=WEIGHT``, the model ``champion`` unless
+    named), or the JSON list that ``SENTILOOP_TRAFFIC_SPLIT`` takes."""
+    try:
+        if text.lstrip().startswith("["):
+            raw = json.loads(text)
+            arms = [TrafficArm.model_validate(arm) for arm in raw]
+        else:
+            arms = []
+            for part in (p.strip() for p in text.split(",") if p.strip()):
+                arm, equals, weight = part.rpartition("=")
+                if not equals:
+                    raise ValueError(f"{part!r} has no weight (TEMPLATE[/MODEL]=WEIGHT)")
+                template, _, model = arm.partition("/")
+                arms.append(
+                    TrafficArm(template_version=template, model=model or CHAMPION,
+                               weight=float(weight))
+                )  # fmt: skip
+    except (ValueError, ValidationError) as error:
+        reason = error.errors()[0]["msg"] if isinstance(error, ValidationError) else error
+        raise ExperimentError(
+            f"cannot read the split {text!r}: {reason}; e.g. 'v1=90,v2=10' or "
+            "'v1=90,v2/challenger=10'",
+            field="split",
+        ) from None
+    keys = [(arm.template_version, arm.model) for arm in arms]
+    if len(arms) < 2 or len(set(keys)) < len(keys):
+        raise ExperimentError(
+            f"a split needs two or more different arms, got {text!r}", field="split"
+        )
+    return arms
+
+
+def _current(session: Session) -> tuple[template_decisions.Decision | None, Experiment | None]:
+    """The latest decision and the experiment it leaves running. Refuses when the
+    database does not say which split runs (a decision recorded before splits were;
+    a server started with its SENTILOOP_TRAFFIC_SPLIT records it)."""
+    latest = template_decisions.latest(session=session)
+    if latest is not None and not latest.recorded_split:
+        raise ExperimentError(
+            f"the database does not record which split the server runs (decision "
+            f"{latest.id} predates it): restart the server, or record it with "
+            "`sentiloop experiments start --split ...`",
+            field="split",
+        )
+    return latest, latest.experiment if latest is not None else None
+
+
+def start(
+    *,
+    session: Session,
+    arms: Sequence[TrafficArm],
+    actor: str,
+    reason: str,
+    default_version: str,
+) -> template_decisions.Decision:
+    """Run ``arms`` as an experiment: recorded, and followed by every server within its
+    poll interval (no restart). ``default_version``: the settings' default, when no
+    decision made one. The caller commits."""
+    latest = template_decisions.latest(session=session)
+    running = latest.experiment if latest is not None else None
+    if (
+        running is not None
+        and not running.concluded
+        and template_decisions.same_split(running.arms, arms)
+    ):
+        raise ExperimentError(f"the split {running.describe()} runs already", field="split")
+    default = latest.template_version if latest is not None else default_version
+    return _decide(
+        session,
+        latest,
+        template_version=default,
+        previous_version=default,
+        actor=actor,
+        reason=reason,
+        evidence={
+            "kind": "started",
+            "split": template_decisions.fingerprint(arms),
+            "concluded": False,
+        },
+    )
+
+
 def conclude(
     *,
     session: Session,
@@ -233,12 +324,28 @@ def conclude(
     actor: str,
     reason: str | None = None,
     winner_template: str | None = None,
-    split: list[list[Any]] | None = None,
 ) -> template_decisions.Decision:
     """Make the winning arm's template version the default (or ``winner_template``,
-    the operator's call); the caller commits. Refuses without a significant winner
-    unless the operator names one. ``split``: the configured split it concludes
-    (``core.settings.split_fingerprint``), which then serves only the winner."""
+    the operator's call) and, when an experiment runs, send all its traffic to the
+    winner's arms; the caller commits. Acts on the split the database says runs, or
+    refuses saying why: no significant winner unless the operator names one, a winner
+    that is no arm of the running split, a split concluded already, or a decision
+    recorded since the report was made."""
+    latest, running = _current(session)
+    default = latest.template_version if latest is not None else None
+    if default is not None and default != report.default_template_version:
+        raise ExperimentError(
+            f"the default template changed to {default!r} (decision {latest and latest.id}) "
+            "since the report was made; run it again",
+            field=None,
+        )
+    if running is not None and running.concluded:
+        raise ExperimentError(
+            f"the split {running.describe()} was concluded already (decision "
+            f"{latest and latest.id}: {report.default_template_version} serves); start a "
+            "new one with `sentiloop experiments start --split ...`",
+            field="winner",
+        )
     if winner_template is None:
         best = report.winner
         if best is None:
@@ -252,30 +359,61 @@ def conclude(
         reason = reason or best.verdict
     elif reason is None:
         raise ExperimentError("say why with --reason when naming the winner", field="reason")
-    if winner_template == report.default_template_version:
+    if running is not None and winner_template not in {
+        arm.template_version for arm in running.arms
+    }:
+        raise ExperimentError(
+            f"template version {winner_template!r} is no arm of the running split "
+            f"{running.describe()}",
+            field="winner",
+        )
+    if running is None and winner_template == report.default_template_version:
         raise ExperimentError(
             f"template version {winner_template!r} is already the default", field="winner"
         )
-    return template_decisions.decide(
-        session=session,
+    return _decide(
+        session,
+        latest,
         template_version=winner_template,
         previous_version=report.default_template_version,
         actor=actor,
         reason=reason or "",
-        evidence={"kind": "concluded", "split": split, "report": report.to_dict()},
+        evidence={
+            "kind": "concluded",
+            "split": template_decisions.fingerprint(running.arms) if running else None,
+            "concluded": running is not None,
+            "report": report.to_dict(),
+        },
     )
 
 
 def revert(*, session: Session, actor: str, reason: str) -> template_decisions.Decision:
-    """Undo the latest decision: its previous template version is the default again."""
+    """Undo the latest decision: the default template version and the split (running,
+    concluded or none) are what they were before it."""
     last = template_decisions.latest(session=session)
     if last is None or last.previous_version is None:
         raise ExperimentError("no template decision to revert", field=None)
-    return template_decisions.decide(
-        session=session,
+    before = template_decisions.get(session=session, decision_id=last.follows_id)
+    evidence: dict[str, Any] = {"kind": "reverted", "decision_id": last.id}
+    if before is None or before.recorded_split:  # else the seed's split runs again
+        running = before.experiment if before is not None else None
+        evidence["split"] = template_decisions.fingerprint(running.arms) if running else None
+        evidence["concluded"] = running is not None and running.concluded
+    return _decide(
+        session,
+        last,
         template_version=last.previous_version,
         previous_version=last.template_version,
         actor=actor,
         reason=reason,
-        evidence={"kind": "reverted", "decision_id": last.id},
+        evidence=evidence,
     )
+
+
+def _decide(
+    session: Session, follows: template_decisions.Decision | None, **decision: Any
+) -> template_decisions.Decision:
+    try:
+        return template_decisions.decide(session=session, follows=follows, **decision)
+    except template_decisions.DecisionConflict as error:
+        raise ExperimentError(str(error), field=None) from None

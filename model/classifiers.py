@@ -19,7 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from model.labels import LABEL_TO_ID, LABELS, normalize_label
-from model.onnx_runtime import OnnxLogits, onnx_model_file
+from model.onnx_runtime import cached_onnx_logits
 from model.templates import PromptTemplate
 from model.tokenization import ChunkTokenizer
 
@@ -148,8 +148,9 @@ class FineTunedClassifier:
                 raise ValueError("the onnx backend runs on the CPU; use backend=torch on GPUs")
             if onnx_cache_dir is None:
                 raise ValueError("the onnx backend needs a cache directory for the export")
-            path = onnx_model_file(directory, onnx_cache_dir, quantize=quantize)
-            self._logits: LogitsFunction = OnnxLogits(path, threads=threads)
+            self._logits: LogitsFunction = cached_onnx_logits(
+                directory, onnx_cache_dir, quantize=quantize, threads=threads
+            )
             return
         model = AutoModelForSequenceClassification.from_pretrained(
             str(directory), local_files_only=True

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings
-from model import model_store
+from model import deltas, model_store, shared_store
 from model.base_models import base_model_dir
 from model.classifiers import Classifier, FineTunedClassifier, ZeroShotClassifier
 from model.onnx_runtime import onnx_model_file
@@ -27,9 +27,12 @@ from model.shipped import (
     materialize,
     shipped_by_version,
     shipped_for_base,
+    shipped_models,
 )
 
 SHIPPED_MODELS = "the shipped models of this installation"
+# What a user types for the shipped model (promote, rollback).
+SHIPPED = "shipped"
 
 
 def cold_start_tag(settings: Settings) -> str | None:
@@ -77,11 +80,52 @@ def _shipped(tag: str) -> ShippedModel:
     return shipped
 
 
+def resolve_tag(settings: Settings, reference: str) -> str:
+    """The tag that serves ``reference``: ``shipped`` (the shipped model of the base
+    preset, else the only one installed), a shipped version as the API reports it
+    (``shipped:<name>@<sha>``), or a model in the store. The shipped model is a model
+    like any other for promotion and rollback, and a tag the server could not load
+    fails here, naming where it looked, not later in a server log."""
+    if reference == SHIPPED:
+        shipped = shipped_for_base(settings.base_model)
+        installed = shipped_models()
+        if shipped is None and len(installed) == 1:
+            shipped = installed[0]
+        if shipped is None:
+            where = f"{SHIPPED_MODELS} for the base model {settings.base_model!r}"
+            raise model_store.ModelNotFound(reference, where)
+        return shipped.version
+    if reference.startswith(VERSION_PREFIX):
+        return _shipped(reference).version
+    return stored_model(settings, reference).tag
+
+
+def stored_model(settings: Settings, tag: str) -> model_store.StoredModel:
+    """A model of the local store; one it lacks is fetched from the shared store
+    (``model.shared_store``) when one is configured: a replica on another machine
+    than the trainer's."""
+    try:
+        return model_store.get_model(tag)
+    except model_store.ModelNotFound:
+        if settings.model_store_url is None:
+            raise
+    return shared_store.fetch(settings, tag)
+
+
 def model_directory(settings: Settings, tag: str) -> Path:
     """The Hugging Face directory of a shipped or stored model."""
     if tag.startswith(VERSION_PREFIX):
         return materialize(_shipped(tag), settings.cache_dir)
-    return model_store.get_model(tag).path
+    return stored_model_directory(settings, stored_model(settings, tag))
+
+
+def stored_model_directory(settings: Settings, stored: model_store.StoredModel) -> Path:
+    """A stored model's directory: itself, or for a delta (``model.deltas``) the delta
+    merged onto its parent's directory (resolved the same way, so chains work)."""
+    if not deltas.is_delta(stored.path):
+        return stored.path
+    parent = model_directory(settings, deltas.parent_of(stored.path))
+    return deltas.materialize_delta(stored.path, parent, settings.cache_dir)
 
 
 def prepare(settings: Settings) -> Path | None:
@@ -90,12 +134,18 @@ def prepare(settings: Settings) -> Path | None:
     serving runtime. Serving does the same on first use; this does it up front (in a
     container image, or before `bentoml serve` starts its workers). Returns the
     serving file (None: nothing to export)."""
-    base_model_dir(settings)
+    base_model_dir(settings, checksums=True)
     tag = cold_start_tag(settings)
-    if tag is None or settings.resolved_inference_backend != "onnx":
+    if tag is None:
         return None
-    directory = model_directory(settings, tag)
-    return onnx_model_file(directory, directory, quantize=settings.resolved_quantize)
+    # Every byte of the cache is checked here (a corrupt entry is rebuilt), once
+    # before serving rather than at each model process's start.
+    directory = materialize(_shipped(tag), settings.cache_dir, checksums=True)
+    if settings.resolved_inference_backend != "onnx":
+        return None
+    return onnx_model_file(
+        directory, directory, quantize=settings.resolved_quantize, checksums=True
+    )
 
 
 def load_classifier(settings: Settings, tag: str | None) -> tuple[Classifier, dict[str, Any]]:
@@ -106,7 +156,8 @@ def load_classifier(settings: Settings, tag: str | None) -> tuple[Classifier, di
     if tag.startswith(VERSION_PREFIX):
         shipped = _shipped(tag)
         return shipped_classifier(settings, shipped), shipped.metadata()
-    stored = model_store.get_model(tag)
+    stored = stored_model(settings, tag)
     cache = settings.onnx_cache_dir / stored.tag.replace(":", "-")
-    classifier = fine_tuned(settings, stored.path, version=stored.tag, onnx_cache_dir=cache)
+    directory = stored_model_directory(settings, stored)
+    classifier = fine_tuned(settings, directory, version=stored.tag, onnx_cache_dir=cache)
     return classifier, dict(stored.metadata)

@@ -2,11 +2,15 @@
 
 Metadata of every model: ``base_model``, ``template_versions``,
 ``data_sha256``, ``metrics`` (and whatever else training records, e.g. the
-parent model). The store lives under ``$BENTOML_HOME/models``.
+parent model). The store lives under ``<BentoML home>/models``; ``use_store``
+points BentoML at the settings' home (``Settings.resolved_bentoml_home``) in
+every entry point, so that the CLI that trains and promotes and the server that
+loads read one store.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,8 +29,27 @@ class ModelStoreError(Exception):
 class ModelNotFound(ModelStoreError):
     field = "model"
 
-    def __init__(self, tag: str, where: str = "the BentoML model store") -> None:
-        super().__init__(f"no model {tag!r} in {where}")
+    def __init__(self, tag: str, where: str | None = None) -> None:
+        super().__init__(f"no model {tag!r} in {where or f'the BentoML model store {store_dir()}'}")
+
+
+def use_store(bentoml_home: Path) -> None:
+    """Make ``bentoml_home`` BentoML's home in this process and in those it starts.
+
+    BentoML reads ``BENTOML_HOME`` once, on the first use of its store, and
+    defaults to ``~/bentoml``: the CLI and a server started with another
+    environment then used two stores, and a promoted model was never served.
+    Each entry point (the CLI's callback, the service, a model process) calls
+    this first, with the one location the settings resolve.
+    """
+    os.environ["BENTOML_HOME"] = str(bentoml_home)
+
+
+def store_dir() -> Path:
+    """The directory of the model store BentoML uses in this process."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.model_store_dir.get())
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,8 @@ def get_model(tag: str) -> StoredModel:
         model = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
         raise ModelNotFound(tag) from None
+    except bentoml.exceptions.BentoMLException as error:  # not a tag: "Invalid Tag ..."
+        raise ModelNotFound(tag, f"the BentoML model store {store_dir()} ({error})") from None
     return StoredModel(
         tag=str(model.tag),
         path=Path(model.path),

@@ -4,6 +4,9 @@ A model directory saved by training is exported to ONNX once (opset 17,
 dynamic batch and sequence axes), optionally quantized to dynamic int8, and
 cached under ``<cache>/<key>/``; every worker process of the machine reuses the
 file (an exclusive file lock makes one process export while the others wait).
+Each file is renamed into place, then sealed by a completion marker beside it
+(``core.cache_entry``); a file without one, or whose size differs, is exported
+again.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.cache_entry import defect, seal
 from core.file_lock import exclusive_file_lock
 
 logger = logging.getLogger(__name__)
@@ -74,26 +78,59 @@ def _quantize(source: Path, destination: Path) -> None:
     quantize_dynamic(str(source), str(destination), weight_type=QuantType.QInt8)
 
 
-def onnx_model_file(model_dir: Path, cache_dir: Path, *, quantize: str) -> Path:
-    """The cached ONNX file of ``model_dir`` (``quantize``: "none" or "int8"), made if missing."""
+def _marker(path: Path) -> Path:
+    """The completion marker of a cached ONNX file (``core.cache_entry``)."""
+    return path.with_name(f".{path.name}.complete.json")
+
+
+def _build(path: Path, make: Callable[[Path], None], problem: str) -> None:
+    """Make ``path`` aside, rename it into place and seal it (under the cache's lock)."""
+    if path.exists():
+        logger.warning("rebuilding %s: %s", path, problem)
+    for stale in path.parent.glob(f"{path.name}.*.partial"):  # of processes that died
+        stale.unlink(missing_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    make(partial)
+    partial.replace(path)
+    seal(_marker(path), [path])
+
+
+def onnx_model_file(
+    model_dir: Path, cache_dir: Path, *, quantize: str, checksums: bool = False
+) -> Path:
+    """The cached ONNX file of ``model_dir`` (``quantize``: "none" or "int8"), made if
+    missing or not whole (``checksums``: read every byte to tell, not only its size)."""
     fp32 = cache_dir / f"model.{EXPORT_LAYOUT}.onnx"
     target = fp32 if quantize == "none" else cache_dir / f"model.{EXPORT_LAYOUT}.{quantize}.onnx"
-    if target.exists():
+    if defect(_marker(target), checksums=checksums) is None:
         return target
     with exclusive_file_lock(cache_dir / ".lock"):
-        if target.exists():  # another process made it while this one waited
+        problem = defect(_marker(target), checksums=checksums)
+        if problem is None:  # another process made it while this one waited
             return target
         started = time.perf_counter()
-        if not fp32.exists():
-            partial = cache_dir / f"{fp32.name}.{os.getpid()}.partial"
-            _export(model_dir, partial)
-            partial.replace(fp32)
+        exported = defect(_marker(fp32), checksums=checksums) if target != fp32 else problem
+        if exported is not None:
+            _build(fp32, lambda partial: _export(model_dir, partial), exported)
         if target != fp32:
-            partial = cache_dir / f"{target.name}.{os.getpid()}.partial"
-            _quantize(fp32, partial)
-            partial.replace(target)
+            _build(target, lambda partial: _quantize(fp32, partial), problem)
         logger.info("exported %s to %s in %.1f s", model_dir, target, time.perf_counter() - started)
     return target
+
+
+def cached_onnx_logits(
+    model_dir: Path, cache_dir: Path, *, quantize: str, threads: int | None
+) -> OnnxLogits:
+    """The ONNX Runtime session of ``model_dir``'s cached export. A file of the right
+    size can still be damaged: when ONNX Runtime refuses it, every byte is compared
+    with the sealed checksum and a file that differs is exported again (once)."""
+    path = onnx_model_file(model_dir, cache_dir, quantize=quantize)
+    try:
+        return OnnxLogits(path, threads=threads)
+    except Exception as error:  # onnxruntime's own error types, not importable by name
+        logger.warning("ONNX Runtime refused %s (%s); checking it", path, error)
+    checked = onnx_model_file(model_dir, cache_dir, quantize=quantize, checksums=True)
+    return OnnxLogits(checked, threads=threads)
 
 
 class OnnxLogits:

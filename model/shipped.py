@@ -15,15 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.cache_entry import defect, seal_directory
 from core.file_lock import exclusive_file_lock
-from model.base_models import resolve_base_model
+from model.base_models import COMPLETE, rebuild_aside, resolve_base_model
 from model.calibration import fold_temperature
 from model.classifiers import sentiment_model
 
@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
 VERSION_PREFIX = "shipped:"
 ARTIFACT_FILES = ("adapter_config.json", "adapter_model.safetensors", "calibration.json")
+# Hand-written labelled texts in six languages (GUARD.md beside it): the training gate's
+# general guard where a team has no base data, since the shipped model's own training
+# data may not be redistributed. JSON lines with text, label and language.
+GENERAL_GUARD = SHIPPED_ROOT / "multilingual-e5-small-sentiment" / "guard.jsonl"
 
 
 @dataclass(frozen=True)
@@ -110,18 +114,22 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, temperature: float, destina
     return destination
 
 
-def materialize(shipped: ShippedModel, cache_dir: Path) -> Path:
-    """The merged model directory of ``shipped`` in the machine's cache (made once)."""
+def materialize(shipped: ShippedModel, cache_dir: Path, *, checksums: bool = False) -> Path:
+    """The merged model directory of ``shipped`` in the machine's cache (made once,
+    remade when its files are not those it was built with: ``core.cache_entry``;
+    ``checksums``: read every byte to tell, not only the sizes)."""
     target = cache_dir / "shipped" / f"{shipped.name}-{shipped.sha256[:12]}"
-    if (target / "config.json").exists():
+    if defect(target / COMPLETE, checksums=checksums) is None:
         return target
     with exclusive_file_lock(cache_dir / "shipped" / ".lock"):
-        if (target / "config.json").exists():
+        problem = defect(target / COMPLETE, checksums=checksums)
+        if problem is None:
             return target
         started = time.perf_counter()
-        base_dir = resolve_base_model(shipped.base_model, cache_dir)
-        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        base_dir = resolve_base_model(shipped.base_model, cache_dir, checksums=checksums)
+        partial = rebuild_aside(target, problem)
         merge_adapter(base_dir, shipped.directory, shipped.temperature, partial)
+        seal_directory(partial, COMPLETE)
         partial.replace(target)
         logger.info(
             "built the shipped model %s in %s (%.1f s)",

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from datetime import datetime
@@ -29,12 +30,13 @@ _DEBUG = False  # --debug: tracebacks instead of one-line errors
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that a command's user fixes (a file, an option, the data, the database
     address): one or two lines naming it, never a traceback (except with --debug)."""
+    from bentoml.exceptions import BentoMLException
     from sqlalchemy.exc import OperationalError
 
     from feedback.experiments import ExperimentError
     from feedback.imports import ImportFileError
     from model.base_models import BaseModelError
-    from model.model_store import ModelNotFound
+    from model.model_store import ModelStoreError
     from model.templates import UnknownTemplateVersion
     from sentiloop.input_files import InputFileError
     from training.dataset import DatasetTooSmall
@@ -47,7 +49,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         DatasetTooSmall,
         TrainingBusy,
         PromotionError,
-        ModelNotFound,
+        ModelStoreError,
+        BentoMLException,
         UnknownTemplateVersion,
         BaseModelError,
         InputFileError,
@@ -68,7 +71,8 @@ def _one_line(error: BaseException) -> str:
         return f"database unavailable: {database.describe_error(error)}"
     if isinstance(error, OSError) and error.filename is not None:
         return f"{error.filename}: {error.strerror or error}"
-    return str(error).strip()
+    # Some messages span lines (pydantic's validation errors): one line still.
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 class _Commands(typer.core.TyperGroup):
@@ -80,9 +84,7 @@ class _Commands(typer.core.TyperGroup):
         except _user_errors() as error:
             if _DEBUG:
                 raise
-            failed = _fail(_one_line(error))
-            typer.echo("(run with --debug for the traceback)", err=True)
-            raise failed from None
+            raise _fail(_one_line(error)) from None  # `sentiloop --debug` shows the traceback
 
 
 app = typer.Typer(
@@ -110,7 +112,7 @@ app.add_typer(templates_app, name="templates")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 experiments_app = typer.Typer(
-    help="A/B experiments over the traffic split: report, conclude, revert.",
+    help="A/B experiments over the traffic split: start, report, conclude, revert.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -122,6 +124,12 @@ review_app = typer.Typer(
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(review_app, name="review")
 app.add_typer(experiments_app, name="experiments")
+locks_app = typer.Typer(
+    help="Database locks (the training lock): show them, break a stale one.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(locks_app, name="locks")
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 logger = logging.getLogger("sentiloop.cli")
@@ -159,7 +167,11 @@ def main(
     global _DEBUG
     _DEBUG = debug
     configure_logging()
-    ctx.obj = Settings()
+    settings = Settings()
+    from model.model_store import use_store
+
+    use_store(settings.resolved_bentoml_home)  # before anything reads the store
+    ctx.obj = settings
 
 
 LOCAL_HOST = "127.0.0.1"
@@ -355,6 +367,37 @@ def keys_create(
     typer.echo(f"stored the hash of key {name!r} in {file}; set SENTILOOP_API_KEYS_FILE", err=True)
 
 
+@keys_app.command("list")
+def keys_list(
+    file: Annotated[Path, typer.Option(help="Key file (SENTILOOP_API_KEYS_FILE).")] = Path(
+        "var/api-keys.json"
+    ),
+) -> None:
+    """List the keys of the key file: name, id (the start of its hash) and scopes."""
+    from service.http.auth import read_key_file
+
+    keys = read_key_file(file) if file.exists() else []
+    if not keys:
+        typer.echo(f"no keys in {file}", err=True)
+    for key in keys:
+        typer.echo(f"{key.name}\t{key.id}\t{','.join(sorted(key.scopes))}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="The key's name or id (from `keys list`).")],
+    file: Annotated[Path, typer.Option(help="Key file (SENTILOOP_API_KEYS_FILE).")] = Path(
+        "var/api-keys.json"
+    ),
+) -> None:
+    """Revoke a key: remove it from the key file; running servers refuse it within
+    seconds (they reload the file when it changes), no restart."""
+    from service.http.auth import revoke_key
+
+    revoked = revoke_key(file, key)
+    typer.echo(f"revoked key {revoked.name!r} ({revoked.id}) in {file}")
+
+
 @feedback_app.command("export")
 def feedback_export(
     ctx: typer.Context,
@@ -390,18 +433,39 @@ def feedback_import(
             "source column (e.g. the CRM)."
         ),
     ] = None,
+    label_map: Annotated[
+        str | None,
+        typer.Option(
+            help="Raw labels to labels: a preset (stars5: 1-2 negative, 3 neutral, "
+            '4-5 positive; binary: 0 negative, 1 positive) or pairs, e.g. "0=negative,1=positive". '
+            "CSAT rates the support, not the text: see the README before mapping it."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Store labels from a file: rows with prediction_id or external_id (+ source) and
-    label (negative/neutral/positive, any case, or 0/1/2) or verdict (correct/incorrect).
-    Importing the same file again stores nothing twice; unlabelled rows are skipped."""
+    label (negative/neutral/positive, any case, or 0/1/2; other values through
+    --label-map) or verdict (correct/incorrect), checked, redacted and limited as the
+    API does. Importing the same file again stores nothing twice; unlabelled rows are
+    skipped; a bad row is reported by number and the others are imported."""
     from feedback.imports import ImportFileError, import_feedback
+    from model.labels import LabelMapError, parse_label_map
 
     if not file.is_file():
         raise _fail(f"{file}: no such file")
+    try:
+        mapping = parse_label_map(label_map)
+    except LabelMapError as error:
+        raise _fail(str(error)) from None
     with _database(ctx, migrate=True) as sessions:
         try:
-            summary = import_feedback(file, sessions=sessions, source=source)
+            summary = import_feedback(
+                file,
+                sessions=sessions,
+                text_storage=_settings(ctx).text_storage,
+                source=source,
+                label_map=mapping,
+            )
         except ImportFileError as error:
             raise _fail(str(error)) from None
     if as_json:
@@ -414,6 +478,8 @@ def feedback_import(
         )
         for problem in summary.errors:
             typer.echo(f"  {problem}", err=True)
+        if summary.failed > len(summary.errors):
+            typer.echo(f"  ... and {summary.failed - len(summary.errors)} more", err=True)
     if summary.failed:
         raise typer.Exit(code=1)
 
@@ -475,6 +541,12 @@ def review_export(
     if output:
         typer.echo(f"wrote {len(items)} predictions to label to {output}", err=True)
 
+
+# `train --if-due`: another run holds the training lock (sysexits' EX_TEMPFAIL, "try
+# again later"). Not due exits 0 like a run: a CronJob counts every non-zero exit as
+# a failed Job (retried up to backoffLimit, then alerted on), and a check that found
+# nothing to do has not failed; Kubernetes has no way to read another code as success.
+EXIT_BUSY = 75
 
 # The training options take their defaults from the training dataclasses.
 _ASSEMBLY, _ARGUMENTS, _GATE, _SCHEDULE = (
@@ -538,7 +610,27 @@ def train(
     ] = None,
     epochs: int = _ARGUMENTS.epochs,
     batch_size: int = _ARGUMENTS.batch_size,
-    learning_rate: float = _ARGUMENTS.learning_rate,
+    learning_rate: Annotated[
+        float | None,
+        typer.Option(help="Default: 5e-4 with a LoRA adapter, 5e-5 for full fine-tuning."),
+    ] = _ARGUMENTS.learning_rate,
+    lora_rank: Annotated[
+        int,
+        typer.Option(
+            help="Rank of the LoRA adapter trained on the encoder (a retrained model is "
+            "stored as a few-MB delta on its parent); 0: every weight (stored in full)."
+        ),
+    ] = _ARGUMENTS.lora_rank or 0,
+    class_balance: Annotated[
+        bool, typer.Option(help="Weigh labelled rows by the inverse frequency of their label.")
+    ] = _ARGUMENTS.class_balance,
+    rehearsal_ratio: Annotated[
+        float,
+        typer.Option(
+            help="Logged texts without feedback, labelled softly by the champion, per "
+            "feedback row trained on (keeps what the champion knows); 0: none."
+        ),
+    ] = _ASSEMBLY.rehearsal_ratio,
     max_length: int = _ARGUMENTS.max_length,
     seed: int = _ARGUMENTS.seed,
     max_base_examples: Annotated[
@@ -558,11 +650,40 @@ def train(
         int, typer.Option(help="Feedback-holdout rows from which it decides (not the base).")
     ] = _GATE.min_feedback_rows,
     min_language_rows: Annotated[
-        int, typer.Option(help="Base-holdout rows of a language from which it is guarded.")
+        int,
+        typer.Option(
+            help="Rows of a language (in a holdout, or answers on recent traffic) from "
+            "which it is guarded."
+        ),
     ] = _GATE.min_language_rows,
     base_tolerance: Annotated[
-        float, typer.Option(help="Largest tolerated loss of --metric on the base holdout.")
+        float,
+        typer.Option(
+            help="Largest tolerated loss of --metric on the base holdout and on each "
+            "language of the feedback holdout."
+        ),
     ] = _GATE.base_tolerance,
+    flip_tolerance: Annotated[
+        float,
+        typer.Option(
+            help="Largest share of recent answers (outside the feedback) a candidate may "
+            "change in a language beyond the share the corrections asked to change there."
+        ),
+    ] = _GATE.flip_tolerance,
+    traffic_days: Annotated[
+        float, typer.Option(help="Days of logged traffic the traffic guard compares on.")
+    ] = _GATE.traffic_days,
+    traffic_rows_per_language: Annotated[
+        int,
+        typer.Option(help="Newest logged texts per language it compares on (0: no traffic guard)."),
+    ] = _GATE.traffic_rows_per_language,
+    general_guard: Annotated[
+        bool,
+        typer.Option(
+            help="Without a base holdout, guard with the general guard set shipped with the "
+            "model (per language, within a noise allowance)."
+        ),
+    ] = _GATE.general_guard,
     start_from: Annotated[
         Literal["champion", "base"],
         typer.Option(help="Continue from the champion's weights, or a new head on the base."),
@@ -570,11 +691,20 @@ def train(
     schedule: Annotated[
         bool, typer.Option("--schedule", help="Keep running; retrain when due.")
     ] = False,
+    if_due: Annotated[
+        bool,
+        typer.Option(
+            "--if-due",
+            help="Check once and train when due (a CronJob's command). Exit 0: trained, "
+            f"or not due (a line 'not due: ...'); {EXIT_BUSY}: busy, another run holds "
+            "the training lock (try again later); 2: an error.",
+        ),
+    ] = False,
     min_new_feedback: Annotated[
-        int, typer.Option(help="--schedule: feedback rows.")
+        int, typer.Option(help="--schedule/--if-due: feedback rows.")
     ] = _SCHEDULE.min_new_feedback,
     interval_minutes: Annotated[
-        float, typer.Option(help="--schedule: max minutes.")
+        float, typer.Option(help="--schedule/--if-due: max minutes.")
     ] = _SCHEDULE.interval_s / 60,
     poll_seconds: Annotated[
         float, typer.Option(help="--schedule: check period.")
@@ -586,12 +716,16 @@ def train(
 
     from training import (
         DataSource,
+        TrainingBusy,
         TrainingPipeline,
         TrainingPlan,
+        check_now,
         parse_label_map,
         run_schedule,
     )
 
+    if schedule and if_due:
+        raise typer.BadParameter("give --schedule or --if-due, not both", param_hint="--if-due")
     mapping = parse_label_map(label_map)
     sources = [
         DataSource(path, text_field, label_field, mapping, not no_header, drop_unknown_labels)
@@ -607,6 +741,7 @@ def train(
             holdout_fraction=holdout_fraction,
             feedback_holdout_fraction=feedback_holdout_fraction,
             feedback_weight=feedback_weight,
+            rehearsal_ratio=rehearsal_ratio,
             conflict_policy=conflict_policy,
             max_base_examples=max_base_examples,
             min_examples_per_class=min_examples_per_class,
@@ -615,6 +750,8 @@ def train(
             epochs=epochs,
             batch_size=batch_size,
             learning_rate=learning_rate,
+            lora_rank=lora_rank or None,
+            class_balance=class_balance,
             max_length=max_length,
             seed=seed,
             progress=progress,
@@ -625,16 +762,36 @@ def train(
             min_feedback_rows=min_feedback_rows,
             min_language_rows=min_language_rows,
             base_tolerance=base_tolerance,
+            flip_tolerance=flip_tolerance,
+            traffic_days=traffic_days,
+            traffic_rows_per_language=traffic_rows_per_language,
+            general_guard=general_guard,
         ),
         start_from=start_from,
     )
+    plan_schedule = Schedule(min_new_feedback, interval_minutes * 60, poll_seconds)
     pipeline = TrainingPipeline(_settings(ctx))
     try:
-        if schedule:
-            plan_schedule = Schedule(min_new_feedback, interval_minutes * 60, poll_seconds)
-            run_schedule(pipeline, plan, plan_schedule, threading.Event())
-            return
-        outcome = pipeline.run(plan)
+        with _sigterm_unwinds():
+            if schedule:
+                run_schedule(pipeline, plan, plan_schedule, threading.Event())
+                return
+            if if_due:
+                check = check_now(pipeline, plan_schedule)
+                if check.reason is None:
+                    typer.echo(f"not due: {check.describe(plan_schedule)}")
+                    return
+                typer.echo(f"due ({check.reason}): {check.describe(plan_schedule)}")
+                try:
+                    outcome = pipeline.run(plan, trigger=check.trigger)
+                except TrainingBusy as busy:
+                    typer.echo(f"busy: {busy}; try again later", err=True)
+                    raise typer.Exit(code=EXIT_BUSY) from None
+            else:
+                outcome = pipeline.run(plan)
+    except Terminated as stop:
+        _fail(f"training stopped by {stop}: the run is recorded failed, the lock released")
+        raise typer.Exit(code=128 + signal.SIGTERM) from None
     finally:
         pipeline.close()
     typer.echo((outcome.report_dir / "summary.txt").read_text(), nl=False)
@@ -642,6 +799,26 @@ def train(
 
 
 _JSON = typer.Option("--json", help="Print JSON (one object per row) for scripts.")
+
+
+class Terminated(BaseException):
+    """SIGTERM (how Kubernetes, Docker and systemd stop a process) raised in the main
+    thread, a BaseException like KeyboardInterrupt so that nothing on the way swallows
+    it: what it interrupts unwinds (a training run is recorded failed, its lock
+    released, its scratch directory removed) instead of dying where it stands."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second must not cut the clean-up
+        raise Terminated(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _table(rows: list[dict[str, Any]], as_json: bool, empty: str) -> None:
@@ -666,29 +843,102 @@ def _table(rows: list[dict[str, Any]], as_json: bool, empty: str) -> None:
 
 @models_app.command("list")
 def models_list(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
-    """Models in the BentoML store, oldest first, with their current role."""
+    """The shipped models, then those in the BentoML store, oldest first, with their
+    current roles (a model can hold both)."""
     from model import model_store
+    from model.loader import cold_start_tag
+    from model.shipped import shipped_models
     from storage import model_roles
 
+    settings = _settings(ctx)
     with _database(ctx, migrate=True) as sessions, sessions() as session:
-        roles = {
-            model_roles.current(session=session, role="champion"): "champion",
-            model_roles.current(session=session, role="challenger"): "challenger",
+        champion = model_roles.current(session=session, role="champion")
+        challenger = model_roles.current(session=session, role="challenger")
+    # The champion as the service resolves it (service.inference.scoring.Scorer.target_tag).
+    champion = settings.model_tag or champion or cold_start_tag(settings)
+
+    def role(tag: str) -> str | None:
+        held = (("champion", champion), ("challenger", challenger))
+        return ",".join(name for name, holder in held if holder == tag) or None
+
+    rows = [
+        {
+            "tag": shipped.version,
+            "role": role(shipped.version),
+            "created_at": None,
+            "holdout_macro_f1": None,
+            "languages": ",".join(shipped.card.get("languages", [])) or None,
         }
-    rows = []
-    for stored in model_store.list_models(_settings(ctx).model_name):
+        for shipped in shipped_models()
+    ]
+    for stored in model_store.list_models(settings.model_name):
         holdout = stored.metadata.get("metrics", {}).get("holdout", {})
         score = holdout.get("macro_f1")
         rows.append(
             {
                 "tag": stored.tag,
-                "role": roles.get(stored.tag),
+                "role": role(stored.tag),
                 "created_at": stored.created_at[:19],
                 "holdout_macro_f1": None if score is None else round(score, 4),
                 "languages": ",".join(stored.metadata.get("languages", [])) or None,
             }
+            | _versus(
+                stored.metadata.get("metrics", {}),
+                stored.metadata.get("parent_metrics", {}),
+                as_json,
+            )
         )
+    for row in rows:  # the shipped models were not trained here: no comparison
+        for key in _VERSUS_KEYS:
+            row.setdefault(key, None)
     _table(rows, as_json, "no stored models yet (`sentiloop train` makes one)")
+
+
+_VERSUS_KEYS = ("split", "macro_f1", "recall", "language_macro_f1")
+
+
+def _versus(candidate: dict[str, Any], champion: dict[str, Any], as_json: bool) -> dict[str, Any]:
+    """A run's figures of candidate vs champion on the same rows, on the feedback
+    holdout when it has rows (else the base holdout): macro-F1, each class's recall and
+    each language's macro-F1; "candidate/champion" in a table, nested in JSON."""
+    split = "feedback_holdout" if candidate.get("feedback_holdout", {}).get("n") else "holdout"
+    new, old = candidate.get(split, {}), champion.get(split, {})
+    if not new.get("n"):
+        return dict.fromkeys(_VERSUS_KEYS)
+
+    def recalls(metrics: dict[str, Any]) -> dict[str, float]:
+        if "recall" in metrics:  # as the model store keeps them
+            return dict(metrics["recall"])
+        return {label: f["recall"] for label, f in metrics.get("per_class", {}).items()}
+
+    def languages(metrics: dict[str, Any]) -> dict[str, float]:
+        return {code: f["macro_f1"] for code, f in metrics.get("per_language", {}).items()}
+
+    pairs = {
+        "macro_f1": {"": (new.get("macro_f1"), old.get("macro_f1"))},
+        "recall": {k: (v, recalls(old).get(k)) for k, v in recalls(new).items()},
+        "language_macro_f1": {k: (v, languages(old).get(k)) for k, v in languages(new).items()},
+    }
+    row: dict[str, Any] = {"split": split}
+    for key, values in pairs.items():
+        if as_json:
+            nested = {
+                name: {"candidate": pair[0], "champion": pair[1]} for name, pair in values.items()
+            }
+            row[key] = nested.get("", nested) if key == "macro_f1" else nested
+        else:
+            row[key] = (
+                " ".join(
+                    f"{name}{'=' if name else ''}{_short(pair[0])}/{_short(pair[1])}"
+                    for name, pair in values.items()
+                )
+                or None
+            )
+    return row
+
+
+def _short(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 @models_app.command("promote")
@@ -697,7 +947,9 @@ def models_promote(ctx: typer.Context, tag: str) -> None:
     from training import promote
 
     with _database(ctx, migrate=True) as sessions:
-        assignment = promote(sessions=sessions, tag=tag, reason="manual promotion")
+        assignment = promote(
+            settings=_settings(ctx), sessions=sessions, tag=tag, reason="manual promotion"
+        )
     typer.echo(f"champion: {assignment.model_tag}")
 
 
@@ -712,7 +964,7 @@ def models_rollback(
     from training import rollback
 
     with _database(ctx, migrate=True) as sessions:
-        assignment = rollback(sessions=sessions, tag=tag)
+        assignment = rollback(settings=_settings(ctx), sessions=sessions, tag=tag)
     typer.echo(f"champion: {assignment.model_tag or 'zero-shot'} ({assignment.reason})")
 
 
@@ -740,7 +992,12 @@ def models_history(
 def models_runs(
     ctx: typer.Context, limit: int = 20, as_json: Annotated[bool, _JSON] = False
 ) -> None:
-    """Training runs, newest first: status, decision, counts, candidate."""
+    """Training runs, newest first: status, decision, counts, candidate; then candidate
+    vs champion (candidate/champion) on the feedback holdout (else the base holdout):
+    macro-F1, each class's recall and each language's macro-F1, each language's
+    macro-F1 on the general guard set (when it guarded the run), and per language of
+    recent traffic the share of answers the candidate changes vs the share the
+    corrections asked to change (changed/corrected)."""
     from storage import runs
 
     with _database(ctx, migrate=True) as sessions, sessions() as session:
@@ -755,9 +1012,56 @@ def models_runs(
                 "train_rows": (run.counts or {}).get("train"),
                 "error": run.error,
             }
+            | _versus(
+                {split: m.get("candidate", {}) for split, m in _splits(run.metrics).items()},
+                {split: m.get("champion", {}) for split, m in _splits(run.metrics).items()},
+                as_json,
+            )
+            | {"general_guard": _general_guard(run.metrics, as_json)}
+            | {"traffic_changed": _traffic((run.metrics or {}).get("traffic_guard"), as_json)}
             for run in runs.list_runs(session=session, limit=limit)
         ]
     _table(rows, as_json, "no training runs yet")
+
+
+def _splits(metrics: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    return {
+        split: values
+        for split, values in (metrics or {}).items()
+        if split in ("holdout", "feedback_holdout") and isinstance(values, dict)
+    }
+
+
+def _general_guard(metrics: dict[str, Any] | None, as_json: bool) -> Any:
+    """A run's general guard set: each language's macro-F1, candidate/champion."""
+    guard = (metrics or {}).get("general_guard")
+    if not isinstance(guard, dict):
+        return None
+    old = guard.get("champion", {}).get("per_language", {})
+    pairs = {
+        code: (figures.get("macro_f1"), old.get(code, {}).get("macro_f1"))
+        for code, figures in guard.get("candidate", {}).get("per_language", {}).items()
+    }
+    if as_json:
+        return {code: {"candidate": new, "champion": was} for code, (new, was) in pairs.items()}
+    return " ".join(f"{code}={_short(new)}/{_short(was)}" for code, (new, was) in pairs.items())
+
+
+def _traffic(guard: dict[str, Any] | None, as_json: bool) -> Any:
+    """The traffic guard of a run: per language, changed/corrected shares."""
+    if not guard:
+        return None
+    if as_json:
+        return guard
+    if guard.get("unavailable"):
+        return "no guard"
+    return (
+        " ".join(
+            f"{code}={100 * v['changed_share']:.0f}%/{100 * v['corrected_share']:.0f}%"
+            for code, v in guard.get("languages", {}).items()
+        )
+        or None
+    )
 
 
 def _fail(message: str) -> typer.Exit:
@@ -849,9 +1153,9 @@ def experiments_conclude(
     actor: Annotated[str | None, typer.Option(help="Who decides (default: user@host).")] = None,
 ) -> None:
     """Make the winning arm's template version the default (recorded with who, when
-    and why; `experiments revert` undoes it). The service follows within its poll
-    interval: a concluded split sends all traffic to the winner's arms."""
-    from core.settings import split_fingerprint
+    and why; `experiments revert` undoes it) and send all of the running split's
+    traffic to its arms: the split the database records, whatever this shell's
+    environment says. The service follows within its poll interval."""
     from feedback import experiments
     from model.templates import TemplateRegistry
 
@@ -868,17 +1172,64 @@ def experiments_conclude(
                     actor=actor or _actor(),
                     reason=reason,
                     winner_template=winner,
-                    split=split_fingerprint(settings.traffic_split)
-                    if settings.traffic_split_configured
-                    else None,
                 )
             except experiments.ExperimentError as error:
                 raise _fail(str(error)) from None
             session.commit()
-    typer.echo(
-        f"default template: {decision.template_version} (was {decision.previous_version}); "
-        f"decision {decision.id} by {decision.actor}: {decision.reason}"
+    experiment = decision.experiment
+    serves = (
+        f"; split {experiment.describe()} now serves its {decision.template_version} arms"
+        if experiment is not None
+        else ""
     )
+    typer.echo(
+        f"default template: {decision.template_version} (was {decision.previous_version})"
+        f"{serves}; decision {decision.id} by {decision.actor}: {decision.reason}"
+    )
+
+
+@experiments_app.command("start")
+def experiments_start(
+    ctx: typer.Context,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="The arms: TEMPLATE[/MODEL]=WEIGHT, comma-separated (the model: champion "
+            "unless named: challenger, zero-shot or a stored tag), e.g. 'v1=90,v2=10'; "
+            "or the JSON list SENTILOOP_TRAFFIC_SPLIT takes."
+        ),
+    ],
+    reason: Annotated[str, typer.Option(help="Why (recorded).")] = "experiment started",
+    actor: Annotated[str | None, typer.Option(help="Who decides (default: user@host).")] = None,
+) -> None:
+    """Run a traffic split as an experiment: recorded in the database, which every
+    server follows within its poll interval (no restart, no environment variable)."""
+    from feedback import experiments
+    from model.templates import TemplateRegistry
+
+    settings = _settings(ctx)
+    try:
+        arms = experiments.parse_split(split)
+    except experiments.ExperimentError as error:
+        raise _fail(str(error)) from None
+    registry = TemplateRegistry.load(settings.resolved_templates_dir)
+    for arm in arms:
+        registry.get(arm.template_version)
+    with _database(ctx, migrate=True) as sessions, sessions() as session:
+        try:
+            decision = experiments.start(
+                session=session,
+                arms=arms,
+                actor=actor or _actor(),
+                reason=reason,
+                default_version=settings.default_template_version,
+            )
+        except experiments.ExperimentError as error:
+            raise _fail(str(error)) from None
+        session.commit()
+    experiment = decision.experiment
+    assert experiment is not None
+    typer.echo(f"split {experiment.describe()} runs; decision {decision.id} by {decision.actor}")
 
 
 @experiments_app.command("revert")
@@ -887,8 +1238,8 @@ def experiments_revert(
     reason: Annotated[str, typer.Option(help="Why (recorded).")],
     actor: Annotated[str | None, typer.Option(help="Who decides (default: user@host).")] = None,
 ) -> None:
-    """Undo the latest template decision: the previous default serves again, and a
-    concluded split runs as configured."""
+    """Undo the latest template decision: the default template and the split are what
+    they were before it (a concluded split runs again; a started one stops)."""
     from feedback import experiments
 
     with _database(ctx, migrate=True) as sessions, sessions() as session:
@@ -902,17 +1253,74 @@ def experiments_revert(
 
 @experiments_app.command("history")
 def experiments_history(ctx: typer.Context, limit: int = 20) -> None:
-    """Template decisions, newest first."""
+    """Template decisions, newest first: the default template and the split each left
+    running (`concluded`: its arms of the default take all traffic)."""
     from storage import template_decisions
 
     with _database(ctx, migrate=True) as sessions, sessions() as session:
         decisions = template_decisions.history(session=session, limit=limit)
-    typer.echo(f"{'id':>4}  {'when (UTC)':<25} {'default':<10} {'was':<10} {'who':<24} why")
+    typer.echo(
+        f"{'id':>4}  {'when (UTC)':<25} {'default':<10} {'was':<10} {'split':<24} {'who':<24} why"
+    )
     for d in decisions:
+        experiment = d.experiment
+        split = "-" if experiment is None else experiment.describe()
+        if experiment is not None and experiment.concluded:
+            split += " (concluded)"
         typer.echo(
             f"{d.id:>4}  {d.created_at.isoformat(timespec='seconds'):<25} "
-            f"{d.template_version:<10} {d.previous_version or '-':<10} {d.actor:<24} {d.reason}"
+            f"{d.template_version:<10} {d.previous_version or '-':<10} {split:<24} "
+            f"{d.actor:<24} {d.reason}"
         )
+
+
+@locks_app.command("list")
+def locks_list(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
+    """Locks held: by which process (HOST:PID), until when (renewed while it works),
+    and whether it is stale (expired, or its process on this host is gone)."""
+    from storage import runs
+
+    with _database(ctx, migrate=True) as sessions, sessions() as session:
+        rows = [
+            {
+                "name": lock.name,
+                "holder": lock.holder,
+                "expires_at": lock.expires_at.isoformat(timespec="seconds"),
+                "state": lock.stale or "held",
+            }
+            for lock in runs.list_locks(session=session)
+        ]
+    _table(rows, as_json, "no locks held")
+
+
+@locks_app.command("break")
+def locks_break(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The lock, e.g. training.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Break it even though its holder still renews it.")
+    ] = False,
+) -> None:
+    """Remove a lock. A stale one is taken over by the next run anyway; this is for a
+    holder that hangs, or one on another host known to be gone (a live holder loses
+    the lock at its next renewal and stops without promoting)."""
+    from storage import runs
+
+    with _database(ctx, migrate=True) as sessions:
+        with sessions() as session:
+            current = next((x for x in runs.list_locks(session=session) if x.name == name), None)
+        if current is None:
+            raise _fail(f"no lock {name!r} is held")
+        if current.stale is None and not force:
+            raise _fail(
+                f"lock {name!r} is held by {current.holder}, which renews it (until "
+                f"{current.expires_at.isoformat(timespec='seconds')}): stop that process, "
+                "or break it with --force"
+            )
+        broken = runs.break_lock(session_factory=sessions, name=name)
+    if broken is None:
+        raise _fail(f"no lock {name!r} is held")
+    typer.echo(f"broke lock {name!r} held by {broken.holder} ({broken.stale or 'held'})")
 
 
 if __name__ == "__main__":  # pragma: no cover

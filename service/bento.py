@@ -9,7 +9,9 @@ Serve with ``bentoml serve service.bento:SentiLoop`` (or ``sentiloop serve``).
 
 import asyncio
 import gc
-from datetime import datetime, timedelta
+import os
+import signal
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 import bentoml
@@ -23,24 +25,30 @@ from core import database
 from core.logs import configure_logging
 from core.settings import Settings
 from feedback.review_queue import DEFAULT_EXPLORATION
+from model.model_store import use_store
 from model.templates import TemplateRegistry, UnknownTemplateVersion
 from service.http.api import SentimentAPI
-from service.http.errors import DOMAIN_ERRORS, error_response
+from service.http.docs import DocsPage
+from service.http.errors import DOMAIN_ERRORS, RETRY_AFTER_S, error_response
 from service.http.guard import GuardConfig, GuardConfigSlot, GuardMiddleware
+from service.http.inbox import InboxScorer
 from service.http.paths import RouteLabelPaths
 from service.http.schemas import (
     MAX_REVIEW_ITEMS,
     FeedbackBatchRequest,
     FeedbackBatchResponse,
+    FeedbackBody,
     FeedbackRequest,
     FeedbackResponse,
     ModelsResponse,
+    Moment,
     PredictRequest,
     PredictResponse,
 )
 from service.http.shutdown import Drain
+from service.http.webhooks import WebhookReceiver
 from service.inference.worker import InferenceWorker
-from service.metrics import ApiMetrics, ModelMetrics
+from service.metrics import ApiMetrics, ModelMetrics, WebhookMetrics
 from service.monitoring import refresh_gauges
 from service.periodic import PeriodicTask
 from storage import store
@@ -51,7 +59,21 @@ from storage.export import MEDIA_TYPES
 _DRAIN = Drain()
 _GUARD = GuardConfigSlot()
 
-read_api = FastAPI(title="sentiloop", description="Read endpoints of sentiloop.")
+
+def _restart_worker() -> None:
+    """End this worker when its models fail to load, as an exception in ``__init__``
+    did before they loaded in the background: BentoML's arbiter starts it again."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+# No /v1/docs or /v1/redoc: FastAPI's pages load their scripts from a CDN (the UI
+# is at /docs, see service.http.docs); the spec stays at /v1/openapi.json.
+read_api = FastAPI(
+    title="sentiloop",
+    description="Read endpoints of sentiloop.",
+    docs_url=None,
+    redoc_url=None,
+)
 
 
 @read_api.exception_handler(RequestValidationError)
@@ -84,6 +106,7 @@ class SentiLoop:
     def __init__(self) -> None:
         """Build every part once, from one settings object, and pass them down."""
         settings = Settings()
+        use_store(settings.resolved_bentoml_home)  # before anything reads the model store
         configure_logging()
         _DRAIN.install(settings.shutdown_drain_s)
         _GUARD.config = GuardConfig.from_settings(settings)  # fails on a bad key ring
@@ -126,7 +149,22 @@ class SentiLoop:
             run_first=True,
         )
         self.routing.start()
-        self.inference = InferenceWorker(settings, registry, sessions, ModelMetrics())
+        # The models load in the background: requests meanwhile get 503 at once.
+        self.inference = InferenceWorker(
+            settings, registry, sessions, ModelMetrics(), on_failed_start=_restart_worker
+        )
+        # CRM webhooks: stored in the inbox at once, scored by /v1/predict's path after.
+        webhook_metrics = WebhookMetrics()
+        self.inbox = InboxScorer(
+            sessions,
+            lambda request: self.api.predict(request, self.inference.classify),
+            webhook_metrics,
+            serving=lambda: self.inference.ready,
+            poll_interval_s=settings.webhook_inbox_poll_interval_s,
+        )
+        self.webhooks = WebhookReceiver(
+            settings, sessions, webhook_metrics, on_stored=self.inbox.wake
+        )
         # Exempt everything loaded so far (torch, transformers, the models: about a
         # million objects) from garbage collection: a full collection scanning them
         # paused the worker for hundreds of milliseconds under load.
@@ -134,12 +172,18 @@ class SentiLoop:
         gc.freeze()
 
     def __is_ready__(self) -> bool:
-        return not _DRAIN.draining and self.api.is_ready()
+        return not _DRAIN.draining and self.inference.ready and self.api.is_ready()
+
+    @bentoml.on_startup
+    async def start_inbox(self) -> None:
+        """The inbox worker runs on the server's event loop (the batcher's)."""
+        self.inbox.start()
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        """Stop in the reverse order of building: models, gauges, the log (flushed),
-        the database."""
+        """Stop in the reverse order of building: the inbox worker, models, gauges, the
+        log (flushed), the database."""
+        self.inbox.close()
         self.inference.close()
         self.routing.stop()
         self.gauges.stop()
@@ -156,7 +200,8 @@ class SentiLoop:
         except DOMAIN_ERRORS as error:
             return error_response(error)
 
-    @bentoml.api(route="/v1/feedback", input_spec=FeedbackRequest, output_spec=FeedbackResponse)
+    # FeedbackBody: FeedbackRequest, its JSON parsed so that every field's error names it.
+    @bentoml.api(route="/v1/feedback", input_spec=FeedbackBody, output_spec=FeedbackResponse)
     def feedback(self, ctx: bentoml.Context, **fields: Any) -> FeedbackResponse | Response:
         """Record a corrected label or a verdict on a prediction (201; 200 on a replay)."""
         try:
@@ -173,10 +218,20 @@ class SentiLoop:
         input_spec=FeedbackBatchRequest,
         output_spec=FeedbackBatchResponse,
     )
-    def feedback_batch(self, **fields: Any) -> FeedbackBatchResponse:
+    def feedback_batch(self, ctx: bentoml.Context, **fields: Any) -> FeedbackBatchResponse:
         """Record up to 1,000 pieces of feedback, each with its own status (201, 200 on
-        a replay, 400, 404, 409, 503): the others are stored whatever one of them gets."""
-        return self.api.record_feedback_batch(FeedbackBatchRequest.model_construct(**fields))
+        a replay, 400, 404, 409, 503): the others are stored whatever one of them gets.
+        An answer with 503 items carries ``Retry-After``, as a 503 answer does."""
+        result = self.api.record_feedback_batch(FeedbackBatchRequest.model_construct(**fields))
+        if any(item.status == 503 for item in result.results):
+            ctx.response.headers["Retry-After"] = RETRY_AFTER_S
+        return result
+
+    @read_api.post("/webhooks/{connector}", status_code=202)
+    async def webhook(self, connector: str, request: Request) -> Response:
+        """A CRM's signed webhook delivery (zendesk, hubspot, intercom, generic): stored,
+        answered 202 (200 when nothing new), scored right after under the ticket's id."""
+        return await self.webhooks.receive(connector, request)
 
     @read_api.get("/templates")
     def list_templates(self) -> dict[str, Any]:
@@ -195,18 +250,21 @@ class SentiLoop:
         return ModelsResponse(**described, traffic_split=self.api.traffic_split())
 
     @bentoml.api(route="/v1/admin/reload-models", output_spec=ModelsResponse)
-    async def reload_models(self) -> ModelsResponse:
+    async def reload_models(self) -> ModelsResponse | Response:
         """Switch this worker to a newly promoted model now (admin scope); the other
         workers follow within `model_poll_interval_s`."""
-        described = await self.inference.reload()
+        try:
+            described = await self.inference.reload()
+        except DOMAIN_ERRORS as error:  # the models are still loading: 503 at once
+            return error_response(error)
         await asyncio.to_thread(self.api.refresh_routing)
         return ModelsResponse(**described, traffic_split=self.api.traffic_split())
 
     @read_api.get("/experiments")
     def experiments(
         self,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
         control: str | None = None,
     ) -> Any:
         """The A/B report over predictions made in [since, until) (default: the last
@@ -238,8 +296,8 @@ class SentiLoop:
     def export_feedback(
         self,
         format: Literal["jsonl", "csv"] = "jsonl",
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
     ) -> Response:
         try:
             since, until = store.utc_bounds(since, until)
@@ -258,12 +316,13 @@ SentiLoop.add_asgi_middleware(GuardMiddleware, slot=_GUARD)  # type: ignore[attr
 class _WrappedService(type(SentiLoop)):  # type: ignore[misc]
     """The BentoML service, its ASGI app wrapped outside BentoML's own middleware:
     in ``RouteLabelPaths`` (BentoML's metrics label requests by path) and in the
-    drain (``Connection: close`` once SIGTERM arrived)."""
+    drain (``Connection: close`` once SIGTERM arrived); ``/docs`` and ``/`` answered
+    by ``DocsPage`` (no third-party script)."""
 
     __slots__ = ()
 
     def to_asgi(self, is_main: bool = True) -> Any:
-        return RouteLabelPaths(_DRAIN.wrap(super().to_asgi(is_main)))
+        return RouteLabelPaths(_DRAIN.wrap(DocsPage(super().to_asgi(is_main))))
 
 
 SentiLoop.__class__ = _WrappedService  # type: ignore[method-assign]

@@ -36,7 +36,8 @@ class ApiMetrics:
         self.unsupported_language = m.Counter(
             name="sentiloop_unsupported_language_predictions",
             documentation="Predictions of texts in a language the serving model was not "
-            "trained on (answered, flagged language_supported=false).",
+            "trained on, or whose language could not be told (und) (answered, flagged "
+            "language_supported=false).",
             labelnames=["model_version", "language"],
         )
         self.confidence = m.Histogram(
@@ -57,28 +58,31 @@ class ApiMetrics:
         )
         self.feedback_accuracy = m.Gauge(
             name="sentiloop_feedback_accuracy",
-            documentation="Share of feedback agreeing with the prediction over the rolling "
-            "window (from the database, all replicas), by model and template version.",
+            documentation="Share of predictions judged over the rolling window whose latest "
+            "feedback agrees with them (from the database, all replicas), by model and "
+            "template version.",
             labelnames=["model_version", "template_version"],
             multiprocess_mode="livemax",
         )
         self.feedback_accuracy_by_language = m.Gauge(
             name="sentiloop_feedback_accuracy_by_language",
-            documentation="Share of feedback agreeing with the prediction over the rolling "
-            "window, by language of the text (all models and templates).",
+            documentation="Share of predictions judged over the rolling window whose latest "
+            "feedback agrees with them, by language of the text (all models and templates).",
             labelnames=["language"],
             multiprocess_mode="livemax",
         )
         self.experiment_agreement = m.Gauge(
             name="sentiloop_experiment_agreement",
-            documentation="A/B arms over the feedback window: agreement of feedback with "
-            "predictions (bound=estimate) and its 95% Wilson interval (bound=low|high).",
+            documentation="A/B arms over the feedback window: agreement of the latest "
+            "feedback per prediction (bound=estimate) and its 95% Wilson interval "
+            "(bound=low|high).",
             labelnames=["template_version", "model_version", "bound"],
             multiprocess_mode="livemax",
         )
         self.feedback_window = m.Gauge(
             name="sentiloop_feedback_window_rows",
-            documentation="Feedback rows in the rolling window behind sentiloop_feedback_accuracy.",
+            documentation="Predictions judged in the rolling window behind "
+            "sentiloop_feedback_accuracy (each once, however often judged).",
             labelnames=["model_version", "template_version"],
             multiprocess_mode="livemax",
         )
@@ -159,6 +163,30 @@ class ApiMetrics:
             documentation="1 if the newest successful run promoted its candidate, else 0.",
             multiprocess_mode="livemax",
         )
+        self.training_last_recall = m.Gauge(
+            name="sentiloop_training_last_class_recall",
+            documentation="Recall of each class in the newest successful run, by split and "
+            "model (candidate, champion): a class that collapses shows before promotion.",
+            labelnames=["split", "model", "label"],
+            multiprocess_mode="livemax",
+        )
+        self.training_last_language_metric = m.Gauge(
+            name="sentiloop_training_last_language_metric",
+            documentation="Accuracy and macro-F1 of each language of a holdout in the newest "
+            "successful run, by split and model (languages as in sentiloop_predictions; "
+            "NaN: not in the newest run).",
+            labelnames=["split", "model", "language", "metric"],
+            multiprocess_mode="livemax",
+        )
+        self.training_last_traffic = m.Gauge(
+            name="sentiloop_training_last_traffic_share",
+            documentation="The newest successful run's traffic guard, per language: share of "
+            "recent answers outside the feedback the candidate changes (share=changed) and "
+            "share the corrections asked to change (share=corrected); NaN: not in that run.",
+            labelnames=["language", "share"],
+            multiprocess_mode="livemax",
+        )
+        self._training_series: set[tuple[str, ...]] = set()
 
     def observe_prediction(
         self,
@@ -181,6 +209,28 @@ class ApiMetrics:
         for key, share in shares.items():
             self.traffic_share.labels(*key).set(share)
         self._split_arms = set(shares)
+
+    def set_training_languages(
+        self,
+        languages: Mapping[tuple[str, str, str, str], float],
+        traffic: Mapping[tuple[str, str], float],
+    ) -> None:
+        """The newest run's per-language figures; a series of an earlier run that the
+        newest lacks turns NaN (a gauge series cannot be removed across workers)."""
+        current: set[tuple[str, ...]] = {("metric", *key) for key in languages}
+        current |= {("traffic", *key) for key in traffic}
+        for gone in self._training_series - current:
+            gauge = (
+                self.training_last_language_metric
+                if gone[0] == "metric"
+                else (self.training_last_traffic)
+            )
+            gauge.labels(*gone[1:]).set(float("nan"))
+        for key, value in languages.items():
+            self.training_last_language_metric.labels(*key).set(value)
+        for key2, value in traffic.items():
+            self.training_last_traffic.labels(*key2).set(value)
+        self._training_series = current
 
     # PredictionLogWriter observer protocol
     def written(self, count: int, seconds: float) -> None:
@@ -301,3 +351,37 @@ class ModelMetrics:
             self.reference_accuracy.labels(version).set(drift_reference["accuracy"])
         if "mean_confidence" in drift_reference:
             self.reference_confidence.labels(version).set(drift_reference["mean_confidence"])
+
+
+class WebhookMetrics:
+    """CRM webhooks: deliveries by outcome, events by what became of them, the inbox."""
+
+    def __init__(self) -> None:
+        m = bentoml.metrics
+        self.deliveries = m.Counter(
+            name="sentiloop_webhook_deliveries",
+            documentation="Webhook requests by connector and outcome: accepted (stored, "
+            "or all duplicates/ignored), unsigned_refused, signature (401), invalid (400), "
+            "off (404 for a configured name without a secret), unavailable (503).",
+            labelnames=["connector", "outcome"],
+        )
+        self.events = m.Counter(
+            name="sentiloop_webhook_events",
+            documentation="Webhook events by connector and fate: stored (to score), "
+            "duplicate (an event id already in the inbox: a retry or replay), unsupported "
+            "(an event type that is not scored, or no text: acknowledged).",
+            labelnames=["connector", "fate"],
+        )
+        self.scored = m.Counter(
+            name="sentiloop_webhook_scored",
+            documentation="Inbox events by connector and result: scored, retry (an "
+            "attempt failed), failed (given up).",
+            labelnames=["connector", "result"],
+        )
+        self.inbox = m.Gauge(
+            name="sentiloop_webhook_inbox",
+            documentation="Inbox rows by status (pending: waiting to be scored; failed: "
+            "given up), from the database.",
+            labelnames=["status"],
+            multiprocess_mode="livemax",
+        )

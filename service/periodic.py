@@ -24,8 +24,11 @@ class PeriodicTask:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the task; one never started stays stopped (``start`` then returns at once
+        when ``run_first`` is off)."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         if not self._run_first and self._stop.wait(self._interval_s):

@@ -68,8 +68,9 @@ class StoreUnavailable(FeedbackError):
 
 
 class InvalidTimeRange(FeedbackError):
-    """A ``since``/``until`` bound that cannot be expressed in UTC."""
+    """A ``since``/``until`` bound that cannot be expressed in UTC, or a ``since``
+    later than ``until``."""
 
-    def __init__(self, field: str, value: object) -> None:
-        super().__init__(f"{field}={value} is out of range once converted to UTC")
+    def __init__(self, field: str, value: object, problem: str | None = None) -> None:
+        super().__init__(f"{field}={value} {problem or 'is out of range once converted to UTC'}")
         self.field = field

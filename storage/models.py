@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -43,6 +53,7 @@ class Feedback(Base):
         UniqueConstraint("idempotency_key", name="uq_feedback_idempotency_key"),
         Index("ix_feedback_prediction_id", "prediction_id"),
         Index("ix_feedback_created_at", "created_at"),
+        Index("uq_feedback_unkeyed_body", "prediction_id", "unkeyed_body_sha256", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -59,6 +70,44 @@ class Feedback(Base):
     source: Mapped[str | None] = mapped_column(String(100))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     body_sha256: Mapped[str] = mapped_column(String(64))
+    # ``body_sha256`` of feedback sent without an idempotency key (else NULL): unique
+    # per prediction, so that of identical key-less posts racing each other one row
+    # is stored and the others are refused by the database (409).
+    unkeyed_body_sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class WebhookInbox(Base):
+    """Events received from CRM webhooks, kept until scored (``storage.inbox``).
+
+    One row per (connector, CRM event id): a delivery retried or replayed is stored
+    once. ``status``: ``pending`` (to score; ``lease_until`` holds it for the worker
+    scoring it), ``done`` (scored: ``prediction_id``; the text is dropped) or
+    ``failed`` (given up after repeated errors: ``last_error``; the text kept to
+    replay it). Rows stay after scoring, so a replay of an old event is still told.
+    """
+
+    __tablename__ = "webhook_inbox"
+    __table_args__ = (
+        UniqueConstraint("connector", "event_id", name="uq_webhook_inbox_event"),
+        Index("ix_webhook_inbox_status_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    connector: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(200))
+    event_type: Mapped[str] = mapped_column(String(200))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str | None] = mapped_column(Text)
+    external_id: Mapped[str] = mapped_column(String(200))
+    comment_id: Mapped[str | None] = mapped_column(String(200))
+    author: Mapped[str | None] = mapped_column(String(200))
+    language: Mapped[str | None] = mapped_column(String(8))
+    attempts: Mapped[int] = mapped_column(Integer)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    prediction_id: Mapped[str | None] = mapped_column(String(36))
+    scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ModelAssignment(Base):
@@ -84,6 +133,7 @@ class TemplateDecision(Base):
     current; none: the settings' ``default_template_version``)."""
 
     __tablename__ = "template_decisions"
+    __table_args__ = (UniqueConstraint("follows_id", name="uq_template_decisions_follows_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -92,6 +142,9 @@ class TemplateDecision(Base):
     actor: Mapped[str] = mapped_column(String(100))
     reason: Mapped[str] = mapped_column(Text)
     evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The decision this one was made on (0: none before it), unique: of two decisions
+    # taken at once from the same state (two `experiments conclude`), one is recorded.
+    follows_id: Mapped[int] = mapped_column()
 
 
 class TrainingRun(Base):

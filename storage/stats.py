@@ -7,62 +7,93 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import ColumnElement, Select, Subquery, case, func, select
 from sqlalchemy.orm import Session
 
 from storage.models import Feedback, Prediction, TrainingRun
 from storage.store import as_utc
 
 
+def latest_judgements(*where: ColumnElement[bool]) -> Subquery:
+    """Feedback joined with its prediction, filtered by ``where``, with ``newest_first``
+    (1: the latest piece of feedback on its prediction, the one that counts).
+
+    Every agreement figure (the A/B report, ``sentiloop_feedback_accuracy``,
+    ``sentiloop_experiment_agreement``, the by-language gauge) counts a prediction
+    once, by its latest judgement: a ticket corrected twice is one trial, not two.
+    "Latest" is ``created_at``, then the id: time-ordered ids made in the same
+    millisecond do not sort by time, so the id only breaks exact ties.
+    """
+    newest_first = func.row_number().over(
+        partition_by=Feedback.prediction_id,
+        order_by=(Feedback.created_at.desc(), Feedback.id.desc()),
+    )
+    return (
+        select(
+            Prediction.model_version,
+            Prediction.template_version,
+            Prediction.language,
+            Feedback.agrees,
+            newest_first.label("newest_first"),
+        )
+        .join(Prediction, Feedback.prediction_id == Prediction.id)
+        .where(*where)
+        .subquery()
+    )
+
+
 @dataclass(frozen=True)
 class VersionAgreement:
     model_version: str
     template_version: str
-    rows: int
+    judged: int  # predictions with feedback, each counted once
     agreeing: int
 
     @property
     def accuracy(self) -> float:
-        return self.agreeing / self.rows if self.rows else 0.0
+        return self.agreeing / self.judged if self.judged else 0.0
 
 
 def feedback_agreement(*, session: Session, since: datetime) -> list[VersionAgreement]:
-    """Feedback since ``since`` per (model, template) version of the judged prediction."""
+    """Per (model, template) version, the predictions judged since ``since`` and how
+    many of them agree, by their latest judgement (which is the one since ``since``
+    whenever any is)."""
+    latest = latest_judgements(Feedback.created_at >= since)
     query = (
         select(
-            Prediction.model_version,
-            Prediction.template_version,
-            func.count(Feedback.id),
-            func.sum(case((Feedback.agrees, 1), else_=0)),
+            latest.c.model_version,
+            latest.c.template_version,
+            func.count(),
+            func.sum(case((latest.c.agrees, 1), else_=0)),
         )
-        .join(Prediction, Feedback.prediction_id == Prediction.id)
-        .where(Feedback.created_at >= since)
-        .group_by(Prediction.model_version, Prediction.template_version)
+        .where(latest.c.newest_first == 1)
+        .group_by(latest.c.model_version, latest.c.template_version)
     )
     return [
-        VersionAgreement(model, template, int(rows), int(agreeing or 0))
-        for model, template, rows, agreeing in session.execute(query)
+        VersionAgreement(model, template, int(judged), int(agreeing or 0))
+        for model, template, judged, agreeing in session.execute(query)
     ]
 
 
 def feedback_agreement_by_language(
     *, session: Session, since: datetime
 ) -> list[tuple[str | None, int, int]]:
-    """(language of the judged prediction, feedback rows, agreeing rows) since ``since``;
-    None for predictions logged before languages were recorded."""
+    """(language of the judged prediction, predictions judged, agreeing ones) since
+    ``since``, counted as ``feedback_agreement`` counts; None for predictions logged
+    before languages were recorded."""
+    latest = latest_judgements(Feedback.created_at >= since)
     query = (
         select(
-            Prediction.language,
-            func.count(Feedback.id),
-            func.sum(case((Feedback.agrees, 1), else_=0)),
+            latest.c.language,
+            func.count(),
+            func.sum(case((latest.c.agrees, 1), else_=0)),
         )
-        .join(Prediction, Feedback.prediction_id == Prediction.id)
-        .where(Feedback.created_at >= since)
-        .group_by(Prediction.language)
+        .where(latest.c.newest_first == 1)
+        .group_by(latest.c.language)
     )
     return [
-        (language, int(rows), int(agreeing or 0))
-        for language, rows, agreeing in session.execute(query)
+        (language, int(judged), int(agreeing or 0))
+        for language, judged, agreeing in session.execute(query)
     ]
 
 
@@ -131,26 +162,18 @@ def arm_counts(
         .where(*window)
         .group_by(Prediction.template_version, Prediction.model_version)
     ).all()
-    latest = (
-        select(func.max(Feedback.id).label("id"))
-        .join(Prediction, Feedback.prediction_id == Prediction.id)
-        .where(*window)
-        .group_by(Feedback.prediction_id)
-        .subquery()
-    )
+    latest = latest_judgements(*window)
     judged = {
         (template, model): (int(rows), int(agreeing or 0))
         for template, model, rows, agreeing in session.execute(
             select(
-                Prediction.template_version,
-                Prediction.model_version,
+                latest.c.template_version,
+                latest.c.model_version,
                 func.count(),
-                func.sum(case((Feedback.agrees, 1), else_=0)),
+                func.sum(case((latest.c.agrees, 1), else_=0)),
             )
-            .select_from(Feedback)
-            .join(latest, Feedback.id == latest.c.id)
-            .join(Prediction, Feedback.prediction_id == Prediction.id)
-            .group_by(Prediction.template_version, Prediction.model_version)
+            .where(latest.c.newest_first == 1)
+            .group_by(latest.c.template_version, latest.c.model_version)
         )
     }
     return [
@@ -198,3 +221,38 @@ def least_confident_unjudged(
     confident first (the review queue's candidates)."""
     query = _unjudged(since, model_version, language)
     return list(session.scalars(query.order_by(Prediction.confidence, Prediction.id).limit(limit)))
+
+
+def unjudged_texts_by_language(
+    *, session: Session, since: datetime, until: datetime, per_language: int, languages: int
+) -> dict[str, list[str]]:
+    """The newest stored texts of predictions made in ``[since, until)`` without
+    feedback, at most ``per_language`` of each of the ``languages`` most frequent
+    detected languages (not undetermined): the recent traffic the promotion gate
+    compares a candidate's answers with the champion's on (``training.traffic_guard``)."""
+    judged = select(Feedback.id).where(Feedback.prediction_id == Prediction.id).exists()
+    where = (
+        Prediction.created_at >= since,
+        Prediction.created_at < until,
+        Prediction.text.is_not(None),
+        Prediction.language.is_not(None),
+        Prediction.language != "und",
+        ~judged,
+    )
+    frequent = session.execute(
+        select(Prediction.language, func.count())
+        .where(*where)
+        .group_by(Prediction.language)
+        .order_by(func.count().desc(), Prediction.language)
+        .limit(languages)
+    ).all()
+    texts: dict[str, list[str]] = {}
+    for language, _ in frequent:
+        query = (
+            select(Prediction.text)
+            .where(*where, Prediction.language == language)
+            .order_by(Prediction.created_at.desc(), Prediction.id.desc())
+            .limit(per_language)
+        )
+        texts[str(language)] = [text for text in session.scalars(query) if text]
+    return texts

@@ -94,9 +94,15 @@ def _body_sha256(feedback: FeedbackInput) -> str:
 def latest_with_external_id(
     *, session: Session, external_id: str, source: str | None, before: datetime
 ) -> tuple[Prediction, int]:
-    """The latest prediction scored with ``external_id`` (from ``source`` when given)
-    at or before ``before``, and how many carried it; a ticket scored from several
-    sources needs ``source``."""
+    """The latest prediction scored with ``external_id`` at or before ``before``, and
+    how many carried it.
+
+    With ``source``: those scored from that source. Without: those scored without
+    a source, if any (so that every prediction can be named: a ticket scored
+    without a source and from two sources was ambiguous for ever), else those of the
+    one source that scored it; several sources and none of them absent needs
+    ``source`` (``AmbiguousExternalId``).
+    """
     matching = [Prediction.external_id == external_id, Prediction.created_at <= before]
     if source is not None:
         matching.append(Prediction.external_source == source)
@@ -104,7 +110,9 @@ def latest_with_external_id(
         sources = session.scalars(
             select(Prediction.external_source).where(*matching).distinct().limit(5)
         ).all()
-        if len(sources) > 1:
+        if None in sources:
+            matching.append(Prediction.external_source.is_(None))
+        elif len(sources) > 1:
             raise AmbiguousExternalId(external_id, sorted(sources, key=str))
     latest = session.scalars(
         select(Prediction)
@@ -164,7 +172,8 @@ def record_feedback(
 
     A repeated ``idempotency_key`` with the same body returns the first result
     (``replayed=True``) without a new row; with another body it is a conflict.
-    Identical feedback without a key is refused as a duplicate.
+    Identical feedback without a key is refused as a duplicate: by the unique index
+    on ``unkeyed_body_sha256`` when identical posts race each other.
     """
     body_sha256 = _body_sha256(feedback)
     with session_factory() as session:
@@ -197,6 +206,7 @@ def record_feedback(
             if twin is not None:
                 raise DuplicateFeedback(prediction.id, twin)
         kind, effective_label, agrees = _judge(feedback, prediction.label)
+        judged_id = prediction.id
         row = Feedback(
             id=time_ordered_id(),
             prediction_id=prediction.id,
@@ -210,15 +220,25 @@ def record_feedback(
             source=feedback.source,
             idempotency_key=feedback.idempotency_key,
             body_sha256=body_sha256,
+            unkeyed_body_sha256=body_sha256 if feedback.idempotency_key is None else None,
         )
         session.add(row)
         try:
             session.commit()
         except IntegrityError:
-            # A concurrent request with the same idempotency key won the race.
+            # A concurrent request with the same idempotency key, or identical
+            # feedback without one, won the race.
             session.rollback()
             if feedback.idempotency_key is None:
-                raise
+                twin = session.scalars(
+                    select(Feedback.id).where(
+                        Feedback.prediction_id == judged_id,
+                        Feedback.unkeyed_body_sha256 == body_sha256,
+                    )
+                ).first()
+                if twin is None:
+                    raise
+                raise DuplicateFeedback(judged_id, twin) from None
             replay = _replay(session, feedback.idempotency_key, body_sha256)
             if replay is None:
                 raise
@@ -296,18 +316,42 @@ def iter_feedback_export(
         }
 
 
+def recent_unlabelled_texts(
+    *, session: Session, until: datetime, limit: int, since: datetime | None = None
+) -> list[str]:
+    """Logged texts of predictions without feedback made before ``until``, newest
+    first (at most ``limit``; texts not stored are skipped): the traffic a retrained
+    model rehearses on (``training.rehearsal``)."""
+    if limit <= 0:
+        return []
+    has_feedback = select(Feedback.id).where(Feedback.prediction_id == Prediction.id).exists()
+    query = (
+        select(Prediction.text)
+        .where(Prediction.text.is_not(None), Prediction.created_at < until, ~has_feedback)
+        .order_by(Prediction.created_at.desc(), Prediction.id.desc())
+        .limit(limit)
+    )
+    if since is not None:
+        query = query.where(Prediction.created_at >= since)
+    return [text for text in session.scalars(query) if text]
+
+
 def utc_bounds(
     since: datetime | None, until: datetime | None
 ) -> tuple[datetime | None, datetime | None]:
     """``[since, until)`` in UTC (naive times are UTC); ``InvalidTimeRange`` names the
-    bound that overflows (year 9999 with a negative offset, say)."""
+    bound that overflows (year 9999 with a negative offset, say), or ``since`` when it
+    is later than ``until`` (an empty answer would look like no data)."""
     bounds = []
     for name, moment in (("since", since), ("until", until)):
         try:
             bounds.append(None if moment is None else as_utc(moment))
         except OverflowError as exc:
             raise InvalidTimeRange(name, moment.isoformat() if moment else moment) from exc
-    return bounds[0], bounds[1]
+    start, end = bounds
+    if start is not None and end is not None and start > end:
+        raise InvalidTimeRange("since", start.isoformat(), f"is later than until={end.isoformat()}")
+    return start, end
 
 
 def as_utc(moment: datetime) -> datetime:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import build_tiny_model, throwaway_postgres
+from tests.support import S3Server, build_tiny_model, throwaway_postgres
 
 _BENTOML_HOME = tempfile.mkdtemp(prefix="sentiloop-test-bentoml-")
 
@@ -59,3 +59,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     else:
         with throwaway_postgres() as url:
             yield url
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 API server (moto_server) with one bucket; tests use their own prefix."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
+    yield server
+    server.stop()

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import psycopg
@@ -216,6 +216,32 @@ def prometheus_binary(name: str) -> str:
     return path
 
 
+def shared_data(directory: Path = SHARED_DATA) -> Path:
+    """The benchmark corpora beside the clone (``../shared/data``, never part of the
+    project), or a skip saying so; scripts/test.sh sets SENTILOOP_REQUIRE_DATA=1, so
+    that CI, which has the data, fails instead of skipping."""
+    import pytest
+
+    if not directory.is_dir():
+        message = f"needs the benchmark data in {directory} (../shared/data beside the clone)"
+        if os.environ.get("SENTILOOP_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return directory
+
+
+def missing(message: str, *, required_by: str) -> NoReturn:
+    """Skip a test whose means (root, a network address) this machine lacks, or fail it
+    where the variable ``required_by`` is 1: scripts/test.sh sets it, as CI has them
+    (SENTILOOP_REQUIRE_ROOT: a tmpfs mount, chattr +i; SENTILOOP_REQUIRE_REMOTE_ADDRESS:
+    an address other than loopback), so that there a lost privilege fails, not skips."""
+    import pytest
+
+    if os.environ.get(required_by) == "1":
+        pytest.fail(f"{message} ({required_by}=1)")
+    pytest.skip(message)
+
+
 class TcpProxy:
     """A TCP proxy to a real server whose link the test can cut and restore."""
 
@@ -282,3 +308,65 @@ class TcpProxy:
         finally:
             with contextlib.suppress(OSError):
                 target.shutdown(socket.SHUT_WR)
+
+
+class S3Server:
+    """A real S3 API server (moto's server mode, `moto_server`) on a free port, with
+    one bucket: what every replica reads as the shared model store."""
+
+    REGION = "us-east-1"
+    KEY = "testing"  # any key pair does for moto
+
+    def __init__(self, log_path: Path, bucket: str = "sentiloop-models") -> None:
+        self.bucket = bucket
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+             "-p", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        if not wait_until(self._answers, timeout_s=30):
+            self.stop()
+            raise TimeoutError(f"moto_server did not answer on {self.url}")
+        self.client().create_bucket(Bucket=bucket)
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"moto_server exited: {self.process.returncode}")
+        try:
+            return httpx.get(f"{self.url}/moto-api/", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def env(self, prefix: str) -> dict[str, str]:
+        """The settings of a process using ``s3://bucket/prefix`` on this server."""
+        return {
+            "SENTILOOP_MODEL_STORE_URL": f"s3://{self.bucket}/{prefix}",
+            "SENTILOOP_MODEL_STORE_ENDPOINT_URL": self.url,
+            "SENTILOOP_MODEL_STORE_REGION": self.REGION,
+            "SENTILOOP_MODEL_STORE_ACCESS_KEY_ID": self.KEY,
+            "SENTILOOP_MODEL_STORE_SECRET_ACCESS_KEY": self.KEY,
+        }
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.url,
+            region_name=self.REGION,
+            aws_access_key_id=self.KEY,
+            aws_secret_access_key=self.KEY,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()

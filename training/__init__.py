@@ -3,7 +3,8 @@ champion. The public nouns, importable from here:
 
 * ``TrainingPipeline`` runs a ``TrainingPlan`` (``DataSource`` files, template
   versions, ``AssemblyConfig``, ``TrainingArguments``, ``GateConfig``) and returns a
-  ``RunOutcome``; ``run_schedule`` repeats it on a ``Schedule``;
+  ``RunOutcome``; ``run_schedule`` repeats it on a ``Schedule``, ``check_now``
+  says once whether a run is due (``sentiloop train --if-due``);
 * ``promote`` / ``rollback`` set the champion by hand; ``parse_label_map`` reads
   ``"0=negative,1=positive"``.
 
@@ -29,6 +30,7 @@ _WHERE = {
     "TrainingPlan": "training.pipeline",
     "promote": "training.promotion",
     "rollback": "training.promotion",
+    "check_now": "training.schedule",
     "run_schedule": "training.schedule",
 }
 
@@ -42,6 +44,7 @@ __all__ = [
     "TrainingBusy",
     "TrainingPipeline",
     "TrainingPlan",
+    "check_now",
     "parse_label_map",
     "promote",
     "rollback",
@@ -59,7 +62,7 @@ if TYPE_CHECKING:
         TrainingPlan,
     )
     from training.promotion import promote, rollback
-    from training.schedule import run_schedule
+    from training.schedule import check_now, run_schedule
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,8 @@ Rules:
   duplicate base rows is kept.
 * Splits are fixed by a hash of the normalized text, so a text stays in the same
   split as data grows: the **holdout** (or a holdout file the user gives) and the
-  **feedback holdout** are never trained on; validation drives early stopping.
+  **feedback holdout** are never trained on; validation (base and feedback rows)
+  drives early stopping and the temperature.
 """
 
 from __future__ import annotations
@@ -155,6 +156,11 @@ def assemble(
             report.drop("feedback_in_holdout")
         elif stable_bucket(example.key, "feedback-holdout") < config.feedback_holdout_fraction:
             feedback_holdout.append(example)
+        elif stable_bucket(example.key, "split") >= 1 - config.validation_fraction:
+            # Early stopping and the temperature need rows a team has even without base
+            # data: with feedback alone the validation split was empty, so the last epoch
+            # was kept and the temperature was never fitted (issue 20).
+            validation.append(example)
         else:
             train.append(example)
     for example in unique_base:
@@ -176,6 +182,7 @@ def assemble(
         "train": len(train),
         "train_from_feedback": sum(e.source == "feedback" for e in train),
         "validation": len(validation),
+        "validation_from_feedback": sum(e.source == "feedback" for e in validation),
         "holdout": len(fixed_holdout),
         "feedback_holdout": len(feedback_holdout),
     }

@@ -98,16 +98,30 @@ def evaluate(
         "reliability": reliability,
         # Per row, in input order: what a paired test compares (not stored with reports).
         "correct": correct,
+        "truth": list(true_labels),
+        "predicted": predicted,
     }
 
 
 def summary_line(name: str, metrics: Mapping[str, Any]) -> str:
     if not metrics.get("n"):
         return f"{name:<28} (no rows)"
-    return (
+    line = (
         f"{name:<28} n={metrics['n']:<6} acc={metrics['accuracy']:.4f} "
         f"macro-F1={metrics['macro_f1']:.4f} ECE={metrics['ece']:.4f}"
     )
+    recalls = metrics.get("per_class", {})
+    if recalls:
+        line += " recall " + " ".join(
+            f"{label}={values['recall']:.3f}" for label, values in recalls.items()
+        )
+    languages = metrics.get("per_language", {})
+    if languages:
+        line += " macro-F1 by language " + " ".join(
+            f"{language}={values['macro_f1']:.3f}({values['n']})"
+            for language, values in languages.items()
+        )
+    return line
 
 
 def render_summary(report: Mapping[str, Any]) -> str:
@@ -118,6 +132,15 @@ def render_summary(report: Mapping[str, Any]) -> str:
     for split, by_model in report.get("evaluation", {}).items():
         for model, metrics in by_model.items():
             lines.append("  " + summary_line(f"{split} / {model}", metrics))
+    traffic = report.get("traffic_guard") or {}
+    if traffic.get("unavailable"):
+        lines.append(f"  recent traffic: no guard ({traffic['unavailable']})")
+    for language, values in traffic.get("languages", {}).items():
+        lines.append(
+            f"  recent traffic {language}: {values['changed']} of {values['rows']} answers "
+            f"changed ({100 * values['changed_share']:.1f}%; corrections asked to change "
+            f"{100 * values['corrected_share']:.1f}%)"
+        )
     counts = report.get("dataset", {}).get("counts", {})
     if counts:
         lines.append("  data: " + ", ".join(f"{k}={v}" for k, v in counts.items()))

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from model.labels import Label, normalize_label
+from model import labels
+from model.labels import LABEL_MAP_HELP as _PRESET_HELP
+from model.labels import LABEL_MAP_PRESETS, Label, normalize_label
 from model.text_keys import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -36,30 +38,14 @@ class Example:
         return normalize_text(self.text)
 
 
-# Label maps for common rating schemes, by name (``--label-map stars5``).
-LABEL_MAP_PRESETS: dict[str, dict[str, str]] = {
-    "stars5": {"1": "negative", "2": "negative", "3": "neutral", "4": "positive", "5": "positive"},
-    "binary": {"0": "negative", "1": "positive"},
-}
-_PRESET_HELP = "stars5 (1-2 negative, 3 neutral, 4-5 positive), binary (0 negative, 1 positive)"
-
-
 def parse_label_map(spec: str | None) -> dict[str, str] | None:
-    """A preset name (``stars5``, ``binary``) or ``"0=negative,1=positive"`` as a map."""
-    if not spec:
-        return None
-    if spec.strip() in LABEL_MAP_PRESETS:
-        return dict(LABEL_MAP_PRESETS[spec.strip()])
-    mapping: dict[str, str] = {}
-    for pair in spec.split(","):
-        raw, _, label = pair.partition("=")
-        if not label:
-            raise DataFileError(
-                f"--label-map entry {pair!r} must look like RAW=LABEL, or name a preset: "
-                f"{_PRESET_HELP}"
-            )
-        mapping[raw.strip()] = normalize_label(label)
-    return mapping
+    """A preset name (``stars5``, ``binary``) or ``"0=negative,1=positive"`` as a map
+    (``model.labels.parse_label_map``; a bad one is a ``DataFileError`` here)."""
+    try:
+        mapping = labels.parse_label_map(spec)
+    except labels.LabelMapError as error:
+        raise DataFileError(str(error)) from None
+    return dict(mapping) if mapping is not None else None
 
 
 @dataclass

@@ -6,6 +6,13 @@ weights). Every weight is trained except the vocabulary embeddings, or, with
 ``lora_rank``, a LoRA adapter (``peft``) on the encoder's linear layers plus the
 pooler and head; the adapter is saved beside the merged model.
 
+Retraining from the champion keeps what it knows (README "Training loop"): the
+default trains a LoRA adapter, weighs labelled rows by the inverse frequency of
+their label (``class_balance``) and mixes in rehearsal rows (``rehearsal``:
+logged texts with the champion's probabilities as soft targets, a
+self-distillation term). Every row's loss is the cross-entropy against a target
+distribution: one-hot for a labelled row, the champion's for a rehearsal row.
+
 Inputs are rendered through the template version(s) being trained; with several
 versions every example is seen once per version, so one model serves them all.
 Defaults suit 2 CPU cores: short max length, length-bucketed batches (little
@@ -20,6 +27,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +46,7 @@ from model.tokenization import ChunkTokenizer
 from training.config import TrainingArguments
 from training.evaluate import evaluate
 from training.examples import Example
+from training.rehearsal import SoftExample
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +58,7 @@ class FineTuneResult:
     best_epoch: int = 0
     seconds: float = 0.0
     train_examples: int = 0
+    rehearsal_examples: int = 0
     trainable_parameters: int = 0
     temperature: float = 1.0
 
@@ -63,19 +73,45 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# A row to train on: rendered text, target distribution over LABELS, weight.
+Item = tuple[str, tuple[float, ...], float]
+
+
+def class_weights(labels: Sequence[str]) -> dict[str, float]:
+    """Each label's weight, inversely proportional to its frequency and 1 on average
+    over the rows (scikit-learn's "balanced"), so that a label the feedback rarely
+    gives is not trained away."""
+    counts = Counter(labels)
+    return {label: len(labels) / (len(counts) * count) for label, count in counts.items()}
+
+
+def _one_hot(label: str) -> tuple[float, ...]:
+    return tuple(1.0 if index == LABEL_TO_ID[label] else 0.0 for index in range(len(LABELS)))
+
+
 def _rendered(
-    examples: Sequence[Example], templates: Sequence[PromptTemplate]
-) -> list[tuple[str, int, float]]:
-    return [
-        (template.render(example.text), LABEL_TO_ID[example.label], example.weight)
+    examples: Sequence[Example],
+    rehearsal: Sequence[SoftExample],
+    templates: Sequence[PromptTemplate],
+    class_balance: bool,
+) -> list[Item]:
+    balance = class_weights([e.label for e in examples]) if class_balance else {}
+    labelled = [
+        (template.render(e.text), _one_hot(e.label), e.weight * balance.get(e.label, 1.0))
         for template in templates
-        for example in examples
+        for e in examples
     ]
+    soft = [
+        (template.render(e.text), e.probabilities, e.weight)
+        for template in templates
+        for e in rehearsal
+    ]
+    return labelled + soft
 
 
 def _length_bucketed_batches(
-    items: list[tuple[str, int, float]], batch_size: int, rng: random.Random
-) -> list[list[tuple[str, int, float]]]:
+    items: list[Item], batch_size: int, rng: random.Random
+) -> list[list[Item]]:
     """Shuffle, sort within windows of 50 batches by length, then shuffle the batches."""
     order = items[:]
     rng.shuffle(order)
@@ -96,9 +132,11 @@ def fine_tune(
     templates: Sequence[PromptTemplate],
     args: TrainingArguments,
     output_dir: Path,
+    rehearsal: Sequence[SoftExample] = (),
 ) -> FineTuneResult:
-    """Train on ``train``, keep the epoch best on ``validation``, save it to ``output_dir``
-    (with a LoRA run's adapter in ``output_dir/adapter``)."""
+    """Train on ``train`` (and ``rehearsal``'s soft targets), keep the epoch best on
+    ``validation``, save it to ``output_dir`` (with a LoRA run's adapter in
+    ``output_dir/adapter``)."""
     if not train:
         raise ValueError("no training examples")
     if not templates:
@@ -111,7 +149,7 @@ def fine_tune(
     tokenizer = AutoTokenizer.from_pretrained(str(init_model), local_files_only=True)
     model = _trainable_model(init_model, args).to(device)
     logger.info("training on %s", device)
-    items = _rendered(train, templates)
+    items = _rendered(train, rehearsal, templates, args.class_balance)
     steps_per_epoch = math.ceil(len(items) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = int(total_steps * args.warmup_ratio)
@@ -124,7 +162,7 @@ def fine_tune(
         },
         {"params": [p for n, p in trainable if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
+    optimizer = torch.optim.AdamW(groups, lr=args.resolved_learning_rate)
 
     def schedule(step: int) -> float:
         if step < warmup_steps:
@@ -138,6 +176,7 @@ def fine_tune(
     result = FineTuneResult(
         output_dir=output_dir,
         train_examples=len(items),
+        rehearsal_examples=len(rehearsal) * len(templates),
         trainable_parameters=sum(p.numel() for _, p in trainable),
     )
     best_score, best_state, stale = -1.0, None, 0
@@ -158,12 +197,14 @@ def fine_tune(
                 max_length=args.max_length,
                 return_tensors="pt",
             )
-            targets = torch.tensor([label for _, label, _ in batch], device=device)
+            targets = torch.tensor([target for _, target, _ in batch], device=device)
             weights = torch.tensor(
                 [weight for _, _, weight in batch], dtype=torch.float, device=device
             )
             logits = model(**encoded.to(device)).logits
-            losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+            # Cross-entropy against the target distribution (KL divergence to a soft
+            # target, up to a constant).
+            losses = -(targets * torch.log_softmax(logits, dim=-1)).sum(dim=-1)
             loss = (losses * weights).sum() / weights.sum()
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in trainable], args.max_grad_norm)

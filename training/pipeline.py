@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -24,31 +24,55 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session, sessionmaker
 
 import storage
-from core import database
+from core import database, processes
 from core.settings import Settings
-from model import model_store
+from model import deltas, model_store, shared_store
 from model.base_models import base_model_dir
 from model.classifiers import Classifier, FineTunedClassifier
 from model.labels import LABELS
 from model.language import UNDETERMINED, LanguageDetector
 from model.loader import cold_start_tag, fine_tuned, load_classifier
+from model.shipped import GENERAL_GUARD
 from model.templates import PromptTemplate, TemplateRegistry
+from model.text_keys import normalize_text
 from storage import model_roles, runs, store, template_decisions
 from training.config import AssemblyConfig, GateConfig, TrainingArguments
 from training.dataset import AssembledDataset, assemble, check_trainable
 from training.evaluate import evaluate, plot_evaluation, render_summary
 from training.examples import Example, LoadedExamples, load_examples
 from training.finetune import FineTuneResult, fine_tune
-from training.gate import GateDecision, decide
+from training.gate import GateDecision, TrafficComparison, decide, per_language
+from training.rehearsal import SoftExample, pick_texts, rehearsal_count, soft_labelled
+from training.traffic_guard import compare_on_traffic
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = "training"
-LOCK_TTL = timedelta(hours=12)
+# Renewed every quarter of it while a run lasts (``storage.runs.Lease``): a run killed
+# without releasing the lock (SIGKILL, a lost node) blocks the next one this long at
+# most, and not at all on its own host, where its process is seen gone.
+LOCK_TTL = timedelta(minutes=2)
+# Scratch directories (the candidate's weights and ONNX export: hundreds of MB) are
+# named with the run's process id, so that the next run removes those of a process
+# that died before it could (``remove_orphaned_scratch``).
+SCRATCH_PREFIX = "sentiloop-candidate-"
 
 
 class TrainingBusy(RuntimeError):
     """Another training run holds the lock."""
+
+
+def remove_orphaned_scratch() -> list[Path]:
+    """Remove the scratch directories of runs whose process is gone; which."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = path.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not processes.is_running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        logger.info("removed scratch directories of stopped runs: %s", removed)
+    return removed
 
 
 @dataclass(frozen=True)
@@ -103,6 +127,22 @@ class RunOutcome:
 _STORED_METRICS = ("n", "accuracy", "macro_f1", "ece")
 
 
+def stored_figures(evaluation: dict[str, dict[str, Any]], model: str) -> dict[str, Any]:
+    """What the model store keeps of one model's evaluation, per split: the headline
+    metrics, each class's recall and each language's figures (a class or language
+    that collapses shows up in `sentiloop models list`, not only in a report)."""
+    figures = {}
+    for split, models in evaluation.items():
+        metrics = models[model]
+        figures[split] = {key: metrics.get(key) for key in _STORED_METRICS} | {
+            "recall": {
+                label: values["recall"] for label, values in metrics.get("per_class", {}).items()
+            },
+            "per_language": metrics.get("per_language", {}),
+        }
+    return figures
+
+
 def champion_classifier(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> tuple[str | None, Classifier, dict[str, Any]]:
@@ -143,6 +183,25 @@ def score_examples(
     return evaluate([e.label for e in examples], scores)
 
 
+def general_guard_evaluation(
+    candidate: Classifier,
+    champion: Classifier,
+    template: PromptTemplate,
+    path: Path = GENERAL_GUARD,
+) -> dict[str, Any]:
+    """Candidate and champion on the general guard set shipped with the model (the
+    gate's guard when there is no base holdout), each row's language from the file."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    examples = [Example(text=row["text"], label=row["label"]) for row in rows]
+    evaluation = {
+        "candidate": score_examples(candidate, template, examples),
+        "champion": score_examples(champion, template, examples),
+    }
+    for metrics in evaluation.values():
+        metrics["languages"] = [row["language"] for row in rows]
+    return evaluation
+
+
 def drift_reference(
     dataset: AssembledDataset, evaluation: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
@@ -179,6 +238,7 @@ class TrainingPipeline:
         self.engine = database.make_engine(self.database_url)
         self.sessions = database.make_session_factory(self.engine)
         self.templates = TemplateRegistry.load(settings.resolved_templates_dir)
+        self._lease: runs.Lease | None = None  # the training lock, while a run holds it
 
     def close(self) -> None:
         self.engine.dispose()
@@ -204,14 +264,21 @@ class TrainingPipeline:
         return dataset
 
     def run(self, plan: TrainingPlan, *, trigger: str = "manual") -> RunOutcome:
-        holder = f"{socket.gethostname()}:{os.getpid()}"
+        lease = runs.Lease(session_factory=self.sessions, name=LOCK_NAME, ttl=LOCK_TTL)
         try:
-            runs.acquire_lock(
-                session_factory=self.sessions, name=LOCK_NAME, holder=holder, ttl=LOCK_TTL
-            )
+            lease.acquire()
         except runs.LockHeld as exc:
             raise TrainingBusy(str(exc)) from exc
+        self._lease = lease
         try:
+            with self.sessions() as session:
+                runs.fail_abandoned_runs(
+                    session=session,
+                    error="abandoned: its process stopped without finishing"
+                    + (f" (lock taken over from {lease.taken_over_from})"
+                       if lease.taken_over_from else ""),
+                )  # fmt: skip
+            remove_orphaned_scratch()
             cutoff = store.utcnow()
             # What the caller must fix (a template version, a data file, too little
             # data) is refused before a run is recorded.
@@ -221,8 +288,8 @@ class TrainingPipeline:
             with self.sessions() as session:
                 run_id = runs.start_run(session=session, trigger=trigger, feedback_cutoff=cutoff)
             try:
-                outcome = self._run(plan, run_id, templates, dataset)
-            except Exception as exc:
+                outcome = self._run(plan, run_id, templates, dataset, cutoff)
+            except BaseException as exc:  # SIGTERM (the CLI raises) and Ctrl-C included
                 with self.sessions() as session:
                     runs.finish_run(
                         session=session,
@@ -237,7 +304,8 @@ class TrainingPipeline:
                     run_id=run_id,
                     status="succeeded",
                     counts=outcome.report["dataset"]["counts"],
-                    metrics=outcome.report["evaluation"],
+                    metrics=outcome.report["evaluation"]
+                    | {"traffic_guard": outcome.report["traffic_guard"]},
                     decision=outcome.decision,
                     reason=outcome.reason,
                     candidate_tag=outcome.candidate_tag,
@@ -245,7 +313,8 @@ class TrainingPipeline:
                 )
             return outcome
         finally:
-            runs.release_lock(session_factory=self.sessions, name=LOCK_NAME, holder=holder)
+            self._lease = None
+            lease.release()
 
     def _default_template_version(self) -> str:
         """The latest template decision's version (an experiment concluded), else the
@@ -261,6 +330,7 @@ class TrainingPipeline:
         run_id: str,
         templates: list[PromptTemplate],
         dataset: AssembledDataset,
+        cutoff: Any = None,
     ) -> RunOutcome:
         """The named steps of a run: champion, training, evaluation, gate, saving with
         metadata, role assignment, report."""
@@ -278,9 +348,12 @@ class TrainingPipeline:
         )
         inherited = champion_metadata.get("languages", []) if from_champion else []
         detector = LanguageDetector()  # for the training rows and the guard's rows
-        with tempfile.TemporaryDirectory(prefix="sentiloop-candidate-") as scratch:
+        rehearsal = (
+            self._rehearsal(plan, dataset, champion, templates[0], cutoff) if from_champion else []
+        )
+        with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as scratch:
             output = Path(scratch) / "model"
-            trained = self._train(plan, dataset, templates, init_model, output)
+            trained = self._train(plan, dataset, templates, init_model, output, rehearsal)
             logger.info(
                 "run %s: preparing the candidate as it would serve, then evaluating it and "
                 "the champion on %d holdout and %d feedback-holdout rows",
@@ -293,19 +366,32 @@ class TrainingPipeline:
                 self.settings, output, version="candidate", onnx_cache_dir=Path(scratch) / "onnx"
             )
             evaluation = self._evaluate(candidate, champion, dataset, templates[0])
-            # The guard checks each language of the base holdout (training.gate).
-            languages = [detector.detect(example.text) for example in dataset.holdout]
-            for metrics in evaluation["holdout"].values():
-                metrics["languages"] = languages
+            # The gate checks each language of both holdouts (training.gate).
+            for split, rows in (
+                ("holdout", dataset.holdout),
+                ("feedback_holdout", dataset.feedback_holdout),
+            ):
+                languages = [detector.detect(example.text) for example in rows]
+                for metrics in evaluation[split].values():
+                    metrics["languages"] = languages
+            if plan.gate.general_guard and not dataset.holdout:
+                evaluation["general_guard"] = general_guard_evaluation(
+                    candidate, champion, templates[0]
+                )
+            traffic = self._traffic_guard(
+                plan, candidate, champion, templates[0], dataset, rehearsal, cutoff
+            )
             decision = decide(
                 {split: models["candidate"] for split, models in evaluation.items()},
                 {split: models["champion"] for split, models in evaluation.items()},
                 plan.gate,
+                traffic,
             )
             for by_model in evaluation.values():
                 for metrics in by_model.values():
-                    metrics.pop("correct", None)
-                    metrics.pop("languages", None)
+                    metrics["per_language"] = per_language(metrics)
+                    for per_row in ("correct", "languages", "truth", "predicted"):
+                        metrics.pop(per_row, None)
             metadata = self._metadata(
                 plan,
                 versions,
@@ -322,8 +408,17 @@ class TrainingPipeline:
             logger.info(
                 "run %s: %s; saving the candidate to the model store", run_id, decision.reason
             )
+            source = output
+            if from_champion and (output / "adapter").is_dir():
+                source = deltas.write_delta(
+                    output / "adapter",
+                    Path(scratch) / "delta",
+                    parent=champion.version,
+                    temperature=trained.temperature,
+                )
+            metadata["stored_as"] = "delta" if source != output else "full"
             stored = model_store.save_model(
-                output, name=self.settings.model_name, metadata=metadata
+                source, name=self.settings.model_name, metadata=metadata
             )
         decision_name = self._assign(decision, stored.tag, run_id)
         report = {
@@ -337,6 +432,7 @@ class TrainingPipeline:
             "dataset": dataset.report.to_dict() | {"data_sha256": dataset.data_sha256},
             "training": trained.to_dict(),
             "evaluation": evaluation,
+            "traffic_guard": traffic.to_dict(plan.gate),
         }
         report_dir = self.settings.reports_dir / run_id
         _write_report(report, report_dir)
@@ -358,6 +454,7 @@ class TrainingPipeline:
         templates: list[PromptTemplate],
         init_model: Path,
         output: Path,
+        rehearsal: Sequence[SoftExample] = (),
     ) -> FineTuneResult:
         logger.info("training from %s", init_model)
         return fine_tune(
@@ -367,6 +464,68 @@ class TrainingPipeline:
             templates=templates,
             args=plan.arguments,
             output_dir=output,
+            rehearsal=rehearsal,
+        )
+
+    def _rehearsal(
+        self,
+        plan: TrainingPlan,
+        dataset: AssembledDataset,
+        champion: Classifier,
+        template: PromptTemplate,
+        cutoff: Any,
+    ) -> list[SoftExample]:
+        """Logged texts without feedback, softly labelled by the champion
+        (``training.rehearsal``): none when the ratio is 0 or nothing was logged."""
+        labelled = sum(1 for example in dataset.train if example.source == "feedback")
+        count = rehearsal_count(
+            labelled, plan.assembly.rehearsal_ratio, plan.assembly.max_rehearsal_rows
+        )
+        if count == 0:
+            return []
+        with self.sessions() as session:
+            logged = store.recent_unlabelled_texts(
+                session=session, until=cutoff or store.utcnow(), limit=count * 4
+            )
+        exclude = {
+            example.key
+            for rows in (dataset.train, dataset.validation, dataset.holdout,
+                         dataset.feedback_holdout)
+            for example in rows
+        }  # fmt: skip
+        texts = pick_texts(logged, exclude, count, plan.arguments.seed)
+        rows = soft_labelled(texts, champion, template, plan.assembly.rehearsal_weight)
+        dataset.report.counts["rehearsal"] = len(rows)
+        logger.info("rehearsal: %d logged texts labelled by the champion", len(rows))
+        return rows
+
+    def _traffic_guard(
+        self,
+        plan: TrainingPlan,
+        candidate: Classifier,
+        champion: Classifier,
+        template: PromptTemplate,
+        dataset: AssembledDataset,
+        rehearsal: Sequence[SoftExample],
+        cutoff: Any,
+    ) -> TrafficComparison:
+        """Both models on recent traffic outside the feedback (``training.traffic_guard``),
+        leaving out every text the candidate trained on or a holdout holds."""
+        exclude = {
+            example.key
+            for rows in (dataset.train, dataset.validation, dataset.holdout,
+                         dataset.feedback_holdout)
+            for example in rows
+        } | {normalize_text(row.text) for row in rehearsal}  # fmt: skip
+        return compare_on_traffic(
+            sessions=self.sessions,
+            candidate=candidate,
+            champion=champion,
+            template=template,
+            until=cutoff or store.utcnow(),
+            exclude=exclude,
+            config=plan.gate,
+            text_storage=self.settings.text_storage,
         )
 
     @staticmethod
@@ -406,13 +565,9 @@ class TrainingPipeline:
             "template_versions": list(versions),
             "data_sha256": dataset.data_sha256,
             "counts": dataset.report.counts,
-            "metrics": {
-                split: {
-                    key: models["candidate"].get(key)
-                    for key in ("n", "accuracy", "macro_f1", "ece")
-                }
-                for split, models in evaluation.items()
-            },
+            "metrics": stored_figures(evaluation, "candidate"),
+            # The champion's on the same rows: what `sentiloop models list` compares.
+            "parent_metrics": stored_figures(evaluation, "champion"),
             "reference": drift_reference(dataset, evaluation),
             "parent_model": parent,
             "training_run_id": run_id,
@@ -421,7 +576,13 @@ class TrainingPipeline:
         }
 
     def _assign(self, decision: GateDecision, tag: str, run_id: str) -> str:
-        """Record the candidate as champion or challenger; the decision's name."""
+        """Record the candidate as champion or challenger; the decision's name. Not when
+        the lock was lost meanwhile: another run may be deciding. With a shared model
+        store the candidate (and a delta's stored parents) is uploaded first, so that a
+        replica that sees the role can fetch it."""
+        shared_store.publish(self.settings, tag)
+        if self._lease is not None:
+            self._lease.check()
         role: model_roles.Role = "champion" if decision.promote else "challenger"
         with self.sessions() as session:
             model_roles.assign(

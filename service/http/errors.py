@@ -32,6 +32,8 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], HTTPStatus], ...] = (
 )
 
 DOMAIN_ERRORS = tuple(error for error, _ in STATUS_BY_ERROR)
+# Seconds a client waits before retrying a 503 (or a batch answer with 503 items).
+RETRY_AFTER_S = "5"
 
 
 def status_of(error: Exception) -> HTTPStatus:
@@ -46,5 +48,5 @@ def error_response(error: Exception) -> JSONResponse:
     body: dict[str, object] = {"error": str(error), "field": getattr(error, "field", None)}
     if isinstance(error, UnknownTemplateVersion):
         body["known_versions"] = error.known
-    headers = {"Retry-After": "5"} if status == HTTPStatus.SERVICE_UNAVAILABLE else None
+    headers = {"Retry-After": RETRY_AFTER_S} if status == HTTPStatus.SERVICE_UNAVAILABLE else None
     return JSONResponse(body, status_code=status, headers=headers)

@@ -32,7 +32,6 @@ ROUTES = frozenset(
         "/v1/templates",
         "/v1/models",
         "/v1/feedback/export",
-        "/v1/docs",
         "/v1/openapi.json",
         "/",
         "/docs",
@@ -46,6 +45,7 @@ ROUTES = frozenset(
 )
 PATTERNS = (
     (re.compile(r"/v1/templates/[^/]+/?"), "/v1/templates/{version}"),
+    (re.compile(r"/v1/webhooks/[^/]+/?"), "/v1/webhooks/{connector}"),
     (re.compile(r"/static_content/.+"), "/static_content/{file}"),
     (re.compile(r"/assets/.+"), "/assets/{file}"),
 )

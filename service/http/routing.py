@@ -4,11 +4,15 @@ Assignment is sticky per routing key: the same key always lands in the same
 arm while the split is unchanged (a salted SHA-256 bucket). Without a key the
 arm is drawn at random with the configured weights.
 
-Which arms serve (``serving_arms``): without a configured split, the default
-template version (the latest template decision's, else the settings') with the
-champion. A configured split is an experiment: it serves as configured until it
-is concluded (``sentiloop experiments conclude``), then its arms of the winning
-template version take all traffic; a reverted decision resumes the experiment.
+Which arms serve (``serving_arms``) is what the database's latest template decision
+says (``storage.template_decisions``), so every replica and every shell agree: the
+split it leaves running (``sentiloop experiments start``) as recorded; once concluded
+(``sentiloop experiments conclude``), its arms of the winning template version take
+all traffic; a reverted decision restores what ran before it. Without a split, the
+default template version (the latest decision's, else the settings') with the
+champion. ``SENTILOOP_TRAFFIC_SPLIT`` is a seed: it serves until the server records it
+as a started experiment (``template_decisions.seed``), and a restart with the same
+variable does not undo a later decision.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.buckets import stable_bucket
-from core.settings import CHAMPION, TrafficArm, split_fingerprint
+from core.settings import CHAMPION, TrafficArm
 from storage.template_decisions import Decision
 
 
@@ -88,20 +92,21 @@ class TrafficSplit:
 
 
 def serving_arms(
-    configured: Sequence[TrafficArm] | None, default_template: str, decision: Decision | None
+    seed: Sequence[TrafficArm] | None, default_template: str, decision: Decision | None
 ) -> list[TrafficArm]:
-    """The arms to serve: see the module's docstring. ``configured`` is None when no
-    split was set; ``default_template`` is the settings' default."""
+    """The arms to serve: see the module's docstring. ``seed`` is None when no split
+    was set in the environment; ``default_template`` is the settings' default."""
     if decision is not None:
         default_template = decision.template_version
-    if not configured:
+    if decision is None or not decision.recorded_split:
+        arms, concluded = (list(seed) if seed else []), False
+    else:
+        experiment = decision.experiment
+        arms = list(experiment.arms) if experiment is not None else []
+        concluded = experiment is not None and experiment.concluded
+    if not arms:
         return [TrafficArm(template_version=default_template, weight=1.0)]
-    concluded = (
-        decision is not None
-        and decision.evidence.get("kind") == "concluded"
-        and decision.evidence.get("split") == split_fingerprint(configured)
-    )
     if not concluded:
-        return list(configured)
-    winners = [arm for arm in configured if arm.template_version == default_template]
+        return arms
+    winners = [arm for arm in arms if arm.template_version == default_template]
     return winners or [TrafficArm(template_version=default_template, weight=1.0)]

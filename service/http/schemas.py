@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -13,14 +14,21 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
-from model.labels import Label, normalize_label
+# Feedback's body lives in feedback.intake: the API, batches and file imports share it.
+from feedback.intake import FeedbackRequest as FeedbackRequest
+from model.labels import Label
+from model.language import ISO_639_1
+from storage.fields import ExternalId, Source
+from storage.fields import storable as _storable
 
 MAX_TEXTS_PER_REQUEST = 256
 MAX_CHARS_PER_TEXT = 5_000
-MAX_COMMENT_CHARS = 2_000
 MAX_FEEDBACK_BATCH = 1_000
 MAX_REVIEW_ITEMS = 500
 
@@ -28,19 +36,6 @@ MAX_REVIEW_ITEMS = 500
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("text must contain at least one non-whitespace character")
-    return value
-
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def _storable(value: str) -> str:
-    """Refuse what no database stores the same way: NUL (PostgreSQL refuses it, SQLite
-    cuts text at it) and unpaired surrogates (not encodable as UTF-8)."""
-    found = _UNSTORABLE.search(value)
-    if found is not None:
-        what = "a NUL character" if found.group() == "\x00" else "an unpaired surrogate"
-        raise ValueError(f"contains {what} at position {found.start()}; remove it")
     return value
 
 
@@ -57,21 +52,64 @@ TemplateVersion = Annotated[
 RoutingKey = Annotated[
     str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)
 ]
-PredictionId = Annotated[
-    str, StringConstraints(min_length=1, max_length=36), AfterValidator(_storable)
+
+
+def _known_language(code: str) -> str:
+    if code not in ISO_639_1:
+        raise ValueError(
+            f"{code!r} is not an ISO 639-1 language code; send a known two-letter code "
+            "(e.g. 'en', 'de') or leave it out to detect each text's language"
+        )
+    return code
+
+
+LanguageCode = Annotated[
+    str, StringConstraints(pattern=r"^[a-z]{2}$"), AfterValidator(_known_language)
 ]
-Comment = Annotated[str, StringConstraints(max_length=MAX_COMMENT_CHARS), AfterValidator(_storable)]
-Source = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_storable)]
-ExternalId = Annotated[
-    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)
-]
-# Labels as the rest of the system takes them: names in any case, short names, the
-# training data's class ids 0/1/2 (as numbers or strings).
-FeedbackLabel = Annotated[Label, BeforeValidator(normalize_label)]
-LanguageCode = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$")]
-IdempotencyKey = Annotated[
-    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)
-]
+
+# A Unix time is taken in seconds, up to 2100-01-01T00:00:00Z: pydantic reads a number
+# above 2e10 as milliseconds, so `since=99999999999` silently meant 1973.
+MAX_UNIX_SECONDS = 4_102_444_800
+_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
+
+
+def _unix_seconds(value: object) -> object:
+    """A Unix time in seconds (a number, or a string of one) as a UTC datetime, within
+    [0, ``MAX_UNIX_SECONDS``); anything else is left to pydantic (ISO 8601)."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not 0 <= value < MAX_UNIX_SECONDS:
+            raise ValueError(
+                f"a Unix time is read in seconds, from 0 to {MAX_UNIX_SECONDS} "
+                "(2100-01-01T00:00:00Z); send seconds in that range or an ISO 8601 time"
+            )
+        return datetime.fromtimestamp(value, UTC)
+    return value
+
+
+# ``since``/``until`` of the read endpoints: ISO 8601, or Unix seconds.
+Moment = Annotated[datetime, BeforeValidator(_unix_seconds)]
+
+
+class JsonBody(BaseModel):
+    """A request body parsed as Python's ``json`` parses it when pydantic's parser
+    refuses it: pydantic's refuses an unpaired surrogate escape (``"\\ud800"``) as
+    invalid JSON, a 400 naming no field (``loc: []``); parsed here, the field's own
+    check names it. Bodies pydantic parses take the fast path unchanged."""
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as error:
+            if any(detail["type"] != "json_invalid" for detail in error.errors()):
+                raise
+            try:
+                parsed = json.loads(json_data)
+            except ValueError:
+                raise error from None
+            return cls.model_validate(parsed, **kwargs)
 
 
 # The titles name the request bodies in validation errors ("1 validation error for
@@ -79,7 +117,7 @@ IdempotencyKey = Annotated[
 # would otherwise be its internal IODescriptor subclass.
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(JsonBody):
     """One text (``text``) or a list of texts (``texts``)."""
 
     model_config = ConfigDict(extra="forbid", title="the body of POST /v1/predict")
@@ -97,7 +135,15 @@ class PredictRequest(BaseModel):
     )
     routing_key: RoutingKey | None = Field(
         default=None,
-        description="Sticky A/B assignment key, e.g. a customer or ticket id (stored hashed).",
+        description="Sticky A/B assignment key, e.g. a customer or ticket id (stored "
+        "hashed); with 'texts', the key of every text.",
+    )
+    routing_keys: list[RoutingKey | None] | None = Field(
+        default=None,
+        max_length=MAX_TEXTS_PER_REQUEST,
+        description="With 'texts', instead of 'routing_key': one key per text, in order "
+        "(null: drawn at random), each routed (and stored hashed) on its own, e.g. a "
+        "batch of tickets from several customers.",
     )
     language: LanguageCode | None = Field(
         default=None,
@@ -119,20 +165,35 @@ class PredictRequest(BaseModel):
         default=None, description="The system the texts come from (a CRM), stored with them."
     )
 
+    @field_validator("external_ids", "routing_keys")
+    @classmethod
+    def _one_per_text(
+        cls, values: list[str | None] | None, info: ValidationInfo
+    ) -> list[str | None] | None:
+        """A list that goes with 'texts', one entry per text (the error names the list)."""
+        if values is None:
+            return None
+        one = {"external_ids": "external_id", "routing_keys": "routing_key"}[str(info.field_name)]
+        texts = info.data.get("texts")
+        if texts is None:
+            if "texts" not in info.data:  # 'texts' itself was refused: its error says why
+                return values
+            raise ValueError(f"'{info.field_name}' goes with 'texts'; with 'text' send '{one}'")
+        if len(values) != len(texts):
+            raise ValueError(
+                f"'{info.field_name}' has {len(values)} entries for {len(texts)} texts; "
+                "send one per text (null for none)"
+            )
+        return values
+
     @model_validator(mode="after")
     def _exactly_one_input(self) -> PredictRequest:
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of 'text' (a string) or 'texts' (a list)")
         if self.external_id is not None and self.text is None:
             raise ValueError("'external_id' goes with 'text'; with 'texts' send 'external_ids'")
-        if self.external_ids is not None:
-            if self.texts is None:
-                raise ValueError("'external_ids' goes with 'texts'; with 'text' send 'external_id'")
-            if len(self.external_ids) != len(self.texts):
-                raise ValueError(
-                    f"'external_ids' has {len(self.external_ids)} entries for "
-                    f"{len(self.texts)} texts; send one per text (null for none)"
-                )
+        if self.routing_key is not None and self.routing_keys is not None:
+            raise ValueError("give one of 'routing_key' (all texts) or 'routing_keys' (per text)")
         return self
 
     @property
@@ -144,6 +205,12 @@ class PredictRequest(BaseModel):
         if self.external_ids is not None:
             return list(self.external_ids)
         return [self.external_id] * len(self.all_texts)
+
+    @property
+    def all_routing_keys(self) -> list[str | None]:
+        if self.routing_keys is not None:
+            return list(self.routing_keys)
+        return [self.routing_key] * len(self.all_texts)
 
 
 class Prediction(BaseModel):
@@ -158,56 +225,20 @@ class Prediction(BaseModel):
         '"und" when it cannot be told (too short, no words).'
     )
     language_supported: bool = Field(
-        description="Whether the model was trained on this language; false: answered "
-        "by the multilingual encoder alone, expect lower quality."
+        description="Whether the model is known to be trained on this language; false: "
+        'answered by the multilingual encoder alone, expect lower quality ("und" is '
+        "always false: a language that cannot be told is not supported)."
     )
     latency_ms: float
+    external_id: str | None = Field(
+        default=None,
+        description="The external_id sent with this text (batch callers match by it), "
+        "null when none was sent.",
+    )
 
 
 class PredictResponse(BaseModel):
     predictions: list[Prediction]
-
-
-class FeedbackRequest(BaseModel):
-    """A correction (``label``) or a thumbs up/down (``verdict``) on one prediction,
-    named by ``prediction_id`` or by your ``external_id`` (+ ``source``)."""
-
-    model_config = ConfigDict(extra="forbid", title="the body of POST /v1/feedback")
-
-    prediction_id: PredictionId | None = Field(
-        default=None, description="The prediction_id that POST /v1/predict returned."
-    )
-    external_id: ExternalId | None = Field(
-        default=None,
-        description="Instead of prediction_id: the external_id sent with the text; the "
-        "latest prediction of it before this feedback is judged.",
-    )
-    label: FeedbackLabel | None = Field(
-        default=None,
-        description="The correct label: negative, neutral or positive (any case; also "
-        "neg/neu/pos or the class ids 0/1/2).",
-    )
-    verdict: Literal["correct", "incorrect"] | None = Field(
-        default=None, description="Thumbs up (correct) or down (incorrect)."
-    )
-    comment: Comment | None = None
-    source: Source | None = Field(
-        default=None,
-        description="Where the feedback comes from (a CRM); with external_id, only "
-        "predictions sent with this source match.",
-    )
-    idempotency_key: IdempotencyKey | None = Field(
-        default=None,
-        description="Retries with the same key return the first result and store one row.",
-    )
-
-    @model_validator(mode="after")
-    def _exactly_one_judgement(self) -> FeedbackRequest:
-        if (self.label is None) == (self.verdict is None):
-            raise ValueError("give exactly one of 'label' or 'verdict'")
-        if (self.prediction_id is None) == (self.external_id is None):
-            raise ValueError("give exactly one of 'prediction_id' or 'external_id'")
-        return self
 
 
 class FeedbackResponse(BaseModel):
@@ -231,7 +262,11 @@ class FeedbackResponse(BaseModel):
     )
 
 
-class FeedbackBatchRequest(BaseModel):
+class FeedbackBody(JsonBody, FeedbackRequest):
+    """``FeedbackRequest`` as the body of ``POST /v1/feedback`` (see ``JsonBody``)."""
+
+
+class FeedbackBatchRequest(JsonBody):
     """Up to 1,000 feedback items, each judged on its own."""
 
     model_config = ConfigDict(extra="forbid", title="the body of POST /v1/feedback/batch")

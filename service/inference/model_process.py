@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import multiprocessing
@@ -52,9 +53,10 @@ from typing import Any
 from core import database
 from core.logs import configure_logging
 from core.settings import Settings
+from model.model_store import use_store
 from model.templates import TemplateRegistry
 from service.inference.loading import load_scorer, refresh_report
-from service.inference.scoring import ModelUnavailable, ScoreItem, ScoreResult
+from service.inference.scoring import ModelUnavailable, ScoreItem, Scorer, ScoreResult
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,40 @@ def _transportable(error: Exception) -> Exception:
     return error
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return None
+    return trim
+
+
+def release_freed_memory() -> None:
+    """Hand the pages glibc keeps free in its heap back to the system.
+
+    Loading a model allocates far more than it keeps (the transformers tokenizer
+    the scoring tokenizer is copied from, ONNX Runtime's parse of the file), and a
+    swap frees the model it replaced. glibc keeps freed memory for reuse and only
+    gives back the top of its heap. Measured on the shipped model: 1.04 GB RSS
+    after start (0.80 GB with this), 1.4 GB after one hot swap and 1.6 GB after
+    six (back to 1.0 GB with this); scoring traffic did not grow it.
+    ``malloc_trim(0)`` takes milliseconds and runs only after a load.
+    """
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _refresh(scorer: Scorer) -> dict[str, Any]:
+    """Swap in newly assigned models; memory the replaced ones held goes back."""
+    report = refresh_report(scorer)
+    if report["changes"]:
+        release_freed_memory()
+    return report
+
+
 def serve_model_process(settings: Settings, batches: Connection, control: Connection) -> None:
     """Main function of a model process: load the models, then answer both pipes.
 
@@ -88,6 +124,7 @@ def serve_model_process(settings: Settings, batches: Connection, control: Connec
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    use_store(settings.resolved_bentoml_home)
     configure_logging()
     try:
         sessions = database.make_session_factory(
@@ -99,12 +136,12 @@ def serve_model_process(settings: Settings, batches: Connection, control: Connec
     except Exception as exc:
         control.send((0, False, RuntimeError(f"model process failed to start: {exc!r}")))
         raise
-    gc.collect()
+    release_freed_memory()
     gc.freeze()  # see service.bento: full collections over torch's objects stall a process
     control.send((0, True, scorer.describe()))
     handlers = {
         "score": scorer.score,
-        "refresh": lambda _: refresh_report(scorer),
+        "refresh": lambda _: _refresh(scorer),
     }
     while True:
         for connection in wait([batches, control]):

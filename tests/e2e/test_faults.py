@@ -54,6 +54,16 @@ def test_database_outage_spools_predictions_refuses_feedback_and_recovers(tmp_pa
                 # No driver detail (host, port, server state) reaches the client.
                 assert str(proxy.port) not in refused.text and "127.0.0.1" not in refused.text
                 assert "connection" not in refused.text.lower()
+                # A batch answer with items the database could not take says when to
+                # retry, as a 503 answer does (issue 24, item 21).
+                batch = client.post(
+                    "/v1/feedback/batch",
+                    json={"items": [{"prediction_id": p["prediction_id"], "verdict": "correct"}
+                                    for p in before[1:4]]},
+                )  # fmt: skip
+                assert batch.status_code == 200, batch.text
+                assert [item["status"] for item in batch.json()["results"]] == [503] * 3
+                assert batch.headers.get("retry-after") == "5"
                 assert client.get("/readyz").status_code == 503
                 assert wait_until(
                     lambda: metric(server, "sentiloop_prediction_log_spooled_total") >= 60

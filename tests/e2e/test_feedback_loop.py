@@ -164,6 +164,45 @@ def test_experiment_report_then_conclude_from_the_command_line(
     assert wait_until(both_arms, timeout_s=20)
 
 
+def test_experiments_started_and_concluded_from_a_shell_without_the_split(
+    loop_server: tuple[ServerProcess, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server follows the split the database records: `conclude` from a shell
+    without SENTILOOP_TRAFFIC_SPLIT moves its traffic, and `experiments start` from
+    such a shell makes it split again, without a restart."""
+    server, env = loop_server
+    shell = {name: value for name, value in env.items() if name != "SENTILOOP_TRAFFIC_SPLIT"}
+    monkeypatch.delenv("SENTILOOP_TRAFFIC_SPLIT", raising=False)
+
+    def served() -> set[str]:
+        answers = [post(server, "/v1/predict", {"text": f"t{n}"}).json() for n in range(30)]
+        return {answer["predictions"][0]["template_version"] for answer in answers}
+
+    assert served() == {"v1", "v2"}  # the server's variable, recorded at its start
+    concluded = cli(
+        shell, monkeypatch, "experiments", "conclude", "--winner", "v2", "--reason", "v2 is better"
+    )
+    assert concluded.exit_code == 0, concluded.output
+    assert "now serves its v2 arms" in concluded.output
+    assert wait_until(lambda: served() == {"v2"}, timeout_s=20)
+    again = cli(shell, monkeypatch, "experiments", "conclude", "--winner", "v1", "--reason", "r")
+    assert again.exit_code == 2 and "concluded already" in again.output
+
+    started = cli(
+        shell, monkeypatch, "experiments", "start", "--split", "v2/zero-shot=1,v1/zero-shot=3"
+    )
+    assert started.exit_code == 0, started.output
+    assert "split v2/zero-shot=1,v1/zero-shot=3 runs" in started.output
+    assert wait_until(lambda: served() == {"v1", "v2"}, timeout_s=20)
+    concluded = cli(
+        shell, monkeypatch, "experiments", "conclude", "--winner", "v1", "--reason", "back to v1"
+    )
+    assert concluded.exit_code == 0, concluded.output
+    assert wait_until(lambda: served() == {"v1"}, timeout_s=20)
+    history = cli(shell, monkeypatch, "experiments", "history").output.splitlines()
+    assert "v2/zero-shot=1,v1/zero-shot=3 (concluded)" in history[1]
+
+
 def test_review_queue_export_label_and_import(
     loop_server: tuple[ServerProcess, dict[str, str]],
     monkeypatch: pytest.MonkeyPatch,

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import database
+from core.settings import Settings
 from model import model_store
 from service.http.auth import hash_key
 from tests.e2e.conftest import TINY_METADATA, start_server
@@ -26,6 +27,7 @@ CRM = {"Authorization": "Bearer slk_test_crm"}
 
 ADMIN_KEY = "slk_test_admin"
 CRM_KEY = "slk_test_crm"
+POLL_INTERVAL_S = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,9 @@ def swap_server(
         {
             "SENTILOOP_BASE_MODEL": str(tiny_model_dir),
             "SENTILOOP_MODEL_NAME": f"swap-{uuid.uuid4().hex[:6]}",
-            "SENTILOOP_MODEL_POLL_INTERVAL_S": "0.5",
+            # Long beside the reload test's promote-then-reload (a no-op reload would
+            # rarely be rescued by a poll), short enough for the promotion test's wait.
+            "SENTILOOP_MODEL_POLL_INTERVAL_S": str(POLL_INTERVAL_S),
             "SENTILOOP_AUTH": "required",
             "SENTILOOP_API_KEYS": json.dumps(
                 [
@@ -89,7 +93,7 @@ def test_promotion_switches_the_served_model_under_load(
         while len(results) < 10:
             stop.wait(0.05)
         engine, sessions = server_sessions(swap_server)
-        promote(sessions=sessions, tag=stored.tag, reason="e2e")
+        promote(settings=Settings(), sessions=sessions, tag=stored.tag, reason="e2e")
         engine.dispose()
         for _ in range(100):
             if champion_version(swap_server) == stored.tag:
@@ -115,15 +119,17 @@ def test_admin_reload_needs_the_key_and_switches_at_once(
     url = f"{swap_server.url}/v1/admin/reload-models"
     assert httpx.post(url, json={}).status_code == 401
     assert httpx.post(url, json={}, headers=CRM).status_code == 403
+    previous = champion_version(swap_server)
     newer = model_store.save_model(tiny_model_dir, name="swap-e2e", metadata=TINY_METADATA)
     engine, sessions = server_sessions(swap_server)
-    promote(sessions=sessions, tag=newer.tag, reason="e2e reload")
+    promote(settings=Settings(), sessions=sessions, tag=newer.tag, reason="e2e reload")
     response = httpx.post(url, json={}, headers={"X-API-Key": ADMIN_KEY}, timeout=30)
     assert response.status_code == 200, response.text
-    body = response.json()
-    served = {m["reference"]: m["model_version"] for m in body["models"]}
+    served = {m["reference"]: m["model_version"] for m in response.json()["models"]}
     assert served["champion"] == newer.tag
-    rollback(sessions=sessions)
+    assert champion_version(swap_server) == newer.tag
+    rollback(settings=Settings(), sessions=sessions)
     engine.dispose()
     after = httpx.post(url, json={}, headers={"X-API-Key": ADMIN_KEY}, timeout=30).json()
-    assert {m["reference"]: m["model_version"] for m in after["models"]}["champion"] != newer.tag
+    assert {m["reference"]: m["model_version"] for m in after["models"]}["champion"] == previous
+    assert champion_version(swap_server) == previous

@@ -3,6 +3,7 @@ alert query returning data, and the rules loaded without errors."""
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import time
@@ -14,7 +15,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from sqlalchemy import text as sql
 
+from core import database
 from core.settings import Settings
 from tests import monitoring
 from tests.e2e.conftest import start_server
@@ -55,6 +58,14 @@ def observed(
         base.write_text(
             "text,label\n" + "".join(f"{t} {n},{label}\n" for n in range(20) for t, label in rows)
         )
+        # Traffic before the run, so that its traffic guard (and the dashboard's
+        # traffic panel) has logged texts to compare the candidate on.
+        traffic = [
+            f"My parcel {n} arrived late and the box was broken, which is really disappointing"
+            for n in range(12)
+        ]  # long enough for the language to be told (short texts are "und")
+        assert httpx.post(f"{server.url}/v1/predict", json={"texts": traffic}).status_code == 200
+        wait_for_logged_texts(home / "sentiloop.db", len(traffic))
         pipeline = TrainingPipeline(
             Settings(home=home, base_model=str(tiny_model_dir), model_name=model_name)
         )
@@ -73,7 +84,7 @@ def observed(
             if any(m["model_version"] == outcome.candidate_tag for m in models):
                 break
             time.sleep(0.5)
-        texts_sent = 0
+        texts_sent = len(traffic)
         with httpx.Client(base_url=server.url, timeout=30) as client:
             predictions = []
             for n in range(40):
@@ -93,6 +104,24 @@ def observed(
                "predictions": predictions}  # fmt: skip
     finally:
         server.stop()
+
+
+def wait_for_logged_texts(db: Path, count: int, timeout_s: float = 30) -> None:
+    """Until the server's log writer has stored ``count`` prediction texts."""
+    engine = database.make_engine(f"sqlite:///{db}")
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with engine.connect() as connection:
+                stored = connection.execute(
+                    sql("SELECT count(*) FROM predictions WHERE text IS NOT NULL")
+                ).scalar_one()
+            if stored >= count:
+                return
+            assert time.monotonic() < deadline, f"{stored} of {count} texts logged"
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
 
 
 def scraped(server: ServerProcess) -> str:
@@ -158,24 +187,30 @@ def prometheus(observed: dict[str, Any], tmp_path_factory: pytest.TempPathFactor
         log.close()
 
 
+def finite(result: list[Any]) -> bool:
+    """Whether a series has a finite value: a NaN (0/0, a quantile of no samples) is no
+    data to show (one series of several may be NaN: an operation with no writes yet)."""
+    return any(math.isfinite(float(r["value"][1])) for r in result)
+
+
 def query_until_data(url: str, expr: str) -> list[Any]:
+    """The instant result of ``expr`` once it is finite (or as it is after the timeout)."""
     deadline = time.monotonic() + QUERY_TIMEOUT_S
     while True:
         response = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10)
         body = response.json()
         assert body["status"] == "success", f"{expr}: {body}"
-        if body["data"]["result"] or time.monotonic() > deadline:
+        if finite(body["data"]["result"]) or time.monotonic() > deadline:
             return list(body["data"]["result"])
         time.sleep(1)
 
 
 def test_every_dashboard_query_returns_data(prometheus: str) -> None:
-    empty = [
-        title
+    answered = [
+        (title, query_until_data(prometheus, expr))
         for title, expr in monitoring.dashboard_expressions()
-        if not query_until_data(prometheus, expr)
     ]
-    assert empty == []
+    assert [(title, result) for title, result in answered if not finite(result)] == []
 
 
 def test_every_recording_rule_and_alert_signal_returns_data(prometheus: str) -> None:
@@ -183,8 +218,8 @@ def test_every_recording_rule_and_alert_signal_returns_data(prometheus: str) -> 
     expressions += [
         (name, monitoring.alert_signal(expr)) for name, expr in monitoring.alert_rules()
     ]
-    empty = [name for name, expr in expressions if not query_until_data(prometheus, expr)]
-    assert empty == []
+    results = [(name, query_until_data(prometheus, expr)) for name, expr in expressions]
+    assert [(name, result) for name, result in results if not finite(result)] == []
 
 
 def test_prometheus_evaluates_every_rule_without_error(prometheus: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -32,13 +33,37 @@ def test_bentoml_build_packages_services_templates_and_migrations(tmp_path: Path
         "storage/migrations/script.py.mako",
     ):
         assert (source / needed).is_file(), needed
+    for package in top_level_packages():
+        assert (source / package / "__init__.py").is_file(), package
     assert not (source / "tests").exists()
+
+
+def top_level_packages() -> list[str]:
+    """The packages pyproject.toml installs, top level only: what ships."""
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        packages = tomllib.load(file)["tool"]["setuptools"]["packages"]
+    return sorted({name.split(".")[0] for name in packages})
 
 
 def test_dockerfile_copies_every_package_and_serves_on_3000() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("core", "model", "storage", "service", "training", "sentiloop"):
-        assert f"COPY {package} ./{package}" in dockerfile
-    assert "torch==2.13.0" in dockerfile and "EXPOSE 3000" in dockerfile
+    packages = top_level_packages()
+    assert {"core", "feedback", "service", "sentiloop"} <= set(packages)  # the list is read
+    for package in packages:
+        assert f"COPY {package} ./{package}" in dockerfile, package
+    assert "EXPOSE 3000" in dockerfile
     assert '"sentiloop", "serve"' in dockerfile
     assert "SENTILOOP_AUTH=required" in dockerfile  # reached from other hosts: keys
+
+
+def test_dockerfile_installs_the_cpu_build_of_the_pinned_torch() -> None:
+    """PyPI's Linux torch wheel is the CUDA build (GBs of nvidia-* wheels): the image
+    installs ``+cpu`` of the exact version pyproject.toml pins first, so that
+    ``pip install .`` finds the pin satisfied. A pin bumped in one place only would
+    let pip replace it with the CUDA build."""
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        dependencies = tomllib.load(file)["project"]["dependencies"]
+    [pin] = [d for d in dependencies if d.startswith("torch==")]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f'"{pin}+cpu"' in dockerfile
+    assert "torch.version.cuda is not None" in dockerfile  # the build checks what it got

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from core import database
+from core.settings import Settings
 from model import model_store
 from tests.e2e.conftest import TINY_METADATA, start_server
 from tests.support import ServerProcess, throwaway_postgres
@@ -89,7 +90,12 @@ def test_two_replicas_on_one_postgres_both_log_and_both_pick_up_a_promotion(
                 tiny_model_dir, name="replica-e2e", metadata=TINY_METADATA
             )
             engine = database.make_engine(url)
-            promote(sessions=database.make_session_factory(engine), tag=stored.tag, reason="e2e")
+            promote(
+                settings=Settings(),
+                sessions=database.make_session_factory(engine),
+                tag=stored.tag,
+                reason="e2e",
+            )
             engine.dispose()
             deadline = time.monotonic() + 30
             switched: set[int] = set()

@@ -93,7 +93,7 @@ def test_language_is_detected_overridable_flagged_logged_and_counted(
     assert (japanese["language"], japanese["language_supported"]) == ("ja", False)
     assert (german["language"], german["language_supported"]) == ("de", True)
     short = predict(shipped_server, text="ok")[0]
-    assert (short["language"], short["language_supported"]) == ("und", True)
+    assert (short["language"], short["language_supported"]) == ("und", False)
     forced = predict(shipped_server, text=COMPLAINTS["ja"], language="it")[0]
     assert (forced["language"], forced["language_supported"]) == ("it", False)
     bad = httpx.post(
@@ -127,4 +127,7 @@ def test_language_is_detected_overridable_flagged_logged_and_counted(
         re.M,
     )
     assert unsupported and float(unsupported[0]) >= 1
+    assert re.search(  # counted as the flag says: und is not supported
+        r'^sentiloop_unsupported_language_predictions_total\{[^}]*language="und"', metrics, re.M
+    )
     assert re.search(r'^sentiloop_predictions_total\{[^}]*language="de"', metrics, re.M)

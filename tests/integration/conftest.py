@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import storage
 from core import database
+from service.metrics import ApiMetrics
 
 
 @pytest.fixture
@@ -16,3 +17,9 @@ def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
     engine = database.make_engine(database_url)
     yield database.make_session_factory(engine)
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def api_metrics() -> ApiMetrics:
+    """The service's metrics: one per process (they register once)."""
+    return ApiMetrics()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -51,9 +52,10 @@ def test_each_text_gets_its_language_unless_one_is_given(zero_shot_engine: Score
     texts = ["I want my money back, this is a scam", "Das Paket kam beschädigt an", "ok"]
     items = [ScoreItem(text=t, template_version="v1", model=ZERO_SHOT) for t in texts]
     results = zero_shot_engine.score(items)
-    # The zero-shot model's verbalizers are English: German is flagged, "und" is not.
+    # The zero-shot model's verbalizers are English: German is flagged, and so is
+    # "und" (a language that cannot be told is not supported).
     assert [(r.language, r.language_supported) for r in results] == [
-        ("en", True), ("de", False), ("und", True)
+        ("en", True), ("de", False), ("und", False)
     ]  # fmt: skip
     given = ScoreItem(text=texts[1], template_version="v1", model=ZERO_SHOT, language="en")
     [result] = zero_shot_engine.score([given])
@@ -231,20 +233,27 @@ def test_backends_score_like_torch_fp32(
 
 
 def test_onnx_export_is_made_once_and_shared(
-    tiny_model_dir: Path, registry: TemplateRegistry, tmp_path: Path
+    tiny_model_dir: Path,
+    registry: TemplateRegistry,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Workers starting together: one exports while the others wait, then all reuse it."""
     template = registry.get("v1")
+    caplog.set_level(logging.INFO, logger="model.onnx_runtime")
     with ThreadPoolExecutor(3) as pool:
         classifiers = list(
             pool.map(lambda _: _classifier(tiny_model_dir, tmp_path, "onnx", "int8"), range(3))
         )
+    exports = [r for r in caplog.records if r.getMessage().startswith("exported ")]
+    assert len(exports) == 1, [r.getMessage() for r in exports]  # of three callers at once
     made = sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith("."))
     int8 = f"model.{EXPORT_LAYOUT}.int8.onnx"
     assert made == [int8, f"model.{EXPORT_LAYOUT}.onnx"]
     stamp = (tmp_path / int8).stat().st_mtime_ns
     again = _classifier(tiny_model_dir, tmp_path, "onnx", "int8")
     assert (tmp_path / int8).stat().st_mtime_ns == stamp
+    assert len([r for r in caplog.records if r.getMessage().startswith("exported ")]) == 1
     texts = [template.render("fine, thanks")]
     assert {str(c.predict(texts, template)) for c in [*classifiers, again]} == {
         str(classifiers[0].predict(texts, template))

@@ -3,6 +3,7 @@ by the one loader on the serving runtime, and measured exactly as it serves."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -11,8 +12,8 @@ from core.settings import Settings
 from model.loader import cold_start_tag, load_classifier
 from model.shipped import ARTIFACT_FILES, shipped_for_base
 from model.templates import TemplateRegistry
-from tests.support import SHARED_DATA
-from training.default_model import LANGUAGES, evaluation_sets, measure_shipped
+from tests.support import shared_data
+from training.default_model import LANGUAGES, evaluation_sets
 from training.evaluate import evaluate
 
 pytestmark = pytest.mark.slow
@@ -51,20 +52,32 @@ def test_the_cold_start_champion_is_the_shipped_model_on_the_serving_runtime() -
     assert metadata["metrics"] == shipped.card["metrics"]
 
 
+# How far a fresh measurement may stray from the card: int8 kernels differ between
+# CPUs (AVX2, AVX-512 VNNI), which flips a row or two of a 324-row set (0.003 each).
+CARD_TOLERANCE = 0.01
+
+
 def test_the_card_figures_are_what_the_loader_serves() -> None:
-    """The build measures through the loader: the same rows scored by the classifier
-    serving loads give the same figures."""
+    """The figures written in card.json, measured afresh on every evaluation set in
+    full: the classifier the loader serves, on the card's template, scores the same."""
     shipped = shipped_for_base("multilingual-e5-small")
     assert shipped is not None
-    measured = measure_shipped(shipped, SHARED_DATA, settings(), limit=40)
+    card = json.loads((shipped.directory / "card.json").read_text())["metrics"]
     served, _ = load_classifier(settings(), shipped.version)
-    assert measured["serving_runtime"] == served.runtime
+    assert served.runtime == card["serving_runtime"]
 
-    template = TemplateRegistry.load(settings().resolved_templates_dir).get("v1")
-    for name, (rows, labels) in evaluation_sets(SHARED_DATA, 40).items():
+    template = TemplateRegistry.load(settings().resolved_templates_dir).get(
+        shipped.card["template_versions"][0]
+    )
+    for name, (rows, labels) in evaluation_sets(shared_data()).items():
         scores = served.predict([template.render(e.text) for e in rows], template)
-        metrics = evaluate([e.label for e in rows], scores, labels=labels)
-        assert round(metrics["macro_f1"], 4) == measured["serving"][name]["macro_f1"], name
+        measured = evaluate([e.label for e in rows], scores, labels=labels)
+        written = card["serving"][name]
+        assert measured["n"] == written["n"], name
+        for figure in ("accuracy", "macro_f1", "ece"):
+            assert abs(measured[figure] - written[figure]) <= CARD_TOLERANCE, (
+                name, figure, measured[figure], written[figure],
+            )  # fmt: skip
 
 
 # The stated tolerance of the confidence-based accuracy estimate (README, Monitoring).
@@ -78,7 +91,7 @@ def test_mean_confidence_estimates_accuracy_on_held_out_sets() -> None:
     assert shipped is not None
     served, _ = load_classifier(settings(), shipped.version)
     template = TemplateRegistry.load(settings().resolved_templates_dir).get("v1")
-    sets = evaluation_sets(SHARED_DATA)
+    sets = evaluation_sets(shared_data())
     held_out = {
         "tweet_test": random.Random(3).sample(sets["tweet_test"][0], 600),
         "xlmt_val": [e for language in LANGUAGES for e in sets[f"xlmt_val_{language}"][0]],

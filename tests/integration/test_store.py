@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -243,3 +244,82 @@ def test_purge_leaves_no_copy_of_texts_or_comments_in_the_sqlite_files(tmp_path:
     assert "truncated" in database.discard_freed_pages(engine)
     engine.dispose()
     assert secret.encode() not in on_disk() and note.encode() not in on_disk()
+
+
+def test_identical_feedback_posted_at_once_without_key_is_stored_once(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Eight identical key-less posts racing each other, ten times over: one row per
+    trial, the others refused as duplicates by the database (issue 24, item 16)."""
+    record = make_prediction()
+    insert(sessions, record)
+    for trial in range(10):
+        item = storage.FeedbackInput(prediction_id=record.id, label="neutral", comment=f"#{trial}")
+        barrier = threading.Barrier(8)
+
+        def post(
+            _: int, item: storage.FeedbackInput = item, barrier: threading.Barrier = barrier
+        ) -> str:
+            barrier.wait()
+            try:
+                return store.record_feedback(session_factory=sessions, feedback=item).feedback_id
+            except storage.DuplicateFeedback as duplicate:
+                return f"duplicate of {duplicate.feedback_id}"
+
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(post, range(8)))
+        stored = [outcome for outcome in outcomes if not outcome.startswith("duplicate")]
+        assert len(stored) == 1, outcomes
+        assert outcomes.count(f"duplicate of {stored[0]}") == 7
+        assert count_feedback(sessions) == trial + 1
+
+
+def test_the_traffic_guard_reads_the_newest_unjudged_texts_per_language(
+    sessions: sessionmaker[Session],
+) -> None:
+    """What the gate compares answers on (``storage.stats.unjudged_texts_by_language``):
+    per detected language, the newest stored texts in the window without feedback."""
+    from dataclasses import replace
+
+    from storage import stats
+
+    now = datetime.now(UTC)
+
+    def logged(
+        text: str | None, language: str | None, minutes_ago: int
+    ) -> storage.PredictionRecord:
+        return replace(
+            make_prediction(created_at=now - timedelta(minutes=minutes_ago)),
+            text=text,
+            language=language,
+        )
+
+    french = [logged(f"fr {n}", "fr", minutes_ago=n) for n in range(5)]
+    judged = logged("fr judged", "fr", minutes_ago=0)
+    rows = [
+        *french,
+        judged,
+        logged("en 1", "en", minutes_ago=1),
+        logged(None, "en", minutes_ago=1),  # text storage off then
+        logged("und 1", "und", minutes_ago=1),
+        logged("unknown 1", None, minutes_ago=1),
+        logged("too old", "en", minutes_ago=600),
+        logged("de 1", "de", minutes_ago=1),
+    ]
+    insert(sessions, *rows)
+    store.record_feedback(
+        session_factory=sessions,
+        feedback=storage.FeedbackInput(prediction_id=judged.id, verdict="correct"),
+    )
+    with sessions() as session:
+        window = {"since": now - timedelta(hours=2), "until": now + timedelta(minutes=1)}
+        top = stats.unjudged_texts_by_language(
+            session=session, per_language=3, languages=2, **window
+        )
+        every = stats.unjudged_texts_by_language(
+            session=session, per_language=3, languages=10, **window
+        )
+    # The two most frequent languages: French (5), then German and English (1 each),
+    # German by name. Judged, undetermined, unstored and old texts are not read.
+    assert top == {"fr": ["fr 0", "fr 1", "fr 2"], "de": ["de 1"]}
+    assert every == {"fr": ["fr 0", "fr 1", "fr 2"], "de": ["de 1"], "en": ["en 1"]}

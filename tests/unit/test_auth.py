@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from service.http.auth import (
     Forbidden,
     KeyRing,
     KeyRingError,
+    Scope,
     Unauthenticated,
     add_key,
     hash_key,
@@ -56,15 +58,22 @@ def test_add_key_stores_only_the_hash(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "entries",
+    ("entries", "explained"),
     [
-        {"name": "x"},
-        [{"name": "x", "sha256": "short", "scopes": ["predict"]}],
-        [{"name": "x", "sha256": "0" * 64, "scopes": ["everything"]}],
+        ({"name": "x"}, r"^SENTILOOP_API_KEYS: expected a JSON list of \{name, sha256, scopes\}"),
+        (
+            [{"name": "x", "sha256": "short", "scopes": ["predict"]}],
+            r"^SENTILOOP_API_KEYS\[0\]\.sha256: 64 hex characters are required",
+        ),
+        (
+            [{"name": "x", "sha256": "0" * 64, "scopes": ["everything"]}],
+            r"^SENTILOOP_API_KEYS\[0\]\.scopes: a non-empty subset of \['predict', 'feedback'",
+        ),
     ],
 )
-def test_malformed_key_ring_is_explained(entries: object) -> None:
-    with pytest.raises(KeyRingError):
+def test_malformed_key_ring_is_explained(entries: object, explained: str) -> None:
+    """The message names the variable, the entry and field, and what is expected."""
+    with pytest.raises(KeyRingError, match=explained):
         KeyRing.load(json.dumps(entries), None)
 
 
@@ -89,3 +98,47 @@ def test_route_scopes() -> None:
     assert required_scope("/v1/admin/reload-models") == "admin"
     assert required_scope("/v1/models") == "predict"
     assert required_scope("/readyz") is None and required_scope("/metrics") is None
+
+
+def test_keys_are_listed_and_revoked_by_name_or_id(tmp_path: Path) -> None:
+    """Issue 24, item 19."""
+    from service.http.auth import read_key_file, revoke_key
+
+    path = tmp_path / "keys.json"
+    crm, ops = add_key(path, "crm", ["predict"]), add_key(path, "ops", ["admin"])
+    listed = read_key_file(path)
+    assert [(k.name, k.id) for k in listed] == [("crm", hash_key(crm)[:12]),
+                                                ("ops", hash_key(ops)[:12])]  # fmt: skip
+    assert revoke_key(path, "crm").name == "crm"
+    assert revoke_key(path, hash_key(ops)[:12]).name == "ops"
+    assert read_key_file(path) == [] and path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(KeyRingError, match="no key named or with id 'crm'"):
+        revoke_key(path, "crm")
+
+
+def test_a_running_key_ring_follows_its_file_within_seconds(tmp_path: Path) -> None:
+    from service.http.auth import KEY_FILE_CHECK_INTERVAL_S, revoke_key
+    from tests.support import wait_until
+
+    path = tmp_path / "keys.json"
+    key = add_key(path, "crm", ["predict"])
+    keys = KeyRing.load(None, path)
+    assert keys.authorize(key, "predict").name == "crm"
+    revoke_key(path, "crm")
+
+    assert wait_until(
+        lambda: not _accepted(keys, key, "predict"), timeout_s=KEY_FILE_CHECK_INTERVAL_S + 2
+    )
+    added = add_key(path, "new", ["feedback"])
+    assert wait_until(lambda: _accepted(keys, added, "feedback"), timeout_s=3)
+    path.write_text("[{broken")  # a hand edit gone wrong: the loaded keys stay
+    time.sleep(KEY_FILE_CHECK_INTERVAL_S + 0.1)
+    assert keys.authorize(added, "feedback").name == "new"
+
+
+def _accepted(keys: KeyRing, key: str, scope: Scope) -> bool:
+    try:
+        keys.authorize(key, scope)
+    except Unauthenticated:
+        return False
+    return True

@@ -3,6 +3,7 @@
     core                  settings, database engine/sessions, logging, file locks
     model      storage    the sentiment model | the database (log, feedback, runs, roles)
     feedback   training   the loop's analysis (A/B, review queue, estimates) | re-fine-tuning
+    connectors            CRM webhooks: signatures checked, payloads read (no HTTP, no database)
     service               the BentoML service (http over inference)
     sentiloop             the command line, on top of everything
 
@@ -26,8 +27,9 @@ ALLOWED: dict[str, set[str]] = {
     "storage": {"core"},
     "feedback": {"core", "model", "storage"},
     "training": {"core", "model", "storage"},
-    "service": {"core", "model", "storage", "feedback"},
-    "sentiloop": {"core", "model", "storage", "feedback", "training", "service"},
+    "connectors": {"core", "model", "storage", "feedback"},
+    "service": {"core", "model", "storage", "feedback", "connectors"},
+    "sentiloop": {"core", "model", "storage", "feedback", "connectors", "training", "service"},
 }
 SERVICE_ROOMS: dict[str, set[str]] = {
     "service.inference": set(),

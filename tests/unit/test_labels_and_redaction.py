@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model.labels import LABELS, normalize_label, scores_to_label
 from storage.redaction import redact
@@ -88,3 +92,72 @@ def test_redact_leaves_amounts_dates_and_ids_alone(text: str) -> None:
 )
 def test_redact_still_masks_phone_numbers_beside_amounts(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # The cases of issue 24 (item 13), stored in clear before: the card beside more digits.
+        "You charged my visa 4111 1111 1111 1111 123 twice",
+        "visa 4111 1111 1111 1111 12 26",
+        "4111-1111-1111-1111-123",
+        "+1 415 555 0100 4111 1111 1111 1111",
+    ],
+)
+def test_redact_masks_a_card_quoted_beside_more_digits(text: str) -> None:
+    redacted = redact(text)
+    assert "[CARD]" in redacted
+    assert "4111111111111111" not in re.sub(r"\D", "", redacted)
+    assert "415 555 0100" not in redacted
+
+
+def _luhn_completed(body: str) -> str:
+    """``body`` with the check digit that makes it Luhn-valid."""
+    total = 0
+    for index, char in enumerate(reversed(body)):
+        value = int(char) * (2 if index % 2 == 0 else 1)
+        total += value - 9 if value > 9 else value
+    return body + str(-total % 10)
+
+
+@st.composite
+def quoted_cards(draw: st.DrawFn) -> tuple[str, str]:
+    """(a text quoting a Luhn-valid card number, the card's digits): the card grouped
+    any way (spaces, dashes, dots or none), with words or digits before or after it."""
+    length = draw(st.integers(13, 19))
+    card = _luhn_completed(draw(st.from_regex(rf"\A[2-6][0-9]{{{length - 2}}}\Z")))
+    separator = draw(st.sampled_from(["", " ", "-", "."]))
+    sizes = draw(st.lists(st.integers(1, 6), min_size=1, max_size=8))
+    groups, rest = [], card
+    for size in sizes:
+        if rest:
+            groups.append(rest[:size])
+            rest = rest[size:]
+    groups.append(rest)
+    quoted = separator.join(group for group in groups if group)
+    glue = st.sampled_from(["", " ", "-"])
+    around = st.one_of(
+        st.just(""),
+        st.from_regex(r"\A[A-Za-z]{1,12}( [A-Za-z]{1,12}){0,3}\Z"),
+        st.from_regex(r"\A[0-9]{1,12}\Z"),
+    )
+    before, after = draw(around), draw(around)
+    before_glue = draw(glue) if before[-1:].isdigit() else " "
+    after_glue = draw(glue) if after[:1].isdigit() else " "
+    return f"{before}{before_glue}{quoted}{after_glue}{after}".strip(), card
+
+
+@settings(max_examples=400, deadline=None)
+@given(quoted_cards())
+def test_redact_masks_every_valid_card_in_any_grouping_and_company(
+    case: tuple[str, str],
+) -> None:
+    text, card = case
+    redacted = redact(text)
+    assert "[CARD]" in redacted, (text, redacted)
+    assert card not in re.sub(r"\D", "", redacted), (text, redacted)
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=["Nd"], exclude_characters="@\uff20")))
+def test_texts_without_at_sign_or_digit_skip_redaction(text: str) -> None:
+    assert redact(text) is text

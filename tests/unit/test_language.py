@@ -39,5 +39,10 @@ def test_metric_labels_stay_bounded() -> None:
 
 def test_support_follows_the_model_languages() -> None:
     assert is_supported("de", ["en", "de"]) and not is_supported("ja", ["en", "de"])
-    assert is_supported(UNDETERMINED, ["en"])  # not flagged: unknown is not unsupported
     assert is_supported("ja", None)  # a model that recorded no languages
+
+
+def test_an_undetermined_language_is_not_supported() -> None:
+    """Issue 24, item 8: "ok" or "12345" (und) is never flagged supported."""
+    assert not is_supported(UNDETERMINED, ["en"])
+    assert not is_supported(UNDETERMINED, None)

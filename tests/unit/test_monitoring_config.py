@@ -69,7 +69,7 @@ def test_provisioning_and_compose_point_at_the_shipped_files() -> None:
         (monitoring.DEPLOY / "grafana/provisioning/dashboards/sentiloop.yml").read_text()
     )["providers"][0]
     compose = yaml.safe_load((monitoring.DEPLOY / "docker-compose.yml").read_text())
-    assert set(compose["services"]) == {"sentiloop", "postgres", "prometheus", "grafana"}
+    assert set(compose["services"]) == {"sentiloop", "trainer", "postgres", "prometheus", "grafana"}
     grafana_volumes = compose["services"]["grafana"]["volumes"]
     assert f"./grafana/dashboards:{provider['options']['path']}:ro" in grafana_volumes
     for service in compose["services"].values():

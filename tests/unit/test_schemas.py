@@ -84,3 +84,67 @@ def test_feedback_names_a_prediction_or_an_external_id() -> None:
         FeedbackRequest(label="neutral")
     with pytest.raises(ValidationError, match="exactly one of 'prediction_id' or 'external_id'"):
         FeedbackRequest(prediction_id="p", external_id="T-1", label="neutral")
+
+
+def test_routing_keys_go_with_their_texts_and_errors_name_the_list() -> None:
+    """Issue 24, item 7: one routing key per text, like external_ids; a count that
+    does not match is a 400 naming the field."""
+    many = PredictRequest.model_validate({"texts": ["a", "b"], "routing_keys": ["c-1", None]})
+    assert many.all_routing_keys == ["c-1", None]
+    assert PredictRequest(texts=["a", "b"], routing_key="c-9").all_routing_keys == ["c-9"] * 2
+    for field in ("routing_keys", "external_ids"):
+        with pytest.raises(ValidationError, match=f"'{field}' has 1 entries for 2 texts") as caught:
+            PredictRequest.model_validate({"texts": ["a", "b"], field: ["x"]})
+        assert error_locs(caught.value) == [(field,)]
+        with pytest.raises(ValidationError, match=f"'{field}' goes with 'texts'") as caught:
+            PredictRequest.model_validate({"text": "a", field: ["x"]})
+        assert error_locs(caught.value) == [(field,)]
+    with pytest.raises(ValidationError, match="one of 'routing_key'"):
+        PredictRequest.model_validate({"texts": ["a"], "routing_key": "k", "routing_keys": ["k"]})
+
+
+def test_language_must_be_a_known_iso_639_1_code() -> None:
+    """Issue 24, item 21: 'zz' was taken and stored."""
+    assert PredictRequest.model_validate({"text": "a", "language": "de"}).language == "de"
+    for code in ("zz", "xx", "und", "EN"):
+        with pytest.raises(ValidationError) as caught:
+            PredictRequest.model_validate({"text": "a", "language": code})
+        assert error_locs(caught.value) == [("language",)], code
+
+
+def test_every_language_the_detector_names_is_a_known_code() -> None:
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    from model.language import ISO_639_1
+
+    assert len(ISO_639_1) == 183  # registered since June 2021
+    detected = set(LanguageIdentifier.from_model_file(MODEL_FILE).nb_classes)
+    assert {code for code in detected if len(code) == 2} <= ISO_639_1
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "loc"),
+    [
+        ("predict", b'{"text": "bad \\ud800 text"}', ("text",)),
+        ("predict", b'{"texts": ["ok", "\\udfff"]}', ("texts", 1)),
+        ("feedback", b'{"prediction_id": "p", "verdict": "correct", "comment": "\\ud800"}',
+         ("comment",)),
+    ],
+)  # fmt: skip
+def test_an_unpaired_surrogate_escape_is_an_error_naming_the_field(
+    model: str, body: bytes, loc: tuple[object, ...]
+) -> None:
+    """Issue 24, item 21: pydantic's JSON parser refused the escape as invalid JSON,
+    a 400 with loc []."""
+    from service.http.schemas import FeedbackBody
+
+    cls = PredictRequest if model == "predict" else FeedbackBody
+    with pytest.raises(ValidationError, match="unicode") as caught:
+        cls.model_validate_json(body)
+    assert error_locs(caught.value) == [loc]
+
+
+def test_invalid_json_is_still_refused_as_invalid_json() -> None:
+    with pytest.raises(ValidationError) as caught:
+        PredictRequest.model_validate_json(b'{"text": ')
+    assert caught.value.errors()[0]["type"] == "json_invalid"

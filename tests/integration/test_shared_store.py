@@ -1,0 +1,153 @@
+"""The shared model store (model/shared_store.py) against a real S3 API server
+(moto_server): a published model is fetched into a store that lacks it, checked
+against its manifest; a corrupt object is refused and never served; a delta brings
+its parent along."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import bentoml
+import pytest
+from pydantic import SecretStr
+
+from core.settings import Settings
+from model import deltas, model_store, shared_store
+from model.loader import load_classifier
+from model.shipped import sentiment_model
+from model.templates import TemplateRegistry
+from service.inference.scoring import Scorer
+from tests.e2e.conftest import TINY_METADATA
+from tests.support import S3Server, build_tiny_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, tiny_model_dir: Path, bentoml_home: Path, s3_server: S3Server
+) -> Settings:
+    return Settings(
+        home=tmp_path / "home",
+        base_model=str(tiny_model_dir),
+        model_store_url=f"s3://{s3_server.bucket}/{uuid.uuid4().hex[:8]}",
+        model_store_endpoint_url=s3_server.url,
+        model_store_region=S3Server.REGION,
+        model_store_access_key_id="testing",
+        model_store_secret_access_key=SecretStr("testing"),
+    )
+
+
+def save_tiny(directory: Path, name: str = "shared-tiny") -> model_store.StoredModel:
+    return model_store.save_model(directory, name=name, metadata=TINY_METADATA)
+
+
+def forget_locally(*tags: str) -> None:
+    """As on a replica that never had the model."""
+    for tag in tags:
+        bentoml.models.delete(tag)
+        with pytest.raises(model_store.ModelNotFound):
+            model_store.get_model(tag)
+
+
+def shared_key(settings: Settings, tag: str, name: str) -> str:
+    shared = shared_store.SharedStore.from_settings(settings)
+    assert shared is not None
+    return shared.key(tag, name)
+
+
+def test_a_published_model_is_fetched_checked_and_scores_as_the_original(
+    settings: Settings, tiny_model_dir: Path
+) -> None:
+    stored = save_tiny(tiny_model_dir)
+    original, _ = load_classifier(settings, stored.tag)
+    template = TemplateRegistry.load(settings.resolved_templates_dir).get("v1")
+    texts = [template.render(text) for text in ("great service", "awful, never again")]
+    expected = original.predict(texts, template)
+
+    assert shared_store.publish(settings, stored.tag) == [stored.tag]
+    assert shared_store.publish(settings, stored.tag) == []  # there already: not again
+    forget_locally(stored.tag)
+
+    fetched, metadata = load_classifier(settings, stored.tag)
+    assert fetched.version == stored.tag
+    assert metadata["data_sha256"] == TINY_METADATA["data_sha256"]
+    assert model_store.get_model(stored.tag).metadata == stored.metadata
+    assert fetched.predict(texts, template) == expected
+
+
+def test_a_corrupt_object_is_refused_and_the_previous_model_keeps_serving(
+    settings: Settings, tiny_model_dir: Path, s3_server: S3Server, tmp_path: Path
+) -> None:
+    serving = save_tiny(tiny_model_dir)
+    corrupt = save_tiny(build_tiny_model(tmp_path / "other", seed=1))
+    shared_store.publish(settings, corrupt.tag)
+    forget_locally(corrupt.tag)
+    key = shared_key(settings, corrupt.tag, "model.safetensors")
+    body = s3_server.client().get_object(Bucket=s3_server.bucket, Key=key)["Body"].read()
+    flipped = body[:-1] + bytes([body[-1] ^ 0xFF])  # same size, one byte changed
+    s3_server.client().put_object(Bucket=s3_server.bucket, Key=key, Body=flipped)
+
+    with pytest.raises(shared_store.ModelCorrupt, match=r"model\.safetensors .* differs"):
+        load_classifier(settings, corrupt.tag)
+    with pytest.raises(model_store.ModelNotFound):  # nothing half-installed
+        model_store.get_model(corrupt.tag)
+
+    roles = {"champion": serving.tag}
+    scorer = Scorer(settings, TemplateRegistry.load(settings.resolved_templates_dir), roles.get)
+    scorer.load(["champion"])
+    roles["champion"] = corrupt.tag
+    assert scorer.refresh() == []
+    assert "ModelCorrupt" in (scorer.last_refresh_error or "")
+    assert scorer.model("champion").classifier.version == serving.tag
+    leftovers = [p for p in (model_store.store_dir().parent / "incoming").iterdir()]
+    assert [p.name for p in leftovers] == [".lock"]
+
+
+def test_a_model_never_published_names_both_stores(settings: Settings) -> None:
+    with pytest.raises(model_store.ModelNotFound, match=r"nor s3://"):
+        load_classifier(settings, "shared-tiny:neverpublished")
+    with pytest.raises(model_store.ModelNotFound, match="never-saved"):  # no version
+        load_classifier(settings, "never-saved")
+
+
+def make_delta(parent: model_store.StoredModel, scratch: Path) -> model_store.StoredModel:
+    """A LoRA delta on a stored parent, as a retraining run stores it (model.deltas)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        sentiment_model(parent.path),
+        LoraConfig(r=2, target_modules=["query", "value"], modules_to_save=["classifier"]),
+    )
+    model.save_pretrained(str(scratch / "adapter"))
+    delta = deltas.write_delta(
+        scratch / "adapter", scratch / "delta", parent=parent.tag, temperature=1.0
+    )
+    return model_store.save_model(
+        delta, name="shared-delta", metadata=TINY_METADATA | {"stored_as": "delta"}
+    )
+
+
+def test_a_delta_is_published_after_its_parent_and_rebuilt_from_both(
+    settings: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    parent = save_tiny(tiny_model_dir)
+    delta = make_delta(parent, tmp_path)
+    assert shared_store.publish(settings, delta.tag) == [parent.tag, delta.tag]
+    forget_locally(delta.tag, parent.tag)
+
+    fetched, _ = load_classifier(settings.model_copy(update={"cache_dir": tmp_path / "cache"}),
+                                 delta.tag)  # fmt: skip
+    assert fetched.version == delta.tag
+    assert deltas.parent_of(model_store.get_model(delta.tag).path) == parent.tag
+    assert model_store.get_model(parent.tag).tag == parent.tag
+
+
+def test_a_store_that_cannot_be_written_is_one_error_naming_it(
+    settings: Settings, tiny_model_dir: Path
+) -> None:
+    stored = save_tiny(tiny_model_dir)
+    missing = settings.model_copy(update={"model_store_url": "s3://no-such-bucket/models"})
+    with pytest.raises(shared_store.SharedStoreError, match="s3://no-such-bucket/models: "):
+        shared_store.publish(missing, stored.tag)
