@@ -117,14 +117,6 @@ def review_queue(
     if not 0 <= exploration <= 1:
         raise ValueError(f"exploration must be in [0, 1], got {exploration}")
     explore = round(limit * exploration)
-    pool = least_confident_unjudged(
-        session=session,
-        since=since,
-        limit=min(MAX_POOL, (limit - explore) * POOL_FACTOR),
-        model_version=model_version,
-        language=language,
-    )
-    pool.sort(key=lambda p: (margin(p.scores), -entropy(p.scores), p.id))
     chosen: list[ReviewItem] = []
     seen: list[frozenset[str]] = []
 
@@ -140,7 +132,24 @@ def review_queue(
             seen.append(words)
             chosen.append(_item(prediction, chosen_for))
 
-    take(pool, limit - explore, "uncertainty")
+    # The pool grows while near-duplicates leave it short (traffic of one template,
+    # "order 17 late", "order 18 late", is one text to a labeller).
+    size = (limit - explore) * POOL_FACTOR
+    while True:
+        pool = least_confident_unjudged(
+            session=session,
+            since=since,
+            limit=min(MAX_POOL, size),
+            model_version=model_version,
+            language=language,
+        )
+        pool.sort(key=lambda p: (margin(p.scores), -entropy(p.scores), p.id))
+        chosen.clear()
+        seen.clear()
+        take(pool, limit - explore, "uncertainty")
+        if len(chosen) == limit - explore or len(pool) < size or size >= MAX_POOL:
+            break
+        size *= 4
     if explore:
         sample = random_unjudged(
             session=session,

@@ -148,6 +148,14 @@ def prepare(settings: Settings) -> Path | None:
     )
 
 
+def prepare_model(settings: Settings, tag: str) -> None:
+    """Build what serving ``tag`` needs on this machine (a delta merged onto its parent,
+    the export to the serving runtime) before it gets a role. A model process that
+    found them missing built them itself while its batches waited: past the batch
+    deadline it was restarted, and a first promotion took 80 s to serve."""
+    load_classifier(settings, tag)
+
+
 def load_classifier(settings: Settings, tag: str | None) -> tuple[Classifier, dict[str, Any]]:
     """The classifier serving ``tag`` (None: zero-shot), and its metadata."""
     if tag is None:

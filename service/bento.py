@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import bentoml
 from fastapi import FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
@@ -80,8 +81,13 @@ read_api = FastAPI(
 async def _bad_query(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     field = ".".join(str(part) for part in errors[0]["loc"][1:]) if errors else None
+    # A validator's ValueError rides in each error's ``ctx``: encoded, not a 500.
     return JSONResponse(
-        {"error": f"{len(errors)} validation error(s)", "field": field, "detail": errors},
+        {
+            "error": f"{len(errors)} validation error(s)",
+            "field": field,
+            "detail": jsonable_encoder(errors),
+        },
         status_code=400,
     )
 

@@ -31,7 +31,7 @@ from model.base_models import base_model_dir
 from model.classifiers import Classifier, FineTunedClassifier
 from model.labels import LABELS
 from model.language import UNDETERMINED, LanguageDetector
-from model.loader import cold_start_tag, fine_tuned, load_classifier
+from model.loader import cold_start_tag, fine_tuned, load_classifier, prepare_model
 from model.shipped import GENERAL_GUARD
 from model.templates import PromptTemplate, TemplateRegistry
 from model.text_keys import normalize_text
@@ -581,6 +581,7 @@ class TrainingPipeline:
         store the candidate (and a delta's stored parents) is uploaded first, so that a
         replica that sees the role can fetch it."""
         shared_store.publish(self.settings, tag)
+        prepare_model(self.settings, tag)
         if self._lease is not None:
             self._lease.check()
         role: model_roles.Role = "champion" if decision.promote else "challenger"

@@ -6,7 +6,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import Settings
 from model import shared_store
-from model.loader import cold_start_tag, resolve_tag
+from model.loader import cold_start_tag, prepare_model, resolve_tag
 from storage import model_roles
 
 
@@ -23,6 +23,7 @@ def promote(
     once it sees the role."""
     resolved = resolve_tag(settings, tag)
     shared_store.publish(settings, resolved)
+    prepare_model(settings, resolved)
     with sessions() as session:
         assignment = model_roles.assign(
             session=session, role="champion", model_tag=resolved, reason=reason

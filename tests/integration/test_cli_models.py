@@ -37,6 +37,10 @@ def test_promote_history_list_and_rollback(
     for tag in (first.tag, second.tag):
         result = runner.invoke(app, ["models", "promote", tag])
         assert result.exit_code == 0 and f"champion: {tag}" in result.output
+        # Prepared to serve before it got the role: no model process builds it while
+        # its batches wait (a first promotion took 80 s to serve that way).
+        exported = Settings().onnx_cache_dir / tag.replace(":", "-")
+        assert list(exported.glob("*.onnx")), f"{tag} has no serving file in {exported}"
     listed = runner.invoke(app, ["models", "list"]).output.splitlines()
     assert listed[0].split() == [
         "tag", "role", "created_at", "holdout_macro_f1", "languages",

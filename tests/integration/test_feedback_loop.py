@@ -319,6 +319,30 @@ def test_review_queue_is_uncertain_first_diverse_and_unlabelled(
         assert len(ids) == 3 and {middling.id, sure.id} < ids and ids & {twin.id, unsure.id}
 
 
+def test_review_queue_fills_when_near_duplicates_crowd_the_least_confident(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Traffic of one template ("order 17 late", "order 18 late") is one text to a
+    labeller; when it fills the first pool the queue looks further instead of
+    coming back short (seen in the e2e review-queue test after other traffic)."""
+    from feedback import review_queue as queue_module
+
+    crowd = [
+        record(confidence=0.34, text=f"order {n} arrived late")
+        for n in range(queue_module.POOL_FACTOR * 3)
+    ]
+    distinct = [
+        record(confidence=0.4, text="the colour is not what the photo showed"),
+        record(confidence=0.41, text="could you tell me where my refund is"),
+    ]
+    insert(sessions, [*crowd, *distinct])
+    with sessions() as session:
+        since = datetime.now(UTC) - timedelta(days=1)
+        queue = review_queue(session=session, since=since, limit=3, exploration=0.0)
+    assert len(queue) == 3
+    assert {item.prediction_id for item in queue[1:]} == {row.id for row in distinct}
+
+
 # --- imports ------------------------------------------------------------------------------
 
 
