@@ -36,7 +36,8 @@ Each round its server scores ``--per-round`` short reviews (SST-2 train phrases 
 2-5 words, binary) with ticket ids and ``--traffic`` more that get no feedback,
 then sends a label by ticket id for each of the first (the correction when the
 answer was wrong, ``verdict=correct`` when right) and `sentiloop train`'s
-pipeline runs with its defaults. Round 1 also runs the previous recipe (every
+pipeline runs with its defaults (a correction of the champion). Round 1 also runs
+the recipes of ``--compare`` (the previous one by default: every
 weight, no rehearsal, no class balance) on a copy of the same database. Every
 candidate, promoted or not, is measured through a second server's API (so that the
 measurement traffic never joins the CRM's logged traffic) on the domain's held-out
@@ -67,7 +68,7 @@ from core.logs import configure_logging
 from core.settings import Settings
 from feedback.review_queue import DEFAULT_EXPLORATION
 from model import model_store
-from sentiloop.client import SentiloopClient
+from sentiloop.client import Client, Prediction
 from tests.support import ServerProcess
 from training import AssemblyConfig, GateConfig, TrainingArguments
 from training.evaluate import evaluate
@@ -86,37 +87,36 @@ def write_jsonl(path: Path, examples: list[Example]) -> None:
     )
 
 
-def api_accuracy(
-    client: SentiloopClient, rows: list[Example], labels: tuple[str, ...]
-) -> dict[str, Any]:
-    scores, versions = [], set()
+def api_accuracy(client: Client, rows: list[Example], labels: tuple[str, ...]) -> dict[str, Any]:
+    scores: list[dict[str, float]] = []
+    versions = set()
     for start in range(0, len(rows), 128):
         for prediction in client.predict([e.text for e in rows[start : start + 128]]):
-            scores.append(prediction["scores"])
-            versions.add(prediction["model_version"])
+            scores.append(dict(prediction.scores.items()))
+            versions.add(prediction.model_version)
     metrics = evaluate([e.label for e in rows], scores, labels=labels)
     return {"n": metrics["n"], "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
             "model_versions": sorted(versions)}  # fmt: skip
 
 
 def measure(
-    client: SentiloopClient, sets: dict[str, tuple[list[Example], tuple[str, ...]]]
+    client: Client, sets: dict[str, tuple[list[Example], tuple[str, ...]]]
 ) -> dict[str, Any]:
     return {name: api_accuracy(client, rows, labels) for name, (rows, labels) in sets.items()}
 
 
-def send_round(client: SentiloopClient, rows: list[Example]) -> dict[str, int]:
+def send_round(client: Client, rows: list[Example]) -> dict[str, int]:
     """Predict, then correct the wrong answers and confirm the right ones."""
     sent = {"predictions": 0, "corrections": 0, "confirmations": 0}
     for start in range(0, len(rows), 64):
         chunk = rows[start : start + 64]
         for example, prediction in zip(chunk, client.predict([e.text for e in chunk]), strict=True):
             sent["predictions"] += 1
-            if prediction["label"] == example.label:
-                client.feedback(prediction["prediction_id"], verdict="correct", source="bench")
+            if prediction.label == example.label:
+                client.feedback(prediction.prediction_id, verdict="correct", source="bench")
                 sent["confirmations"] += 1
             else:
-                client.feedback(prediction["prediction_id"], label=example.label, source="bench")
+                client.feedback(prediction.prediction_id, label=example.label, source="bench")
                 sent["corrections"] += 1
     return sent
 
@@ -158,6 +158,14 @@ def main() -> None:
         "the corrections come from: nothing new to learn)",
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        choices=[name for name in RECIPES if name != "default"],
+        default=["full-fine-tune"],
+        help="--scenario domain: recipes run in round 1 beside the default, each on a "
+        "copy of the CRM's database",
+    )
     parser.add_argument("--per-round", type=int, default=600)
     parser.add_argument("--base-examples", type=int, default=4000)
     parser.add_argument("--tweet-eval", type=int, default=1000)
@@ -245,7 +253,7 @@ def main() -> None:
     }
     try:
         server.wait_ready(timeout_s=600)
-        with SentiloopClient(server.url) as client:
+        with Client(server.url) as client:
             before = measure(client, sets)
             result["before"] = before
             logger.info("before: %s", before)
@@ -312,12 +320,15 @@ def main() -> None:
 
 # The recipes compared by ``--scenario domain``: the one `sentiloop train` ran before
 # issue 20 (every weight, no rehearsal, no class balance, and with feedback alone no
-# validation rows: no early stopping, no temperature) and today's defaults.
+# validation rows: no early stopping, no temperature), the LoRA recipe that was the
+# default for a while (a rank-8 adapter, class balance, rehearsal on logged traffic;
+# all three in bench/results/flywheel-domain.json) and today's default (a correction).
 RECIPES: dict[str, tuple[AssemblyConfig, TrainingArguments]] = {
     "full-fine-tune": (
         AssemblyConfig(rehearsal_ratio=0.0, validation_fraction=0.0),
-        TrainingArguments(lora_rank=None, class_balance=False, progress=False),
+        TrainingArguments(recipe="fine-tune", lora_rank=None, class_balance=False, progress=False),
     ),
+    "lora": (AssemblyConfig(), TrainingArguments(recipe="fine-tune", progress=False)),
     "default": (AssemblyConfig(), TrainingArguments(progress=False)),
 }
 
@@ -342,18 +353,19 @@ def domain_metrics(
 
 
 def measure_domain(
-    client: SentiloopClient,
+    client: Client,
     sets: dict[str, tuple[list[Example], tuple[str, ...]]],
     domain: tuple[list[Example], tuple[str, ...]],
 ) -> dict[str, Any]:
     """The general sets as ``measure`` does, per-class recall beside, and the domain."""
     result = {}
     for name, (rows, labels) in {**sets, "domain": domain}.items():
-        scores, versions = [], set()
+        scores: list[dict[str, float]] = []
+        versions = set()
         for start in range(0, len(rows), 128):
             for prediction in client.predict([e.text for e in rows[start : start + 128]]):
-                scores.append(prediction["scores"])
-                versions.add(prediction["model_version"])
+                scores.append(dict(prediction.scores.items()))
+                versions.add(prediction.model_version)
         if name == "domain":
             entry = domain_metrics(rows, scores, labels)
         else:
@@ -424,7 +436,7 @@ def domain_scenario(args: argparse.Namespace) -> None:
     traffic and feedback, and `sentiloop train`'s pipeline runs on it) and an
     evaluation server whose champion is set to each model in turn, so that the
     measurement traffic never enters the CRM's logged traffic (which the default
-    recipe rehearses on). The previous recipe trains on a copy of the CRM's
+    recipe rehearses on). Each recipe of ``--compare`` trains on a copy of the CRM's
     database taken when round 1's feedback is in.
     """
     import signal
@@ -440,7 +452,7 @@ def domain_scenario(args: argparse.Namespace) -> None:
     env = {"BENTOML_HOME": str(scratch / "bentoml"), "SENTILOOP_MODEL_POLL_INTERVAL_S": "1",
            "SENTILOOP_BASE_MODEL": "multilingual-e5-small"}  # fmt: skip
     os.environ.update(env)
-    homes = {name: scratch / name for name in ("crm", "eval", "previous")}
+    homes = {name: scratch / name for name in ("crm", "eval")}
     settings = {name: Settings(home=home) for name, home in homes.items()}
     rng = random.Random(args.seed)
     # Short review snippets: SST-2 train phrases of 2 to 5 words. The shipped model was
@@ -489,7 +501,7 @@ def domain_scenario(args: argparse.Namespace) -> None:
                 promote(settings=settings["eval"], sessions=eval_sessions, tag=tag,
                         reason="bench: measured")  # fmt: skip
                 wait_for_champion(servers["eval"], tag, timeout_s=600)
-            with SentiloopClient(servers["eval"].url, timeout_s=300) as client:
+            with Client(servers["eval"].url, timeout_s=300) as client:
                 return measure_domain(client, sets, domain)
 
         def load() -> list[float]:
@@ -506,12 +518,14 @@ def domain_scenario(args: argparse.Namespace) -> None:
             sent = crm_round(servers["crm"].url, labelled, unlabelled, round_number)
             recipes = ["default"]
             if round_number == 1:
-                copy_database(settings["crm"], settings["previous"])
-                recipes = ["full-fine-tune", "default"]
+                recipes = ["default", *args.compare]
+                for recipe in args.compare:  # the CRM's database as round 1's feedback left it
+                    settings[recipe] = Settings(home=scratch / recipe)
+                    copy_database(settings["crm"], settings[recipe])
             entry: dict[str, Any] = {"round": round_number, "sent": sent, "recipes": {}}
             for recipe in recipes:
                 assembly, arguments = RECIPES[recipe]
-                home = "previous" if recipe == "full-fine-tune" else "crm"
+                home = "crm" if recipe == "default" else recipe
                 pipeline = TrainingPipeline(settings[home])
                 load_before = load()
                 started = time.perf_counter()
@@ -614,10 +628,10 @@ def queue_vs_random(
         pipeline = TrainingPipeline(settings)
         try:
             server.wait_ready(timeout_s=600)
-            with SentiloopClient(server.url) as client:
+            with Client(server.url) as client:
                 # The pool first: the queue must choose among the pool's predictions
                 # (the measurements are logged too).
-                predictions: list[tuple[str, dict[str, Any]]] = []
+                predictions: list[tuple[str, Prediction]] = []
                 for start in range(0, len(pool), 128):
                     texts = [e.text for e in pool[start : start + 128]]
                     predictions += zip(texts, client.predict(texts), strict=True)
@@ -634,10 +648,10 @@ def queue_vs_random(
                     chosen = [(item["text"], item["prediction_id"]) for item in queue]
                 else:
                     picked = rng.sample(predictions, args.per_round)
-                    chosen = [(text, p["prediction_id"]) for text, p in picked]
+                    chosen = [(text, p.prediction_id) for text, p in picked]
                 before = measure(client, sets)
                 items = [{"prediction_id": pid, "label": truth[text]} for text, pid in chosen]
-                by_id = {p["prediction_id"]: p["label"] for _, p in predictions}
+                by_id = {p.prediction_id: p.label for _, p in predictions}
                 wrong = sum(by_id[pid] != truth[text] for text, pid in chosen)
                 response = httpx.post(
                     f"{server.url}/v1/feedback/batch", json={"items": items}, timeout=120

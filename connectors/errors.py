@@ -21,3 +21,8 @@ class SignatureError(ConnectorError):
 
 class PayloadError(ConnectorError):
     """A signed body that is not what the CRM documents (400)."""
+
+
+class OriginRefused(ConnectorError):
+    """A request with a valid credential from a sender this service does not serve:
+    a Salesforce outbound message of another org (403)."""

@@ -38,10 +38,26 @@ class TicketEvent:
     where: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """A CRM signal read as feedback (``connectors.feedback``): ``label`` for the
+    latest prediction of the ticket ``external_id``. ``signal`` is the CRM's own value
+    (a CSAT score, the tag an agent added), kept with the feedback."""
+
+    event_id: str
+    event_type: str
+    external_id: str
+    label: str
+    signal: str
+    author: str | None = None
+    where: Mapping[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class Delivery:
-    """A delivery read: the events to score and the event types acknowledged without
-    scoring (unsupported, or without text), one entry per such event."""
+    """A delivery read: the events to score, the feedback, and the event types
+    acknowledged without either (unsupported, or without text), one entry per event."""
 
     events: list[TicketEvent] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    feedback: list[FeedbackEvent] = field(default_factory=list)

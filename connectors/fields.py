@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from connectors.errors import PayloadError
@@ -44,3 +45,15 @@ def language_of(value: Any) -> str | None:
         return None
     primary = value.replace("_", "-").split("-")[0].strip().lower()
     return primary if primary in ISO_639_1 else None
+
+
+class JsonPayloads:
+    """For connectors whose CRM sends JSON: the body as its JSON value."""
+
+    soap = False  # answered with JSON (the salesforce connector: SOAP)
+
+    def decode(self, body: bytes) -> Any:
+        try:
+            return json.loads(body)
+        except ValueError as exc:  # UnicodeDecodeError too
+            raise PayloadError(f"the body is not JSON: {exc}", "body") from exc

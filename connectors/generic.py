@@ -9,17 +9,25 @@ from typing import Any
 from connectors import jsonpath
 from connectors.errors import PayloadError
 from connectors.events import Delivery, SignedRequest, TicketEvent
-from connectors.fields import identifier, language_of, text_of
+from connectors.feedback import FeedbackReader
+from connectors.fields import JsonPayloads, identifier, language_of, text_of
 from connectors.signatures import verify_standard
 from core.settings import GenericMapping
 
 
-class GenericConnector:
+class GenericConnector(JsonPayloads):
     name = "generic"
 
-    def __init__(self, secret: str | None, mapping: GenericMapping) -> None:
+    def __init__(
+        self, secret: str | None, mapping: GenericMapping, feedback: FeedbackReader | None = None
+    ) -> None:
         self.secret = secret
         self.mapping = mapping
+        self._feedback = (
+            feedback
+            if feedback is not None
+            else FeedbackReader(self.name, [], external_id=mapping.external_id)
+        )
         for field, path in mapping.model_dump(exclude={"event_types"}).items():
             if path is None:
                 continue
@@ -45,8 +53,12 @@ class GenericConnector:
             if not isinstance(found, str) or not found:
                 raise PayloadError(f"{mapping.event_type} is missing", mapping.event_type)
             event_type = found
-            if mapping.event_types and event_type not in mapping.event_types:
-                return Delivery(ignored=[event_type])
+        feedback = self._feedback.read(event_id=event_id, event_type=event_type, document=payload)
+        if feedback is not None:
+            return Delivery(feedback=[feedback])
+        filtered = mapping.event_type is not None and mapping.event_types
+        if filtered and event_type not in mapping.event_types:
+            return Delivery(ignored=[event_type])
         text = text_of(self._select(payload, mapping.text), mapping.text)
         if not text.strip():
             return Delivery(ignored=[event_type])

@@ -12,6 +12,10 @@ default) is scored as ``propertyValue`` under the ticket's ``objectId``::
 
 HubSpot documents ``eventId`` as not guaranteed unique: an event's id here joins it
 with the portal, subscription, object and time (all unchanged on a retry).
+
+Feedback rules (``connectors.feedback``) see each event on its own, its type with
+the property changed (``ticket.propertyChange:sentiment_override``), the ticket at
+``$.objectId``.
 """
 
 from __future__ import annotations
@@ -21,20 +25,33 @@ from typing import Any
 
 from connectors.errors import PayloadError
 from connectors.events import Delivery, SignedRequest, TicketEvent
-from connectors.fields import as_object, identifier, text_of
+from connectors.feedback import FeedbackReader
+from connectors.fields import JsonPayloads, as_object, identifier, text_of
 from connectors.signatures import verify_hubspot
 
 PROPERTY_CHANGE = ("ticket.propertyChange", "object.propertyChange")
 TICKET_OBJECT_TYPE = "0-5"
 MAX_EVENTS = 100  # HubSpot sends at most 100 events per request
+TICKET_ID = "$.objectId"  # where feedback rules find the ticket unless they say
 
 
-class HubSpotConnector:
+class HubSpotConnector(JsonPayloads):
     name = "hubspot"
 
-    def __init__(self, secret: str | None, *, text_properties: Sequence[str]) -> None:
+    def __init__(
+        self,
+        secret: str | None,
+        *,
+        text_properties: Sequence[str],
+        feedback: FeedbackReader | None = None,
+    ) -> None:
         self.secret = secret
         self._text_properties = frozenset(text_properties)
+        self._feedback = (
+            feedback
+            if feedback is not None
+            else FeedbackReader(self.name, [], external_id=TICKET_ID)
+        )
 
     def verify(self, request: SignedRequest, *, now: float) -> None:
         assert self.secret is not None
@@ -58,6 +75,17 @@ class HubSpotConnector:
                 identifier(event.get(name), f"{where}.{name}")
                 for name in ("portalId", "subscriptionId", "objectId", "eventId", "occurredAt")
             ]
+            event_id = "-".join(str(part) for part in parts)
+            changed = event.get("propertyName")
+            feedback = self._feedback.read(
+                event_id=event_id,
+                event_type=f"{kind}:{changed}" if isinstance(changed, str) else kind,
+                document=event,
+                where=where,
+            )
+            if feedback is not None:
+                delivery.feedback.append(feedback)
+                continue
             if not self._scored(event, kind):
                 delivery.ignored.append(kind)
                 continue
@@ -68,7 +96,7 @@ class HubSpotConnector:
             source = event.get("sourceId")
             delivery.events.append(
                 TicketEvent(
-                    event_id="-".join(str(part) for part in parts),
+                    event_id=event_id,
                     event_type=f"{kind}:{event['propertyName']}",
                     text=text,
                     external_id=str(parts[2]),

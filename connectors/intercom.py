@@ -24,12 +24,14 @@ from typing import Any
 
 from connectors.errors import PayloadError
 from connectors.events import Delivery, SignedRequest, TicketEvent
-from connectors.fields import as_object, identifier, text_of
+from connectors.feedback import FeedbackReader
+from connectors.fields import JsonPayloads, as_object, identifier, text_of
 from connectors.signatures import verify_intercom
 
 USER_CREATED = "conversation.user.created"
 USER_REPLIED = "conversation.user.replied"
 _USER_AUTHORS = frozenset({"user", "lead", "contact"})
+TICKET_ID = "$.data.item.id"  # where feedback rules find the conversation unless they say
 
 
 class _TextOnly(HTMLParser):
@@ -54,11 +56,16 @@ def html_text(fragment: str) -> str:
     return " ".join(unescape("".join(parser.parts)).split())
 
 
-class IntercomConnector:
+class IntercomConnector(JsonPayloads):
     name = "intercom"
 
-    def __init__(self, secret: str | None) -> None:
+    def __init__(self, secret: str | None, *, feedback: FeedbackReader | None = None) -> None:
         self.secret = secret
+        self._feedback = (
+            feedback
+            if feedback is not None
+            else FeedbackReader(self.name, [], external_id=TICKET_ID)
+        )
 
     def verify(self, request: SignedRequest, *, now: float) -> None:
         assert self.secret is not None
@@ -71,6 +78,9 @@ class IntercomConnector:
             raise PayloadError("topic is missing or not a string", "topic")
         event_id = identifier(body.get("id"), "id")
         assert event_id is not None
+        feedback = self._feedback.read(event_id=event_id, event_type=topic, document=body)
+        if feedback is not None:
+            return Delivery(feedback=[feedback])
         if topic not in (USER_CREATED, USER_REPLIED):
             return Delivery(ignored=[topic])
         item = as_object(as_object(body.get("data"), "data").get("item"), "data.item")

@@ -56,6 +56,41 @@ class GenericMapping(BaseModel):
     event_types: list[str] = Field(default_factory=list)
 
 
+class SalesforceObject(BaseModel):
+    """How the salesforce connector reads one sObject type of an outbound message: the
+    fields scored as the text (joined by line breaks, empty ones left out), the field
+    that names the ticket (``external_id``), and optionally the fields of its language
+    and author. Field names are the API names (``Description``, ``Sentiment__c``)."""
+
+    text: list[str] = Field(default_factory=lambda: ["Subject", "Description"], min_length=1)
+    external_id: str = "Id"
+    language: str | None = None
+    author: str | None = None
+
+
+FeedbackLabel = Literal["negative", "neutral", "positive"]
+
+
+class FeedbackRule(BaseModel):
+    """A CRM signal read as feedback (opt-in: ``webhook_feedback``). In the connector's
+    events of type ``event_type``, the value at ``value`` (a JSONPath: a string, a
+    number, or a list such as the tags an agent added) that ``labels`` maps (any case)
+    is a label for the latest prediction of the ticket at ``external_id`` (the
+    connector's ticket id when unset). Values ``labels`` does not map leave the event
+    as it was: acknowledged, and scored if it is a text event."""
+
+    event_type: str = Field(min_length=1)
+    value: str = Field(min_length=1)
+    labels: dict[str, FeedbackLabel] = Field(min_length=1)
+    external_id: str | None = None
+    author: str | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _any_case(cls, labels: dict[str, FeedbackLabel]) -> dict[str, FeedbackLabel]:
+        return {value.strip().casefold(): label for value, label in labels.items()}
+
+
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/sentiloop`` (``~/.cache/sentiloop``)."""
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -272,7 +307,9 @@ class Settings(BaseSettings):
     # CRM connectors (POST /v1/webhooks/{connector}, the connectors package). A
     # connector without a secret is off unless webhook_allow_unsigned.
     webhook_secret_zendesk: SecretStr | None = Field(
-        default=None, description="Zendesk webhook's signing secret (off when unset)."
+        default=None,
+        description="Zendesk webhook's signing secret (off when unset); several, comma-"
+        "separated, for several webhooks (events and triggers) or a rotation.",
     )
     webhook_secret_hubspot: SecretStr | None = Field(
         default=None, description="HubSpot app's client secret (signature v3; off when unset)."
@@ -312,12 +349,138 @@ class Settings(BaseSettings):
         description="JSON: where the generic connector finds each field, as JSONPath (e.g. "
         '{"text": "$.data.message", "external_id": "$.data.ticket_id"}).',
     )
+    webhook_secret_salesforce: SecretStr | None = Field(
+        default=None,
+        description="Salesforce outbound messages' shared token (at least 32 characters), "
+        "sent in the endpoint URL as ?token=...: Salesforce signs nothing (off when unset).",
+    )
+    webhook_salesforce_organization_id: str | None = Field(
+        default=None,
+        pattern=r"^00D[A-Za-z0-9]{12}([A-Za-z0-9]{3})?$",
+        description="The Salesforce org whose outbound messages are accepted (15 or 18 "
+        "characters, 00D...); required with webhook_secret_salesforce.",
+    )
+    webhook_salesforce_objects: dict[str, SalesforceObject] = Field(
+        default_factory=lambda: {"Case": SalesforceObject()},
+        description="JSON: per sObject type, the fields scored and the one naming the ticket "
+        '(e.g. {"Case": {"text": ["Description"], "external_id": "CaseNumber"}}); other '
+        "types are acknowledged, not scored.",
+    )
+    webhook_feedback: dict[str, list[FeedbackRule]] = Field(
+        default_factory=dict,
+        description="JSON, per connector: the CRM signals read as feedback by ticket id "
+        '(e.g. {"zendesk": [{"event_type": "zen:event-type:ticket.tags_changed", '
+        '"value": "$.event.tags_added", "labels": {"sentiment_neutral": "neutral"}}]}); '
+        "none by default.",
+    )
     webhook_inbox_poll_interval_s: float = Field(
         default=2.0,
         gt=0,
         description="How often each worker looks for webhook events to score that another "
         "worker received or that are due for a retry (its own are scored at once).",
     )
+    webhook_retention_days: float = Field(
+        default=30.0,
+        ge=1,
+        description="Days the webhook inbox and write-back outbox keep handled rows (events "
+        "scored or applied, labels sent or superseded) after the event arrived; until then "
+        "a CRM's late retry of an event is told and stored once. Pending rows are kept.",
+    )
+    webhook_dead_letter_retention_days: float = Field(
+        default=90.0,
+        ge=1,
+        description="Days rows given up (inbox failed and unmatched, outbox dead) are kept "
+        "to replay after the event arrived; at least webhook_retention_days.",
+    )
+
+    # Write-back: the label written to the ticket after a webhook event is scored
+    # (connectors/writeback.py, service/http/writeback.py). Off per connector until
+    # its target is set.
+    writeback_zendesk_url: str | None = Field(
+        default=None,
+        description="Zendesk account URL, e.g. https://acme.zendesk.com: scored comments "
+        "tag their ticket (needs writeback_zendesk_email and writeback_zendesk_api_token).",
+    )
+    writeback_zendesk_email: str | None = Field(
+        default=None, description="Zendesk agent whose API token writes back ({email}/token)."
+    )
+    writeback_zendesk_api_token: SecretStr | None = Field(
+        default=None, description="Zendesk API token of writeback_zendesk_email."
+    )
+    writeback_zendesk_tag_prefix: str = Field(
+        default="sentiment_",
+        pattern=r"^[a-z0-9_\-:/]{0,40}$",
+        description="Prefix of the label tag added to the ticket (sentiment_negative).",
+    )
+    writeback_zendesk_remove_other_tags: bool = Field(
+        default=True,
+        description="Also remove the ticket's tags of the other labels, so that it carries "
+        "its newest label only (other tags are never touched).",
+    )
+    writeback_zendesk_custom_field_id: int | None = Field(
+        default=None,
+        gt=0,
+        description="Id of a ticket custom field to set to the label as well (a text field, "
+        "or a drop-down whose option values are negative, neutral, positive).",
+    )
+    writeback_hubspot_token: SecretStr | None = Field(
+        default=None,
+        description="HubSpot private app access token (scope tickets): scored tickets get "
+        "the label in writeback_hubspot_property.",
+    )
+    writeback_hubspot_property: str = Field(
+        default="sentiloop_sentiment",
+        pattern=r"^[a-z][a-z0-9_]{0,99}$",
+        description="Internal name of the HubSpot ticket property set to the label.",
+    )
+    writeback_hubspot_url: str = Field(
+        default="https://api.hubapi.com", description="HubSpot API base URL."
+    )
+    writeback_generic_url: str | None = Field(
+        default=None,
+        description="URL the generic connector's labels are POSTed to, signed with Standard "
+        "Webhooks (needs writeback_generic_secret).",
+    )
+    writeback_generic_secret: SecretStr | None = Field(
+        default=None, description="Standard Webhooks secret (whsec_...) signing the callbacks."
+    )
+    writeback_max_attempts: int = Field(
+        default=12,
+        ge=1,
+        le=50,
+        description="Attempts of a write-back before it is dead (sentiloop writeback replay).",
+    )
+    writeback_retry_base_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="First retry delay of a write-back, doubled per attempt (with jitter, "
+        "at most an hour), unless the CRM's Retry-After says otherwise.",
+    )
+    writeback_timeout_s: float = Field(
+        default=10.0, gt=0, le=60, description="Timeout of one write-back request."
+    )
+
+    @field_validator("webhook_secret_salesforce")
+    @classmethod
+    def _long_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < 32:
+            raise ValueError(
+                "the Salesforce token is shorter than 32 characters: generate one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return token
+
+    @model_validator(mode="after")
+    def _dead_letters_outlast_handled_rows(self) -> Settings:
+        if self.webhook_dead_letter_retention_days < self.webhook_retention_days:
+            raise ValueError(
+                "webhook_dead_letter_retention_days "
+                f"({self.webhook_dead_letter_retention_days:g}) is shorter than "
+                f"webhook_retention_days ({self.webhook_retention_days:g}): rows waiting "
+                "to be replayed would go before rows already handled; raise it"
+            )
+        return self
 
     @field_validator("traffic_split")
     @classmethod

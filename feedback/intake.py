@@ -1,7 +1,8 @@
 """One way in for feedback: ``POST /v1/feedback``, each item of
-``POST /v1/feedback/batch``, each row of ``sentiloop feedback import`` (and the
-webhooks to come) are validated as a ``FeedbackRequest`` and turned into what is
-stored by ``to_input``, which applies ``SENTILOOP_TEXT_STORAGE`` to the comment.
+``POST /v1/feedback/batch``, each row of ``sentiloop feedback import`` and the CRM
+feedback of webhooks (``service.http.inbox``) are validated as a ``FeedbackRequest``
+and turned into what is stored by ``to_input``, which applies
+``SENTILOOP_TEXT_STORAGE`` to the comment.
 
 Before, the import built its records by hand: a comment was stored unredacted, with
 ``SENTILOOP_TEXT_STORAGE=none`` too, 50 million characters long, and a value the

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+from model.corrections import logits_module
 from model.labels import LABEL_TO_ID, LABELS, normalize_label
 from model.onnx_runtime import cached_onnx_logits
 from model.templates import PromptTemplate
@@ -75,6 +76,17 @@ def torch_logits(model: Any, device: torch.device) -> LogitsFunction:
     def logits(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         tensors = {name: torch.from_numpy(array).to(device) for name, array in inputs.items()}
         return np.asarray(model(**tensors).logits.float().cpu().numpy())
+
+    return logits
+
+
+def module_logits(module: torch.nn.Module, device: torch.device) -> LogitsFunction:
+    """The logits function of a ``model.corrections.logits_module`` in eval mode."""
+
+    @torch.inference_mode()
+    def logits(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        tensors = {name: torch.from_numpy(array).to(device) for name, array in inputs.items()}
+        return np.asarray(module(**tensors).float().cpu().numpy())
 
     return logits
 
@@ -152,15 +164,12 @@ class FineTunedClassifier:
                 directory, onnx_cache_dir, quantize=quantize, threads=threads
             )
             return
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(directory), local_files_only=True
-        )
-        model = model.to(torch.device(device)).eval()
+        module = logits_module(directory).to(torch.device(device))
         if quantize == "int8":
-            model = torch.ao.quantization.quantize_dynamic(
-                model, {torch.nn.Linear}, dtype=torch.qint8
+            module = torch.ao.quantization.quantize_dynamic(
+                module, {torch.nn.Linear}, dtype=torch.qint8
             )
-        self._logits = torch_logits(model, torch.device(device))
+        self._logits = module_logits(module, torch.device(device))
 
     def predict(self, rendered: Sequence[str], template: PromptTemplate) -> list[Scores]:
         return classify_texts(

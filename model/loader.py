@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings
-from model import deltas, model_store, shared_store
+from model import corrections, deltas, model_store, shared_store
 from model.base_models import base_model_dir
 from model.classifiers import Classifier, FineTunedClassifier, ZeroShotClassifier
 from model.onnx_runtime import onnx_model_file
@@ -120,8 +120,13 @@ def model_directory(settings: Settings, tag: str) -> Path:
 
 
 def stored_model_directory(settings: Settings, stored: model_store.StoredModel) -> Path:
-    """A stored model's directory: itself, or for a delta (``model.deltas``) the delta
-    merged onto its parent's directory (resolved the same way, so chains work)."""
+    """A stored model's directory: itself; for a delta (``model.deltas``) the delta
+    merged onto its parent's directory; for a correction (``model.corrections``) the
+    parent's directory with the correction beside it (parents resolved the same way,
+    so chains work)."""
+    if corrections.is_correction(stored.path):
+        parent = model_directory(settings, corrections.parent_of(stored.path))
+        return corrections.materialize_correction(stored.path, parent, settings.cache_dir)
     if not deltas.is_delta(stored.path):
         return stored.path
     parent = model_directory(settings, deltas.parent_of(stored.path))

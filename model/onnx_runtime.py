@@ -36,24 +36,25 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 def _export(model_dir: Path, destination: Path) -> None:
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from model.corrections import logits_module
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     # Eager attention exports as plain MatMul/Softmax: fewer nodes than the SDPA
     # path (its mask handling adds Where/IsNaN per layer), ~8% faster under ONNX Runtime.
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), local_files_only=True, attn_implementation="eager"
-    ).eval()
+    # A corrected model (``model.corrections``) exports with its gate and residual.
+    module = logits_module(model_dir, attn_implementation="eager")
     sample = tokenizer(["an example", "a longer example text"], padding=True, return_tensors="pt")
     names = [name for name in MODEL_INPUTS if name in sample]
 
     class Logits(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.model = model
+            self.module = module
 
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            return self.model(**dict(zip(names, tensors, strict=True))).logits
+            return self.module(**dict(zip(names, tensors, strict=True)))
 
     axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in names}
     # The tracer warns about Python branches on shapes; for an encoder they do not

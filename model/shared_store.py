@@ -42,7 +42,7 @@ from urllib.parse import urlparse
 from core.cache_entry import file_sha256
 from core.file_lock import exclusive_file_lock
 from core.settings import Settings
-from model import deltas, model_store
+from model import corrections, deltas, model_store
 from model.shipped import VERSION_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -174,13 +174,21 @@ class SharedStore:
                 )
 
 
+def _parent_of(path: Path) -> str | None:
+    """The tag a stored delta or correction is built on; None for a whole model."""
+    if deltas.is_delta(path):
+        return deltas.parent_of(path)
+    if corrections.is_correction(path):
+        return corrections.parent_of(path)
+    return None
+
+
 def _stored_parents(stored: model_store.StoredModel) -> list[str]:
-    """The stored models a delta is rebuilt from, nearest first (a shipped parent
-    ends the chain: every installation has it)."""
+    """The stored models a delta or a correction is rebuilt from, nearest first (a
+    shipped parent ends the chain: every installation has it)."""
     chain = []
     path = stored.path
-    while deltas.is_delta(path):
-        parent = deltas.parent_of(path)
+    while (parent := _parent_of(path)) is not None:
         if parent.startswith(VERSION_PREFIX):
             break
         chain.append(parent)

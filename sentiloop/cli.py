@@ -38,6 +38,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from model.base_models import BaseModelError
     from model.model_store import ModelStoreError
     from model.templates import UnknownTemplateVersion
+    from sentiloop.client import SentiloopError
     from sentiloop.input_files import InputFileError
     from training.dataset import DatasetTooSmall
     from training.examples import DataFileError
@@ -56,6 +57,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         InputFileError,
         ImportFileError,
         ExperimentError,
+        SentiloopError,  # the API's answer (its status, field and message) or no answer
         OperationalError,
         OSError,
         ValueError,
@@ -130,6 +132,18 @@ locks_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(locks_app, name="locks")
+writeback_app = typer.Typer(
+    help="Labels written back to CRM tickets (the outbox): list them, replay dead letters.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(writeback_app, name="writeback")
+webhooks_app = typer.Typer(
+    help="CRM webhook events in the inbox: list them, replay failed events and unmatched feedback.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(webhooks_app, name="webhooks")
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 logger = logging.getLogger("sentiloop.cli")
@@ -252,28 +266,41 @@ def predict(
     ] = "text",
     output: Annotated[Path | None, typer.Option(help="Write JSONL here (stdout if unset).")] = None,
     url: Annotated[str, typer.Option(help="Base URL of a running sentiloop.")] = DEFAULT_URL,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SENTILOOP_KEY",
+            help="API key (a server with authentication on needs one with the predict scope).",
+        ),
+    ] = None,
     template_version: Annotated[str | None, typer.Option()] = None,
     routing_key: Annotated[str | None, typer.Option()] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=256)] = 64,
 ) -> None:
     """Score a text or a file of texts through a running service (JSONL out)."""
-    from sentiloop.client import SentiloopClient
+    from sentiloop.client import Client
 
     if (text is None) == (file is None):
         raise typer.BadParameter("give a TEXT or --file, not both")
     texts = [text] if text is not None else read_texts(file, text_field)  # type: ignore[arg-type]
     out = output.open("w", encoding="utf-8") if output else sys.stdout
-    with (
-        SentiloopClient(url) as client,
-        typer.progressbar(length=len(texts), label="scoring", file=sys.stderr) as bar,
-    ):
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            for prediction in client.predict(chunk, template_version, routing_key):
-                out.write(json.dumps(prediction) + "\n")
-            bar.update(len(chunk))
-    if output:
-        out.close()
+    try:
+        with (
+            Client(url, api_key=api_key) as client,
+            typer.progressbar(length=len(texts), label="scoring", file=sys.stderr) as bar,
+        ):
+            predictions = client.predict_many(
+                texts,
+                chunk_size=batch_size,
+                template_version=template_version,
+                routing_key=routing_key,
+            )
+            for prediction in predictions:
+                out.write(json.dumps(prediction.model_dump(mode="json")) + "\n")
+                bar.update(1)
+    finally:
+        if output:
+            out.close()
 
 
 @templates_app.command("list")
@@ -608,6 +635,15 @@ def train(
     template_version: Annotated[
         list[str] | None, typer.Option(help="Template version(s) to train on (repeatable).")
     ] = None,
+    recipe: Annotated[
+        Literal["correction", "fine-tune"],
+        typer.Option(
+            help="How a fine-tuned champion learns: correction (its weights stay; a "
+            "few-MB correction changes answers only on texts like the feedback's) or "
+            "fine-tune (the encoder is trained: --lora-rank). From the base encoder "
+            "training always fine-tunes.",
+        ),
+    ] = _ARGUMENTS.recipe,
     epochs: int = _ARGUMENTS.epochs,
     batch_size: int = _ARGUMENTS.batch_size,
     learning_rate: Annotated[
@@ -747,6 +783,7 @@ def train(
             min_examples_per_class=min_examples_per_class,
         ),
         arguments=TrainingArguments(
+            recipe=recipe,
             epochs=epochs,
             batch_size=batch_size,
             learning_rate=learning_rate,
@@ -1321,6 +1358,198 @@ def locks_break(
     if broken is None:
         raise _fail(f"no lock {name!r} is held")
     typer.echo(f"broke lock {name!r} held by {broken.holder} ({broken.stale or 'held'})")
+
+
+@writeback_app.command("list")
+def writeback_list(
+    ctx: typer.Context,
+    status: Annotated[
+        Literal["all", "pending", "done", "dead", "superseded"],
+        typer.Option(help="Only rows of this status (dead: the dead letters)."),
+    ] = "all",
+    connector: Annotated[
+        str | None, typer.Option(help="Only this connector's rows (zendesk, hubspot, generic).")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Newest rows shown.")] = 50,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """Write-backs, newest first: the ticket, the label, the status, the attempts made,
+    the CRM's last answer and error, and when a pending one is next tried."""
+    from storage import outbox
+
+    with _database(ctx, migrate=True) as sessions, sessions() as session:
+        found = outbox.list_rows(
+            session=session,
+            status=None if status == "all" else status,
+            connector=connector,
+            limit=limit,
+        )
+    rows = [
+        {
+            "id": r.id,
+            "connector": r.connector,
+            "ticket": r.external_id,
+            "label": r.label,
+            "status": r.status,
+            "attempts": r.attempts,
+            "created_at": r.created_at.isoformat(timespec="seconds"),
+            "next_attempt_at": r.next_attempt_at.isoformat(timespec="seconds")
+            if r.next_attempt_at
+            else None,
+            "last_status": r.last_status,
+            "last_error": r.last_error if as_json or not r.last_error else r.last_error[:80],
+        }
+        for r in found
+    ]
+    _table(rows, as_json, f"no write-backs{'' if status == 'all' else f' {status}'}")
+
+
+@writeback_app.command("replay")
+def writeback_replay(
+    ctx: typer.Context,
+    ids: Annotated[
+        list[int] | None, typer.Argument(help="Dead write-backs to send again (writeback list).")
+    ] = None,
+    replay_all: Annotated[
+        bool, typer.Option("--all", help="Every dead write-back (of --connector).")
+    ] = False,
+    connector: Annotated[
+        str | None, typer.Option(help="With --all: only this connector's dead write-backs.")
+    ] = None,
+) -> None:
+    """Make dead write-backs pending again, with a fresh count of attempts: a running
+    server sends them within SENTILOOP_WEBHOOK_INBOX_POLL_INTERVAL_S (2 s). An old
+    label whose ticket got a newer one since is superseded rather than sent (Zendesk,
+    HubSpot)."""
+    from storage import outbox
+
+    if bool(ids) == replay_all:
+        raise _fail("name the write-backs to replay (IDs from `sentiloop writeback list`) or --all")
+    if connector is not None and not replay_all:
+        raise _fail("--connector goes with --all")
+    with _database(ctx, migrate=True) as sessions, sessions() as session:
+        replayed = outbox.replay(session=session, ids=ids or None, connector=connector)
+    skipped = sorted(set(ids or ()) - set(replayed))
+    if skipped:
+        typer.echo(f"not dead, left as they are: {', '.join(map(str, skipped))}", err=True)
+    if not replayed:
+        raise _fail("no dead write-backs to replay")
+    typer.echo(
+        f"replayed {len(replayed)} write-back(s): {', '.join(map(str, replayed[:20]))}"
+        f"{' ...' if len(replayed) > 20 else ''}"
+    )
+
+
+@webhooks_app.command("list")
+def webhooks_list(
+    ctx: typer.Context,
+    status: Annotated[
+        Literal["all", "pending", "done", "failed", "unmatched"],
+        typer.Option(
+            help="Only rows of this status (failed: events given up; unmatched: feedback on "
+            "a ticket without a prediction)."
+        ),
+    ] = "all",
+    kind: Annotated[
+        Literal["all", "text", "feedback"],
+        typer.Option(help="Only texts to score, or only feedback from the CRM."),
+    ] = "all",
+    connector: Annotated[
+        str | None, typer.Option(help="Only this connector's rows (zendesk, hubspot...).")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Newest rows shown.")] = 50,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """Webhook events, newest first: the ticket, the kind (a text to score, or feedback
+    with its label and the CRM's value), the status, the attempts made, the last error
+    (for unmatched feedback: why), and when a pending one is next tried. Texts are
+    never shown."""
+    from storage import inbox
+
+    with _database(ctx, migrate=True) as sessions, sessions() as session:
+        found = inbox.list_rows(
+            session=session,
+            statuses=inbox.STATUSES if status == "all" else (status,),
+            connector=connector,
+            kind=None if kind == "all" else kind,
+            limit=limit,
+        )
+    rows = [
+        {
+            "id": r.id,
+            "connector": r.connector,
+            "kind": r.kind,
+            "ticket": r.external_id,
+            "event_type": r.event_type,
+            "label": r.label,
+            "signal": r.signal,
+            "status": r.status,
+            "attempts": r.attempts,
+            "received_at": r.received_at.isoformat(timespec="seconds"),
+            "next_attempt_at": r.next_attempt_at.isoformat(timespec="seconds")
+            if r.next_attempt_at
+            else None,
+            "prediction_id": r.prediction_id,
+            "last_error": r.last_error if as_json or not r.last_error else r.last_error[:80],
+        }
+        for r in found
+    ]
+    _table(rows, as_json, f"no webhook events{'' if status == 'all' else f' {status}'}")
+
+
+@webhooks_app.command("replay")
+def webhooks_replay(
+    ctx: typer.Context,
+    ids: Annotated[
+        list[int] | None,
+        typer.Argument(
+            help="Failed events or unmatched feedback to take up again (webhooks list)."
+        ),
+    ] = None,
+    replay_all: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Every failed event and unmatched feedback (of --status, --connector)."
+        ),
+    ] = False,
+    status: Annotated[
+        Literal["all", "failed", "unmatched"],
+        typer.Option(help="With --all: only failed events, or only unmatched feedback."),
+    ] = "all",
+    connector: Annotated[
+        str | None, typer.Option(help="With --all: only this connector's rows.")
+    ] = None,
+) -> None:
+    """Make failed events and unmatched feedback pending again, with a fresh count of
+    attempts: a running server takes them up within
+    SENTILOOP_WEBHOOK_INBOX_POLL_INTERVAL_S (2 s). A text is scored; feedback is
+    applied to its ticket's latest prediction (unmatched again, after three tries, if
+    the ticket still has none)."""
+    from storage import inbox
+
+    if bool(ids) == replay_all:
+        raise _fail("name the events to replay (IDs from `sentiloop webhooks list`) or --all")
+    if (connector is not None or status != "all") and not replay_all:
+        raise _fail("--status and --connector go with --all")
+    with _database(ctx, migrate=True) as sessions, sessions() as session:
+        replayed = inbox.replay(
+            session=session,
+            ids=ids or None,
+            statuses=inbox.GIVEN_UP if status == "all" else (status,),
+            connector=connector,
+        )
+    skipped = sorted(set(ids or ()) - set(replayed))
+    if skipped:
+        typer.echo(
+            f"not failed or unmatched, left as they are: {', '.join(map(str, skipped))}",
+            err=True,
+        )
+    if not replayed:
+        raise _fail("no failed or unmatched webhook events to replay")
+    typer.echo(
+        f"replayed {len(replayed)} webhook event(s): {', '.join(map(str, replayed[:20]))}"
+        f"{' ...' if len(replayed) > 20 else ''}"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

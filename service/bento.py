@@ -48,11 +48,12 @@ from service.http.schemas import (
 )
 from service.http.shutdown import Drain
 from service.http.webhooks import WebhookReceiver
+from service.http.writeback import WriteBackSender
 from service.inference.worker import InferenceWorker
 from service.metrics import ApiMetrics, ModelMetrics, WebhookMetrics
 from service.monitoring import refresh_gauges
 from service.periodic import PeriodicTask
-from storage import store
+from storage import retention, store
 from storage.export import MEDIA_TYPES
 
 # One per worker process: SIGTERM is a process-wide event, and the guard is
@@ -160,17 +161,35 @@ class SentiLoop:
             settings, registry, sessions, ModelMetrics(), on_failed_start=_restart_worker
         )
         # CRM webhooks: stored in the inbox at once, scored by /v1/predict's path after.
+        # Labels written back to the tickets from the outbox (off per connector by default).
         webhook_metrics = WebhookMetrics()
+        self.writeback = WriteBackSender.from_settings(settings, sessions, webhook_metrics)
         self.inbox = InboxScorer(
             sessions,
             lambda request: self.api.predict(request, self.inference.classify),
             webhook_metrics,
             serving=lambda: self.inference.ready,
             poll_interval_s=settings.webhook_inbox_poll_interval_s,
+            writes_back=self.writeback.connectors,
+            on_writeback=self.writeback.wake,
+            # CRM feedback (SENTILOOP_WEBHOOK_FEEDBACK) goes in by /v1/feedback's path.
+            record_feedback=self.api.record_feedback,
         )
         self.webhooks = WebhookReceiver(
             settings, sessions, webhook_metrics, on_stored=self.inbox.wake
         )
+        # Handled inbox and outbox rows deleted once past their retention.
+        self.webhook_retention = PeriodicTask(
+            "webhook-retention",
+            lambda: retention.purge_webhook_rows(
+                sessions,
+                retention_days=settings.webhook_retention_days,
+                dead_letter_retention_days=settings.webhook_dead_letter_retention_days,
+            ),
+            retention.PURGE_INTERVAL_S,
+            run_first=True,
+        )
+        self.webhook_retention.start()
         # Exempt everything loaded so far (torch, transformers, the models: about a
         # million objects) from garbage collection: a full collection scanning them
         # paused the worker for hundreds of milliseconds under load.
@@ -182,14 +201,18 @@ class SentiLoop:
 
     @bentoml.on_startup
     async def start_inbox(self) -> None:
-        """The inbox worker runs on the server's event loop (the batcher's)."""
+        """The inbox and write-back workers run on the server's event loop (the
+        batcher's)."""
         self.inbox.start()
+        self.writeback.start()
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        """Stop in the reverse order of building: the inbox worker, models, gauges, the
-        log (flushed), the database."""
+        """Stop in the reverse order of building: the webhook retention, the inbox and
+        write-back workers, models, gauges, the log (flushed), the database."""
+        self.webhook_retention.stop()
         self.inbox.close()
+        self.writeback.close()
         self.inference.close()
         self.routing.stop()
         self.gauges.stop()
@@ -235,8 +258,9 @@ class SentiLoop:
 
     @read_api.post("/webhooks/{connector}", status_code=202)
     async def webhook(self, connector: str, request: Request) -> Response:
-        """A CRM's signed webhook delivery (zendesk, hubspot, intercom, generic): stored,
-        answered 202 (200 when nothing new), scored right after under the ticket's id."""
+        """A CRM's signed webhook delivery (zendesk, hubspot, intercom, salesforce,
+        generic): stored, answered 202 (200 when nothing new; Salesforce: its SOAP
+        acknowledgement), scored right after under the ticket's id."""
         return await self.webhooks.receive(connector, request)
 
     @read_api.get("/templates")

@@ -354,20 +354,23 @@ class ModelMetrics:
 
 
 class WebhookMetrics:
-    """CRM webhooks: deliveries by outcome, events by what became of them, the inbox."""
+    """CRM webhooks: deliveries by outcome, events by what became of them, the inbox,
+    and the labels written back to the tickets (the outbox, its dead letters)."""
 
     def __init__(self) -> None:
         m = bentoml.metrics
         self.deliveries = m.Counter(
             name="sentiloop_webhook_deliveries",
             documentation="Webhook requests by connector and outcome: accepted (stored, "
-            "or all duplicates/ignored), unsigned_refused, signature (401), invalid (400), "
-            "off (404 for a configured name without a secret), unavailable (503).",
+            "or all duplicates/ignored), unsigned_refused, signature (401), origin (403: "
+            "a Salesforce org not configured), invalid (400), off (404 for a configured "
+            "name without a secret), unavailable (503).",
             labelnames=["connector", "outcome"],
         )
         self.events = m.Counter(
             name="sentiloop_webhook_events",
-            documentation="Webhook events by connector and fate: stored (to score), "
+            documentation="Webhook events by connector and fate: stored (to score, or "
+            "feedback to apply), "
             "duplicate (an event id already in the inbox: a retry or replay), unsupported "
             "(an event type that is not scored, or no text: acknowledged).",
             labelnames=["connector", "fate"],
@@ -378,10 +381,33 @@ class WebhookMetrics:
             "attempt failed), failed (given up).",
             labelnames=["connector", "result"],
         )
+        self.feedback = m.Counter(
+            name="sentiloop_webhook_feedback",
+            documentation="Feedback from CRM webhooks (SENTILOOP_WEBHOOK_FEEDBACK) by "
+            "connector and result: stored, replayed (stored before: applied again after a "
+            "crash), unmatched (no prediction of the ticket: acknowledged, not applied), "
+            "retry (an attempt failed), failed (given up).",
+            labelnames=["connector", "result"],
+        )
         self.inbox = m.Gauge(
             name="sentiloop_webhook_inbox",
-            documentation="Inbox rows by status (pending: waiting to be scored; failed: "
-            "given up), from the database.",
+            documentation="Inbox rows by status (pending: waiting to be scored or applied; "
+            "failed: given up; unmatched: feedback on a ticket without a prediction; both "
+            "listed and replayed by sentiloop webhooks), from the database.",
+            labelnames=["status"],
+            multiprocess_mode="livemax",
+        )
+        self.writebacks = m.Counter(
+            name="sentiloop_writeback",
+            documentation="Write-backs of labels to CRM tickets by connector and result: sent, "
+            "retry (an attempt failed; retried), dead (given up: sentiloop writeback list "
+            "--status dead), superseded (a newer label of the ticket replaced it unsent).",
+            labelnames=["connector", "result"],
+        )
+        self.outbox = m.Gauge(
+            name="sentiloop_writeback_outbox",
+            documentation="Write-back outbox rows by status (pending: to send or waiting "
+            "for a retry; dead: dead letters, to replay), from the database.",
             labelnames=["status"],
             multiprocess_mode="livemax",
         )

@@ -77,13 +77,19 @@ class Feedback(Base):
 
 
 class WebhookInbox(Base):
-    """Events received from CRM webhooks, kept until scored (``storage.inbox``).
+    """Events received from CRM webhooks, kept until handled (``storage.inbox``).
 
     One row per (connector, CRM event id): a delivery retried or replayed is stored
-    once. ``status``: ``pending`` (to score; ``lease_until`` holds it for the worker
-    scoring it), ``done`` (scored: ``prediction_id``; the text is dropped) or
-    ``failed`` (given up after repeated errors: ``last_error``; the text kept to
-    replay it). Rows stay after scoring, so a replay of an old event is still told.
+    once. ``kind``: ``text`` (a text to score: ``text``, cut to what /v1/predict
+    takes) or ``feedback`` (a CRM signal read as feedback: ``label``, and ``signal``,
+    the CRM's own value such as a CSAT score or a tag). ``status``: ``pending`` (to
+    handle; ``lease_until`` holds it for the worker handling it, or until its retry
+    is due), ``done`` (``done_at``; ``prediction_id``: the prediction made of the
+    text, or the one the feedback was applied to; a text is dropped), ``failed``
+    (given up after repeated errors: ``last_error``; a text kept to replay it) or
+    ``unmatched`` (feedback on a ticket without a prediction: ``last_error`` says
+    why). Handled rows stay so that a replay of an old event is still told, until
+    the service purges them (``storage.retention``).
     """
 
     __tablename__ = "webhook_inbox"
@@ -96,9 +102,12 @@ class WebhookInbox(Base):
     connector: Mapped[str] = mapped_column(String(32))
     event_id: Mapped[str] = mapped_column(String(200))
     event_type: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16))
     text: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(16))
+    signal: Mapped[str | None] = mapped_column(String(200))
     external_id: Mapped[str] = mapped_column(String(200))
     comment_id: Mapped[str | None] = mapped_column(String(200))
     author: Mapped[str | None] = mapped_column(String(200))
@@ -107,7 +116,48 @@ class WebhookInbox(Base):
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     prediction_id: Mapped[str | None] = mapped_column(String(36))
-    scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WriteBackOutbox(Base):
+    """Labels to write back to the CRM's ticket (``storage.outbox``), one row per
+    inbox event scored, added in the transaction that marks the event done.
+
+    ``status``: ``pending`` (to send; ``lease_until`` holds it for the worker sending
+    it, or until its retry is due), ``done`` (``sent_at``), ``dead`` (given up:
+    ``last_error``, ``last_status``; ``sentiloop writeback replay`` sends it again) or
+    ``superseded`` (a newer label of the ticket replaced it before it was sent).
+    What is written is kept (label, confidence); how (URLs, credentials) comes from
+    the settings when it is sent. ``message_id`` is the idempotency key, the same
+    on every attempt (Standard Webhooks' ``webhook-id``). Rows other than pending are
+    deleted once past their retention (``storage.retention``).
+    """
+
+    __tablename__ = "writeback_outbox"
+    __table_args__ = (
+        UniqueConstraint("connector", "event_id", name="uq_writeback_outbox_event"),
+        Index("ix_writeback_outbox_status_id", "status", "id"),
+        Index("ix_writeback_outbox_ticket", "connector", "external_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    connector: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(200))
+    external_id: Mapped[str] = mapped_column(String(200))
+    comment_id: Mapped[str | None] = mapped_column(String(200))
+    message_id: Mapped[str] = mapped_column(String(64))
+    prediction_id: Mapped[str] = mapped_column(String(36))
+    label: Mapped[str] = mapped_column(String(16))
+    confidence: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[str] = mapped_column(String(200))
+    template_version: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ModelAssignment(Base):

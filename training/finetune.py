@@ -61,6 +61,9 @@ class FineTuneResult:
     rehearsal_examples: int = 0
     trainable_parameters: int = 0
     temperature: float = 1.0
+    # "fine-tune" (this module), or "correction" (``training.correction``: its figures).
+    recipe: str = "fine-tune"
+    correction: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

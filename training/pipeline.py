@@ -26,17 +26,24 @@ from sqlalchemy.orm import Session, sessionmaker
 import storage
 from core import database, processes
 from core.settings import Settings
-from model import deltas, model_store, shared_store
+from model import corrections, deltas, model_store, shared_store
 from model.base_models import base_model_dir
 from model.classifiers import Classifier, FineTunedClassifier
 from model.labels import LABELS
 from model.language import UNDETERMINED, LanguageDetector
-from model.loader import cold_start_tag, fine_tuned, load_classifier, prepare_model
+from model.loader import (
+    cold_start_tag,
+    fine_tuned,
+    load_classifier,
+    model_directory,
+    prepare_model,
+)
 from model.shipped import GENERAL_GUARD
 from model.templates import PromptTemplate, TemplateRegistry
 from model.text_keys import normalize_text
 from storage import model_roles, runs, store, template_decisions
 from training.config import AssemblyConfig, GateConfig, TrainingArguments
+from training.correction import fit_correction
 from training.dataset import AssembledDataset, assemble, check_trainable
 from training.evaluate import evaluate, plot_evaluation, render_summary
 from training.examples import Example, LoadedExamples, load_examples
@@ -346,14 +353,21 @@ class TrainingPipeline:
             if isinstance(champion, FineTunedClassifier) and from_champion
             else base_model_dir(self.settings)
         )
+        correcting = from_champion and plan.arguments.recipe == "correction"
         inherited = champion_metadata.get("languages", []) if from_champion else []
         detector = LanguageDetector()  # for the training rows and the guard's rows
         rehearsal = (
-            self._rehearsal(plan, dataset, champion, templates[0], cutoff) if from_champion else []
+            self._rehearsal(plan, dataset, champion, templates[0], cutoff)
+            if from_champion and not correcting
+            else []
         )
         with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as scratch:
             output = Path(scratch) / "model"
-            trained = self._train(plan, dataset, templates, init_model, output, rehearsal)
+            if correcting:
+                assert isinstance(champion, FineTunedClassifier)
+                trained = self._correct(plan, dataset, templates, champion, output)
+            else:
+                trained = self._train(plan, dataset, templates, init_model, output, rehearsal)
             logger.info(
                 "run %s: preparing the candidate as it would serve, then evaluating it and "
                 "the champion on %d holdout and %d feedback-holdout rows",
@@ -409,14 +423,18 @@ class TrainingPipeline:
                 "run %s: %s; saving the candidate to the model store", run_id, decision.reason
             )
             source = output
-            if from_champion and (output / "adapter").is_dir():
+            if corrections.is_correction(output):
+                source = corrections.stored_form(output, Path(scratch) / "correction")
+                metadata["stored_as"] = "correction"
+            elif from_champion and (output / "adapter").is_dir():
                 source = deltas.write_delta(
                     output / "adapter",
                     Path(scratch) / "delta",
                     parent=champion.version,
                     temperature=trained.temperature,
                 )
-            metadata["stored_as"] = "delta" if source != output else "full"
+            if not corrections.is_correction(output):
+                metadata["stored_as"] = "delta" if source != output else "full"
             stored = model_store.save_model(
                 source, name=self.settings.model_name, metadata=metadata
             )
@@ -465,6 +483,31 @@ class TrainingPipeline:
             args=plan.arguments,
             output_dir=output,
             rehearsal=rehearsal,
+        )
+
+    def _correct(
+        self,
+        plan: TrainingPlan,
+        dataset: AssembledDataset,
+        templates: list[PromptTemplate],
+        champion: FineTunedClassifier,
+        output: Path,
+    ) -> FineTuneResult:
+        """A correction of the champion (``training.correction``). A champion that is a
+        correction is replaced, not stacked on: the new one is fitted on its parent."""
+        parent_dir, parent = champion.directory, champion.version
+        if corrections.is_correction(parent_dir):
+            parent = corrections.parent_of(parent_dir)
+            parent_dir = model_directory(self.settings, parent)
+        logger.info("fitting a correction of %s", parent)
+        return fit_correction(
+            dataset.train,
+            dataset.validation,
+            parent_dir=parent_dir,
+            parent=parent,
+            templates=templates,
+            args=plan.arguments,
+            output_dir=output,
         )
 
     def _rehearsal(

@@ -170,6 +170,8 @@ class GuardMiddleware:
         if (
             scope["method"] == "POST"
             and scope["path"].startswith("/v1/")
+            # A connector reads its CRM's body itself: Salesforce's SOAP is text/xml.
+            and not scope["path"].startswith("/v1/webhooks/")
             and media_type != "application/json"
         ):
             error = f"Content-Type must be application/json, not {media_type!r}"

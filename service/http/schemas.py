@@ -1,11 +1,11 @@
-"""Request and response bodies of the HTTP API, with their limits."""
+"""Request bodies of the HTTP API (the responses: ``service.http.responses``)."""
 
 from __future__ import annotations
 
 import json
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Self
 
 from pydantic import (
     AfterValidator,
@@ -22,15 +22,22 @@ from pydantic import (
 
 # Feedback's body lives in feedback.intake: the API, batches and file imports share it.
 from feedback.intake import FeedbackRequest as FeedbackRequest
-from model.labels import Label
 from model.language import ISO_639_1
+
+# The response bodies and the limits live in service.http.responses (the client reads
+# them without importing the store); re-exported here for the service.
+from service.http.responses import MAX_CHARS_PER_TEXT as MAX_CHARS_PER_TEXT
+from service.http.responses import MAX_FEEDBACK_BATCH as MAX_FEEDBACK_BATCH
+from service.http.responses import MAX_REVIEW_ITEMS as MAX_REVIEW_ITEMS
+from service.http.responses import MAX_TEXTS_PER_REQUEST as MAX_TEXTS_PER_REQUEST
+from service.http.responses import FeedbackBatchResponse as FeedbackBatchResponse
+from service.http.responses import FeedbackItemResult as FeedbackItemResult
+from service.http.responses import FeedbackResponse as FeedbackResponse
+from service.http.responses import ModelsResponse as ModelsResponse
+from service.http.responses import Prediction as Prediction
+from service.http.responses import PredictResponse as PredictResponse
 from storage.fields import ExternalId, Source
 from storage.fields import storable as _storable
-
-MAX_TEXTS_PER_REQUEST = 256
-MAX_CHARS_PER_TEXT = 5_000
-MAX_FEEDBACK_BATCH = 1_000
-MAX_REVIEW_ITEMS = 500
 
 
 def _not_blank(value: str) -> str:
@@ -213,55 +220,6 @@ class PredictRequest(JsonBody):
         return [self.routing_key] * len(self.all_texts)
 
 
-class Prediction(BaseModel):
-    prediction_id: str
-    label: Label
-    scores: dict[Label, float]
-    confidence: float
-    model_version: str
-    template_version: str
-    language: str = Field(
-        description="ISO 639-1 code of the text's language (given or detected); "
-        '"und" when it cannot be told (too short, no words).'
-    )
-    language_supported: bool = Field(
-        description="Whether the model is known to be trained on this language; false: "
-        'answered by the multilingual encoder alone, expect lower quality ("und" is '
-        "always false: a language that cannot be told is not supported)."
-    )
-    latency_ms: float
-    external_id: str | None = Field(
-        default=None,
-        description="The external_id sent with this text (batch callers match by it), "
-        "null when none was sent.",
-    )
-
-
-class PredictResponse(BaseModel):
-    predictions: list[Prediction]
-
-
-class FeedbackResponse(BaseModel):
-    feedback_id: str
-    prediction_id: str
-    created_at: datetime
-    kind: Literal["label", "verdict"]
-    predicted_label: Label
-    effective_label: Label | None
-    agrees: bool
-    model_version: str
-    template_version: str
-    replayed: bool
-    external_id: str | None = Field(
-        default=None, description="The external_id the feedback named, if it named one."
-    )
-    predictions_with_external_id: int | None = Field(
-        default=None,
-        description="How many predictions carried that external_id before the feedback "
-        "(the latest was judged).",
-    )
-
-
 class FeedbackBody(JsonBody, FeedbackRequest):
     """``FeedbackRequest`` as the body of ``POST /v1/feedback`` (see ``JsonBody``)."""
 
@@ -275,29 +233,4 @@ class FeedbackBatchRequest(JsonBody):
         min_length=1,
         max_length=MAX_FEEDBACK_BATCH,
         description=f"Up to {MAX_FEEDBACK_BATCH} bodies of POST /v1/feedback.",
-    )
-
-
-class FeedbackItemResult(BaseModel):
-    index: int
-    status: int = Field(description="201 stored, 200 replayed, 400, 404, 409 or 503 (retry).")
-    feedback: FeedbackResponse | None = None
-    error: str | None = None
-    field: str | None = None
-
-
-class FeedbackBatchResponse(BaseModel):
-    results: list[FeedbackItemResult]
-    stored: int
-    replayed: int
-    failed: int
-
-
-class ModelsResponse(BaseModel):
-    models: list[dict[str, Any]]
-    last_refresh_error: str | None = None
-    traffic_split: list[dict[str, Any]]
-    changes: list[str] = Field(default_factory=list)
-    restarting_model_processes: list[str] = Field(
-        default_factory=list, description="Model processes being replaced right now."
     )

@@ -8,25 +8,32 @@ only what is the sender's fault is refused: a bad signature (401), a body that i
 not what the CRM documents (400), an unknown or unconfigured connector (404);
 event types that are not scored are acknowledged and counted. The database down
 is a 503 with Retry-After: the CRM retries, and the inbox stores each event once.
+Salesforce is answered in SOAP: its acknowledgement (``<Ack>true</Ack>``, 200) once
+the notifications are stored, a SOAP fault with the same statuses otherwise.
+
+Feedback events (a CSAT score, an agent's tag: ``SENTILOOP_WEBHOOK_FEEDBACK``) are
+stored in the inbox the same way and applied by the inbox worker, so that one
+arriving before its ticket's text is scored waits for it instead of being lost.
 
 No API key is asked for here (the guard lets ``/v1/webhooks/`` through): the
-signature is the credential. A connector without a secret answers 404 unless
-``SENTILOOP_WEBHOOK_ALLOW_UNSIGNED`` (refused at start when authentication is
-required, and then served to local clients only, as /v1 is without authentication).
+signature is the credential (Salesforce's: the token in the URL and its org id). A
+connector without a secret answers 404 unless ``SENTILOOP_WEBHOOK_ALLOW_UNSIGNED``
+(refused at start when authentication is required, and then served to local clients
+only, as /v1 is without authentication).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
+from xml.sax.saxutils import escape
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from connectors import (
     CONNECTOR_NAMES,
@@ -37,6 +44,8 @@ from connectors import (
     TicketEvent,
     build_connectors,
 )
+from connectors.errors import OriginRefused
+from connectors.events import FeedbackEvent
 from core import database
 from core.settings import Settings
 from service.http.errors import RETRY_AFTER_S
@@ -49,8 +58,34 @@ from storage.fields import storable
 logger = logging.getLogger(__name__)
 
 
-def _error(status: int, message: str, field: str | None) -> JSONResponse:
+SOAP_XML = "text/xml; charset=utf-8"
+_SOAP_OPEN = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">'
+    "<soapenv:Body>"
+)
+_SOAP_CLOSE = "</soapenv:Body></soapenv:Envelope>"
+# What Salesforce's outbound messaging WSDL asks a listener to answer.
+SALESFORCE_ACK = (
+    _SOAP_OPEN + '<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound">'
+    "<Ack>true</Ack></notificationsResponse>" + _SOAP_CLOSE
+)
+
+
+def _error(
+    status: int, message: str, field: str | None, *, soap: bool = False
+) -> JSONResponse | Response:
     headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+    if soap:  # a SOAP 1.1 fault: Salesforce shows its faultstring in its delivery log
+        code = "soapenv:Server" if status >= 500 else "soapenv:Client"
+        reason = f"{message} (field: {field})" if field else message
+        fault = (
+            f"<soapenv:Fault><faultcode>{code}</faultcode>"
+            f"<faultstring>{escape(reason)}</faultstring></soapenv:Fault>"
+        )
+        return Response(
+            _SOAP_OPEN + fault + _SOAP_CLOSE, status, headers=headers, media_type=SOAP_XML
+        )
     return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
 
 
@@ -85,7 +120,7 @@ class WebhookReceiver:
         for name in CONNECTOR_NAMES:  # export zeros: a rate over a counter that exists
             self._metrics.events.labels(name, "stored")
 
-    async def receive(self, name: str, request: Request) -> JSONResponse:
+    async def receive(self, name: str, request: Request) -> JSONResponse | Response:
         connector = self._connectors.get(name)
         if connector is None:
             known = ", ".join(CONNECTOR_NAMES)
@@ -96,6 +131,7 @@ class WebhookReceiver:
                 404,
                 f"the {name} connector is off: set SENTILOOP_WEBHOOK_SECRET_{name.upper()}",
                 "connector",
+                soap=connector.soap,
             )
         signed = SignedRequest(
             method=request.method,
@@ -107,16 +143,16 @@ class WebhookReceiver:
         if refusal is not None:
             return refusal
         try:
-            payload = json.loads(signed.body)
-        except ValueError as exc:  # UnicodeDecodeError too
-            self._metrics.deliveries.labels(name, "invalid").inc()
-            return _error(400, f"the body is not JSON: {exc}", "body")
-        try:
-            delivery = connector.parse(payload, signed)
+            delivery = connector.parse(connector.decode(signed.body), signed)
             entries = [self._entry(name, event) for event in delivery.events]
+            entries += [self._feedback_entry(name, event) for event in delivery.feedback]
+        except OriginRefused as exc:
+            self._metrics.deliveries.labels(name, "origin").inc()
+            logger.warning("webhook %s refused: %s", name, exc)
+            return _error(403, str(exc), exc.field, soap=connector.soap)
         except PayloadError as exc:
             self._metrics.deliveries.labels(name, "invalid").inc()
-            return _error(400, str(exc), exc.field)
+            return _error(400, str(exc), exc.field, soap=connector.soap)
         try:
             stored = await asyncio.to_thread(self._store, entries) if entries else 0
         except SQLAlchemyError as exc:
@@ -125,13 +161,15 @@ class WebhookReceiver:
                 "webhook events not stored: database unavailable: %s",
                 database.describe_error(exc),
             )
-            return _error(503, "the inbox is unavailable; retry shortly", None)
+            return _error(503, "the inbox is unavailable; retry shortly", None, soap=connector.soap)
         self._metrics.deliveries.labels(name, "accepted").inc()
         self._metrics.events.labels(name, "stored").inc(stored)
         self._metrics.events.labels(name, "duplicate").inc(len(entries) - stored)
         self._metrics.events.labels(name, "unsupported").inc(len(delivery.ignored))
         if stored:
             self._on_stored()
+        if connector.soap:  # Salesforce: acknowledged, or it sends the message again
+            return Response(SALESFORCE_ACK, 200, media_type=SOAP_XML)
         body = {
             "stored": stored,
             "duplicates": len(entries) - stored,
@@ -149,7 +187,7 @@ class WebhookReceiver:
 
     def _check(
         self, connector: Connector, signed: SignedRequest, request: Request
-    ) -> JSONResponse | None:
+    ) -> JSONResponse | Response | None:
         name = connector.name
         if connector.secret is None:  # allowed unsigned: local clients only
             client = (request.client.host, request.client.port) if request.client else None
@@ -161,13 +199,14 @@ class WebhookReceiver:
                 f"the {name} connector has no secret, so only local clients are served: "
                 f"set SENTILOOP_WEBHOOK_SECRET_{name.upper()}",
                 "connector",
+                soap=connector.soap,
             )
         try:
             connector.verify(signed, now=time.time())
         except SignatureError as exc:
             self._metrics.deliveries.labels(name, "signature").inc()
             logger.warning("webhook %s refused: %s", name, exc)
-            return _error(401, str(exc), exc.field)
+            return _error(401, str(exc), exc.field, soap=connector.soap)
         return None
 
     @staticmethod
@@ -199,6 +238,32 @@ class WebhookReceiver:
             comment_id=event.comment_id,
             author=event.author,
             language=event.language,
+        )
+
+    @staticmethod
+    def _feedback_entry(name: str, event: FeedbackEvent) -> inbox.InboxEntry:
+        """The feedback as stored: applied later by ticket id, every string storable."""
+        for field, value in (
+            ("external_id", event.external_id),
+            ("event_id", event.event_id),
+            ("signal", event.signal),
+            ("author", event.author),
+        ):
+            if value is None:
+                continue
+            try:
+                storable(value)
+            except ValueError as exc:
+                where = event.where.get(field, field)
+                raise PayloadError(f"{where} {exc}", where) from exc
+        return inbox.InboxEntry(
+            connector=name,
+            event_id=event.event_id,
+            event_type=event.event_type[:200],
+            text="",
+            external_id=event.external_id,
+            author=event.author,
+            feedback=inbox.FeedbackSignal(label=event.label, signal=event.signal[:200]),
         )
 
     def _store(self, entries: list[inbox.InboxEntry]) -> int:

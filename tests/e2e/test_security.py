@@ -69,6 +69,23 @@ def test_scopes_per_endpoint(secured: ServerProcess) -> None:
         assert call(secured, "GET", path, None).status_code == 200, path
 
 
+def test_the_client_sends_its_key_and_raises_typed_auth_errors(secured: ServerProcess) -> None:
+    from sentiloop.client import Client, PermissionDenied, Unauthorized
+
+    with Client(secured.url, api_key=KEYS["reader"][0]) as reader:
+        prediction = reader.predict_one("great")
+        with pytest.raises(PermissionDenied) as denied:
+            reader.feedback(prediction.prediction_id, verdict="correct")
+        assert denied.value.status == 403
+    with Client(secured.url, api_key=KEYS["crm"][0]) as crm:
+        assert crm.feedback(prediction.prediction_id, verdict="correct").agrees
+    with Client(secured.url, api_key=KEYS["ops"][0]) as ops:
+        assert prediction.prediction_id in {r.prediction_id for r in ops.export_feedback()}
+    with Client(secured.url) as anonymous, pytest.raises(Unauthorized) as missing:
+        anonymous.models()
+    assert missing.value.field == "Authorization"
+
+
 def test_oversized_body_is_413_naming_the_limit(secured: ServerProcess) -> None:
     crm = KEYS["crm"][0]
     response = call(secured, "POST", "/v1/predict", crm, json={"texts": ["x" * 4000] * 6})

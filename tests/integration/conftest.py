@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import storage
 from core import database
-from service.metrics import ApiMetrics
+from service.metrics import ApiMetrics, WebhookMetrics
 
 
 @pytest.fixture
@@ -23,3 +23,9 @@ def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
 def api_metrics() -> ApiMetrics:
     """The service's metrics: one per process (they register once)."""
     return ApiMetrics()
+
+
+@pytest.fixture(scope="session")
+def webhook_metrics() -> WebhookMetrics:
+    """The webhook and write-back metrics: one per process (they register once)."""
+    return WebhookMetrics()

@@ -16,11 +16,6 @@ from service.metrics import WebhookMetrics
 from storage import inbox
 
 
-@pytest.fixture(scope="module")
-def webhook_metrics() -> WebhookMetrics:
-    return WebhookMetrics()  # registers once per process
-
-
 @pytest.fixture
 def database_url(sqlite_url: str) -> str:
     return sqlite_url

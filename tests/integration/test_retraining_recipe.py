@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import storage
 from core.settings import Settings
-from model import deltas, model_store
+from model import corrections, deltas, model_store
 from model.labels import LABELS
 from model.loader import load_classifier
 from storage import store
@@ -116,6 +116,73 @@ def test_rehearsal_texts_skip_labelled_and_held_out_texts_and_are_labelled_by_th
         assert sum(row.probabilities) == pytest.approx(1.0) and row.weight == 0.5
 
 
+def give_feedback(pipeline: TrainingPipeline, reviews: list[tuple[str, str]]) -> None:
+    ids = log(pipeline, [text for text, _ in reviews])
+    for prediction_id, (_, label) in zip(ids, reviews, strict=True):
+        store.record_feedback(
+            session_factory=pipeline.sessions,
+            feedback=storage.FeedbackInput(prediction_id=prediction_id, label=label),
+        )
+
+
+def test_the_default_retraining_stores_a_correction_that_changes_nothing_far_from_the_feedback(
+    pipeline: TrainingPipeline, settings: Settings, tmp_path: Path
+) -> None:
+    parent = first_champion(pipeline, tmp_path)
+    reviews = [(pattern.format(part), label) for part in PARTS
+               for label, pattern in REVIEWS.items()]  # fmt: skip
+    give_feedback(pipeline, reviews)
+    # `sentiloop train`'s defaults: no base data, a correction of the champion.
+    outcome = pipeline.run(TrainingPlan(arguments=ARGUMENTS, gate=GateConfig(**ALWAYS)))  # type: ignore[arg-type]
+    stored = model_store.get_model(outcome.candidate_tag)
+    assert stored.metadata["stored_as"] == "correction"
+    assert corrections.parent_of(stored.path) == parent
+    assert outcome.report["training"]["recipe"] == "correction"
+    assert outcome.report["dataset"]["counts"].get("rehearsal", 0) == 0
+    parent_bytes = sum(f.stat().st_size for f in model_store.get_model(parent).path.rglob("*"))
+    stored_bytes = sum(f.stat().st_size for f in stored.path.rglob("*") if f.is_file())
+    assert stored_bytes < parent_bytes / 2
+
+    template = pipeline.templates.get("v1")
+    served, _ = load_classifier(settings, outcome.candidate_tag)
+    champion, _ = load_classifier(settings, parent)
+    # Texts unlike any the team judged: answered exactly as the parent answers them.
+    far = ["¿Dónde está la estación de tren más cercana?", "42 + 17 = 59",
+           "Der Zug nach Berlin fährt um acht Uhr ab.", "http://example.com/a/b?c=d"]  # fmt: skip
+    rendered = [template.render(text) for text in far]
+    for corrected, original in zip(
+        served.predict(rendered, template), champion.predict(rendered, template), strict=True
+    ):
+        assert corrected == pytest.approx(original, abs=1e-6)
+    # Texts like the feedback: answered differently (the correction applies there).
+    near = [template.render(text) for text, _ in reviews]
+    changed = [
+        max(abs(a[label] - b[label]) for label in LABELS)
+        for a, b in zip(
+            served.predict(near, template), champion.predict(near, template), strict=True
+        )
+    ]
+    assert max(changed) > 0.01
+    # Served from the store, it scores the feedback holdout as the gate saw it.
+    dataset = pipeline.dataset(TrainingPlan(), store.utcnow())
+    metrics = score_examples(served, template, dataset.feedback_holdout)
+    evaluated = outcome.report["evaluation"]["feedback_holdout"]["candidate"]
+    assert metrics["n"] == evaluated["n"] > 0
+    assert metrics["macro_f1"] == pytest.approx(evaluated["macro_f1"], abs=1e-6)
+
+    # A second round corrects the parent again (with all the feedback): never a
+    # correction of a correction.
+    from storage import model_roles
+
+    with pipeline.sessions() as session:
+        model_roles.assign(session=session, role="champion", model_tag=outcome.candidate_tag,
+                           reason="test")  # fmt: skip
+        session.commit()
+    give_feedback(pipeline, [(f"my {part} arrived late", "negative") for part in PARTS])
+    second = pipeline.run(TrainingPlan(arguments=ARGUMENTS, gate=GateConfig(**ALWAYS)))  # type: ignore[arg-type]
+    assert corrections.parent_of(model_store.get_model(second.candidate_tag).path) == parent
+
+
 def test_retraining_rehearses_logged_traffic_and_stores_a_delta_that_serves_the_same_scores(
     pipeline: TrainingPipeline, settings: Settings, tmp_path: Path
 ) -> None:
@@ -130,10 +197,12 @@ def test_retraining_rehearses_logged_traffic_and_stores_a_delta_that_serves_the_
         )
     traffic = [f"is the {part} sold separately" for part in PARTS]
     log(pipeline, traffic)
-    # No base data: a team's feedback only, the defaults of `sentiloop train`.
+    # No base data: a team's feedback only; the encoder fine-tuned (a LoRA adapter).
     outcome = pipeline.run(
         TrainingPlan(
-            arguments=TrainingArguments(epochs=1, batch_size=16, max_length=32, progress=False),
+            arguments=TrainingArguments(
+                recipe="fine-tune", epochs=1, batch_size=16, max_length=32, progress=False
+            ),
             gate=GateConfig(**ALWAYS),  # type: ignore[arg-type]
         )
     )

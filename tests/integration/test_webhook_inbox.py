@@ -1,11 +1,14 @@
 """The webhook inbox on a real SQLite file and a real PostgreSQL database: an event
 stored once whatever the number of deliveries, rows leased to one worker at a time,
-failed attempts retried and then given up."""
+failed attempts retried and then given up, failed events and unmatched feedback
+listed and replayed (``sentiloop webhooks``)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import inbox
@@ -90,3 +93,105 @@ def test_done_drops_the_text_and_failures_retry_then_give_up(
             "boom again",
             "The parcel arrived broken.",
         )
+
+
+def csat(event_id: str, ticket: str = "5158") -> inbox.InboxEntry:
+    return inbox.InboxEntry(
+        connector="zendesk",
+        event_id=event_id,
+        event_type="satisfaction_rating",
+        text="",
+        external_id=ticket,
+        feedback=inbox.FeedbackSignal(label="negative", signal="bad"),
+    )
+
+
+def given_up(sessions: sessionmaker[Session]) -> dict[str, int]:
+    """Three events given up: e-1 failed (zendesk), e-2 failed (intercom), fb-1
+    unmatched feedback; e-3 done. Returns their ids by event id."""
+    other = inbox.InboxEntry(**{**entry("e-2").__dict__, "connector": "intercom"})
+    with sessions() as session:
+        inbox.add(session=session, entries=[entry("e-1"), other, csat("fb-1"), entry("e-3")])
+        session.commit()
+        items = {i.entry.event_id: i.id for i in inbox.claim(session=session, limit=9, lease_s=60)}
+        for event_id in ("e-1", "e-2"):
+            inbox.mark_attempt_failed(
+                session=session, item_id=items[event_id], error="refused by /v1/predict",
+                retry_in_s=5, max_attempts=1,
+            )  # fmt: skip
+        inbox.mark_unmatched(session=session, item_id=items["fb-1"], reason="no prediction of 5158")
+        inbox.mark_done(session=session, item_id=items["e-3"], prediction_id="p-3")
+    return items
+
+
+def test_feedback_alone_is_no_text_waiting_to_be_scored(sessions: sessionmaker[Session]) -> None:
+    with sessions() as session:
+        inbox.add(session=session, entries=[csat("fb-1", ticket="T-1")])
+        session.commit()
+        assert not inbox.scoring_pending(session=session, connector="zendesk", external_id="T-1")
+        [item] = inbox.claim(session=session, limit=5, lease_s=60)
+    assert item.entry == csat("fb-1", ticket="T-1")
+
+
+def test_failed_and_unmatched_rows_are_replayed_with_a_fresh_count(
+    sessions: sessionmaker[Session],
+) -> None:
+    items = given_up(sessions)
+    with sessions() as session:
+        # A done row is not replayed (its text is gone), nor a pending one.
+        assert inbox.replay(session=session, ids=[items["e-3"]]) == []
+        assert inbox.replay(session=session, statuses=[inbox.UNMATCHED]) == [items["fb-1"]]
+        assert inbox.replay(session=session, connector="intercom") == [items["e-2"]]
+        assert inbox.replay(session=session) == [items["e-1"]]
+        assert inbox.count_by_status(session=session) == {"pending": 3, "done": 1}
+        again = inbox.claim(session=session, limit=9, lease_s=60)
+    assert sorted((i.entry.event_id, i.attempts) for i in again) == [
+        ("e-1", 0),
+        ("e-2", 0),
+        ("fb-1", 0),
+    ]
+    assert next(i.entry for i in again if i.entry.event_id == "fb-1") == csat("fb-1")
+
+
+def test_the_cli_lists_failed_events_and_unmatched_feedback_and_replays_them(
+    sessions: sessionmaker[Session], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from sentiloop.cli import app
+
+    monkeypatch.setenv("SENTILOOP_DATABASE_URL", database_url)
+    items = given_up(sessions)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["webhooks", "list", "--status", "unmatched", "--json"])
+    assert listed.exit_code == 0, listed.output
+    [row] = [json.loads(line) for line in listed.output.splitlines()]
+    assert {k: row[k] for k in ("id", "kind", "ticket", "label", "signal", "last_error")} == {
+        "id": items["fb-1"],
+        "kind": "feedback",
+        "ticket": "5158",
+        "label": "negative",
+        "signal": "bad",
+        "last_error": "no prediction of 5158",
+    }
+    failed = runner.invoke(app, ["webhooks", "list", "--status", "failed", "--kind", "text"])
+    lines = failed.output.splitlines()
+    assert lines[0].split()[:4] == ["id", "connector", "kind", "ticket"]
+    assert [line.split()[0] for line in lines[1:]] == [str(items["e-2"]), str(items["e-1"])]
+    assert "The parcel" not in runner.invoke(app, ["webhooks", "list"]).output  # no texts
+
+    one = runner.invoke(app, ["webhooks", "replay", str(items["fb-1"]), str(items["e-3"])])
+    assert one.exit_code == 0 and f"replayed 1 webhook event(s): {items['fb-1']}" in one.output
+    assert f"not failed or unmatched, left as they are: {items['e-3']}" in one.output
+    some = runner.invoke(app, ["webhooks", "replay", "--all", "--connector", "intercom"])
+    assert some.exit_code == 0 and f": {items['e-2']}" in some.output, some.output
+    rest = runner.invoke(app, ["webhooks", "replay", "--all", "--status", "failed"])
+    assert rest.exit_code == 0 and f": {items['e-1']}" in rest.output, rest.output
+    nothing = runner.invoke(app, ["webhooks", "replay", "--all"])
+    assert nothing.exit_code == 2 and "no failed or unmatched" in nothing.output
+    neither = runner.invoke(app, ["webhooks", "replay"])
+    assert neither.exit_code == 2 and "--all" in neither.output
+    loose = runner.invoke(app, ["webhooks", "replay", "7", "--status", "failed"])
+    assert loose.exit_code == 2 and "go with --all" in loose.output
+    with sessions() as session:
+        assert inbox.count_by_status(session=session) == {"pending": 3, "done": 1}

@@ -1,0 +1,1 @@
+"""Fakes of the systems sentiloop talks to, at the I/O boundary: real local servers."""
