@@ -10,6 +10,11 @@ under the ticket's id (``detail.id``); its ``id`` is the event id. The payload
      "event": {"comment": {"id": "10001", "body": "...", "is_public": true,
                            "author": {"id": "8447388090494", "is_staff": false, ...}}}}
 
+A comment whose author ``is_staff`` (an agent's reply or internal note) is
+acknowledged and not scored, as Intercom's admin replies are not: the ticket's
+label, its write-back tag and the feedback given by ticket id are the customer's,
+and an agent's polite reply would otherwise replace them moments later.
+
 Feedback (``connectors.feedback``, opt-in) comes from other events, typically a
 trigger's webhook, whose JSON body the admin writes (Zendesk has no event for a
 satisfaction rating: a trigger on "Satisfaction is Bad" sends, say,
@@ -87,6 +92,8 @@ class ZendeskConnector(JsonPayloads):
         if not text.strip():  # an attachment alone, say: nothing to score
             return Delivery(ignored=[event_type])
         author = comment.get("author")
+        if isinstance(author, dict) and author.get("is_staff") is True:
+            return Delivery(ignored=[event_type])  # an agent's reply: not the customer's
         ticket_id = identifier(detail.get("id"), "detail.id")
         assert ticket_id is not None
         return Delivery(

@@ -122,6 +122,15 @@ def test_zendesk_other_events_are_acknowledged_not_scored() -> None:
     assert zendesk().parse(zendesk_event(body="  "), zendesk_request(b"")).events == []
 
 
+def test_zendesk_comments_of_agents_are_acknowledged_not_scored() -> None:
+    """An agent's reply ("So sorry! Happy to help") is not the customer's sentiment:
+    scored, it would replace the ticket's label and its tag moments later."""
+    payload = zendesk_event(body="So sorry to hear that! Happy to help, have a great day.")
+    payload["event"]["comment"]["author"]["is_staff"] = True
+    delivery = zendesk().parse(payload, zendesk_request(b""))
+    assert delivery.events == [] and delivery.ignored == [COMMENT_ADDED]
+
+
 def test_zendesk_payload_errors_name_the_field() -> None:
     payload = zendesk_event()
     del payload["detail"]["id"]
@@ -133,7 +142,7 @@ def test_zendesk_payload_errors_name_the_field() -> None:
     assert refused.value.field == "body"
 
 
-HUBSPOT_URI = "https://sentiloop.example.com/v1/webhooks/hubspot?portal=62515&label=a%20b"
+HUBSPOT_URI = "https://sentiloop.example.com/v1/webhooks/hubspot?app=crm%3Aeu&label=a%20b"
 
 
 def hubspot_events() -> list[dict[str, Any]]:
@@ -179,8 +188,10 @@ def hubspot_request(
     body: bytes, *, secret: str = SECRET, sent_at: float = NOW, method: str = "POST"
 ) -> SignedRequest:
     timestamp = str(int(sent_at * 1000))
-    # HubSpot's v3 formula: method + URI (percent-escapes decoded) + body + timestamp.
-    signed = b"POST" + HUBSPOT_URI.replace("%20", " ").encode() + body + timestamp.encode()
+    # HubSpot's v3 formula: method + URI + body + timestamp, the URI with the escapes
+    # of its documented table decoded (%3A is; %20 is not in the table and stays).
+    uri = HUBSPOT_URI.replace("%3A", ":")
+    signed = b"POST" + uri.encode() + body + timestamp.encode()
     digest = hmac.new(secret.encode(), signed, hashlib.sha256).digest()
     return SignedRequest(
         method=method,
@@ -225,6 +236,20 @@ def test_hubspot_refuses(request_of: Any, field: str) -> None:
     with pytest.raises(SignatureError) as refused:
         hubspot().verify(request_of(body), now=NOW)
     assert refused.value.field == field
+
+
+def test_hubspot_refusal_of_another_uri_names_the_public_url_setting() -> None:
+    """Behind a TLS proxy the URI seen here (http://10.0.0.5...) is not the one HubSpot
+    signed: the refusal says which URI was checked and which setting fixes it."""
+    body = json.dumps(hubspot_events()).encode()
+    signed = hubspot_request(body)
+    behind_proxy = SignedRequest(
+        "POST", "http://10.0.0.5:3000/v1/webhooks/hubspot", signed.headers, body
+    )
+    with pytest.raises(SignatureError) as refused:
+        hubspot().verify(behind_proxy, now=NOW)
+    assert "'http://10.0.0.5:3000/v1/webhooks/hubspot'" in str(refused.value)
+    assert "SENTILOOP_WEBHOOK_PUBLIC_URL" in str(refused.value)
 
 
 def test_hubspot_accepts_a_timestamp_just_inside_its_window() -> None:

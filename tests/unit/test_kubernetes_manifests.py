@@ -118,7 +118,8 @@ def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 def settings_env(objects: tuple[dict[str, Any], ...], container: dict[str, Any]) -> dict[str, str]:
     """The environment ``container`` gets: its ConfigMaps, then its own values (a
-    Secret's as a placeholder: a PostgreSQL address for the database)."""
+    Secret's as a placeholder: a PostgreSQL address for the database). An optional
+    Secret read whole (the CRM connectors') adds nothing: a cluster may have none."""
     config_maps = {
         item["metadata"]["name"]: item.get("data", {})
         for item in objects
@@ -126,6 +127,9 @@ def settings_env(objects: tuple[dict[str, Any], ...], container: dict[str, Any])
     }
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
+        if "secretRef" in source:
+            assert source["secretRef"]["optional"] is True, source
+            continue
         env |= config_maps[source["configMapRef"]["name"]]
     for variable in container.get("env", []):
         if "valueFrom" in variable:
@@ -537,3 +541,26 @@ def test_the_keda_scaled_object_queries_an_exported_metric_of_the_service(
     assert monitoring.metric_names(query) <= BENTOML_METRICS
     assert f'service="{service_name}"' in query
     assert float(triggers["prometheus"]["metadata"]["threshold"]) > 0
+
+
+def test_the_api_reads_the_crm_secrets_from_an_optional_secret_the_readme_documents(
+    objects: tuple[dict[str, Any], ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every connector's secret and credential is a setting (a SecretStr): they reach
+    the API from the Secret `sentiloop-crm`, whose keys are the settings' variables;
+    optional, so a deployment without CRM connectors needs none."""
+    api = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    (reference,) = [e["secretRef"] for e in api["envFrom"] if "secretRef" in e]
+    assert reference == {"name": "sentiloop-crm", "optional": True}
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"create secret generic sentiloop-crm((?:[^\n]*\\\n)*[^\n]*)", readme)
+    assert match, "README: no `kubectl create secret generic sentiloop-crm` command"
+    documented = re.findall(r"--from-literal=(SENTILOOP_[A-Z0-9_]+)=", match.group(1))
+    assert documented
+    for variable in documented:  # each one is a secret setting the server reads
+        field = variable.removeprefix("SENTILOOP_").lower()
+        assert field in Settings.model_fields, variable
+        monkeypatch.setenv(variable, "x" * 40)
+    secrets = {name for name, field in Settings.model_fields.items()
+               if "SecretStr" in str(field.annotation)}  # fmt: skip
+    assert {v.removeprefix("SENTILOOP_").lower() for v in documented} <= secrets
