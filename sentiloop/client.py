@@ -34,7 +34,6 @@ breaks.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import itertools
 import logging
 import random
@@ -49,6 +48,7 @@ from typing import Any, Literal, Self
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from core.retry_after import retry_after_s
 from sentiloop import __version__
 from service.http.responses import (
     MAX_FEEDBACK_BATCH,
@@ -241,25 +241,6 @@ def error_from_response(response: httpx.Response) -> APIError:
 # --------------------------------------------------------------------------- retries
 
 
-def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
-    """``Retry-After`` in seconds: delay-seconds, or an HTTP date (RFC 9110); None when
-    absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (moment - (now or datetime.now(UTC))).total_seconds())
-
-
 # Errors after which the request may be sent again: no answer came.
 _RETRIABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 RETRIABLE_STATUSES = frozenset({429, 503})
@@ -340,7 +321,7 @@ class _Attempts:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    return retry_after_seconds(response.headers.get("retry-after"))
+    return retry_after_s(response.headers.get("retry-after"))
 
 
 # -------------------------------------------------------------------- request bodies

@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
@@ -40,6 +39,7 @@ from connectors.writeback import (
     WriteBackTarget,
     build_writebacks,
 )
+from core.retry_after import retry_after_s
 from core.settings import Settings
 from service.metrics import WebhookMetrics
 from storage import outbox
@@ -66,21 +66,6 @@ def backoff_s(
     random) so that rows failed together are not retried together."""
     ceiling = min(longest_s, base_s * 2 ** max(0, attempts - 1))
     return ceiling / 2 + rng() * ceiling / 2
-
-
-def retry_after_s(value: str | None, *, now: float) -> float | None:
-    """``Retry-After`` in seconds from ``now`` (Unix seconds): delta-seconds or an
-    HTTP date; None when absent or unreadable. Never negative."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, moment.timestamp() - now)
 
 
 @dataclass(frozen=True)

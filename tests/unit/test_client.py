@@ -12,8 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -33,7 +32,6 @@ from sentiloop.client import (
     RetryPolicy,
     ServiceUnavailable,
     Unauthorized,
-    retry_after_seconds,
 )
 from service.http.responses import ExportedFeedback
 from tests.support import ROOT, free_port
@@ -177,12 +175,14 @@ UNAVAILABLE = {"error": "the models are loading; retry shortly", "field": None}
 
 
 def test_the_client_imports_without_the_server_modules() -> None:
-    """A client imports pydantic and httpx, not torch, BentoML or the store."""
+    """A client imports pydantic and httpx, not torch, BentoML, the store or the
+    server's settings (``core.retry_after`` alone of the core)."""
     probe = (
         "import sys, time; t = time.perf_counter(); import sentiloop.client; "
         "print(time.perf_counter() - t); "
         "print(sorted(m for m in ('torch', 'bentoml', 'sqlalchemy', 'transformers', "
-        "'starlette', 'storage', 'feedback', 'core') if m in sys.modules))"
+        "'starlette', 'storage', 'feedback', 'core.settings', 'core.database') "
+        "if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
     seconds, loaded = done.stdout.split("\n")[:2]
@@ -205,15 +205,6 @@ def test_retry_after_is_honoured(server: ScriptedServer) -> None:
         client.predict_one("a")
     first, second = server.seen
     assert 1.0 <= second.at - first.at < 1.5  # the backoff alone would wait 10 ms
-
-
-def test_a_retry_after_date_is_read_as_seconds_from_now() -> None:
-    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-    later = format_datetime(now + timedelta(seconds=7), usegmt=True)
-    assert retry_after_seconds(later, now=now) == 7.0
-    assert retry_after_seconds("2.5") == 2.5
-    assert retry_after_seconds(format_datetime(now, usegmt=True), now=now + timedelta(1)) == 0.0
-    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
 
 
 def test_a_retry_after_beyond_the_longest_wait_is_raised_not_waited(

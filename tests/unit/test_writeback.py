@@ -10,7 +10,6 @@ import json
 import re
 import time
 from datetime import UTC, datetime
-from email.utils import format_datetime
 
 import httpx
 import pytest
@@ -26,7 +25,7 @@ from connectors.writeback import (
     build_writebacks,
 )
 from core.settings import Settings
-from service.http.writeback import LONGEST_RETRY_S, backoff_s, judge, retry_after_s
+from service.http.writeback import LONGEST_RETRY_S, backoff_s, judge
 from storage.outbox import OutboxItem, WriteBack
 
 NOW = 1_764_500_000.0
@@ -76,17 +75,6 @@ def test_backoff_doubles_per_attempt_with_half_of_it_random_and_a_ceiling() -> N
     # Rows failed together spread out rather than retry together.
     delays = {backoff_s(3, 5.0) for _ in range(50)}
     assert len(delays) > 40 and all(10.0 <= d <= 20.0 for d in delays)
-
-
-def test_retry_after_reads_seconds_and_http_dates() -> None:
-    assert retry_after_s("30", now=NOW) == 30.0
-    assert retry_after_s(" 0 ", now=NOW) == 0.0
-    in_two_minutes = format_datetime(datetime.fromtimestamp(NOW + 120, UTC), usegmt=True)
-    assert retry_after_s(in_two_minutes, now=NOW) == pytest.approx(120.0)
-    past = format_datetime(datetime.fromtimestamp(NOW - 60, UTC), usegmt=True)
-    assert retry_after_s(past, now=NOW) == 0.0
-    for unreadable in (None, "", "soon", "-5", "1.5e3"):
-        assert retry_after_s(unreadable, now=NOW) is None, unreadable
 
 
 def answer(status: int, headers: dict[str, str] | None = None) -> httpx.Response:
