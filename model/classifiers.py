@@ -5,24 +5,29 @@
 * ``ZeroShotClassifier``: the cold-start model. It embeds the rendered input
   and each label's verbalizer sentences with the base encoder (mean pooling)
   and turns the cosine similarities into scores with a softmax.
+
+torch and transformers are imported by the code that runs them (the torch
+backend, the zero-shot model, training's helpers), never at import: a model
+process serving on ONNX Runtime does without them (~240 MB of its memory).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
-import torch
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from model.corrections import logits_module
 from model.labels import LABEL_TO_ID, LABELS, normalize_label
 from model.onnx_runtime import cached_onnx_logits
 from model.templates import PromptTemplate
-from model.tokenization import ChunkTokenizer
+from model.tokenization import ChunkTokenizer, serving_tokenizer
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +65,8 @@ class Classifier(Protocol):
 def sentiment_model(directory: Path) -> Any:
     """A torch sequence classifier with the label set, from ``directory``: a base
     encoder (a new, randomly initialized head) or a classifier saved earlier."""
+    from transformers import AutoModelForSequenceClassification
+
     return AutoModelForSequenceClassification.from_pretrained(
         str(directory),
         num_labels=len(LABELS),
@@ -71,6 +78,7 @@ def sentiment_model(directory: Path) -> Any:
 
 def torch_logits(model: Any, device: torch.device) -> LogitsFunction:
     """The logits function of a torch sequence-classification model in eval mode."""
+    import torch
 
     @torch.inference_mode()
     def logits(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -81,7 +89,8 @@ def torch_logits(model: Any, device: torch.device) -> LogitsFunction:
 
 
 def module_logits(module: torch.nn.Module, device: torch.device) -> LogitsFunction:
-    """The logits function of a ``model.corrections.logits_module`` in eval mode."""
+    """The logits function of a ``model.correction_modules.logits_module`` in eval mode."""
+    import torch
 
     @torch.inference_mode()
     def logits(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -116,6 +125,41 @@ def classify_texts(
     return results
 
 
+def saved_labels(directory: Path) -> dict[int, str]:
+    """The label of each class id of the classifier saved in ``directory`` (its config.json)."""
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    id2label: dict[int, str] = {
+        int(i): normalize_label(name) for i, name in config.get("id2label", {}).items()
+    }
+    if sorted(id2label.values()) != sorted(LABELS):
+        raise ValueError(
+            f"model in {directory} has labels {sorted(id2label.values())}; expected {list(LABELS)}"
+        )
+    return id2label
+
+
+def _torch_model(
+    directory: Path, device: str, max_length: int, quantize: Quantization, threads: int | None
+) -> tuple[ChunkTokenizer, LogitsFunction]:
+    """The tokenizer and logits function of ``directory``'s model run by torch."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from model.correction_modules import logits_module
+
+    if threads:
+        torch.set_num_threads(threads)
+    tokenizer = ChunkTokenizer.from_transformers(
+        AutoTokenizer.from_pretrained(str(directory), local_files_only=True), max_length
+    )
+    module = logits_module(directory).to(torch.device(device))
+    if quantize == "int8":
+        module = torch.ao.quantization.quantize_dynamic(
+            module, {torch.nn.Linear}, dtype=torch.qint8
+        )
+    return tokenizer, module_logits(module, torch.device(device))
+
+
 class FineTunedClassifier:
     """A model saved by training, run by ONNX Runtime (CPU) or torch.
 
@@ -142,17 +186,7 @@ class FineTunedClassifier:
         self.directory = directory
         self.chunk_texts = chunk_texts_for(device)
         self.runtime = f"{backend}-{'fp32' if quantize == 'none' else quantize}"
-        self.tokenizer = ChunkTokenizer(
-            AutoTokenizer.from_pretrained(str(directory), local_files_only=True), max_length
-        )
-        config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
-        id2label = {int(i): normalize_label(name) for i, name in config.id2label.items()}
-        if sorted(id2label.values()) != sorted(LABELS):
-            raise ValueError(
-                f"model in {directory} has labels {sorted(id2label.values())}; "
-                f"expected {list(LABELS)}"
-            )
-        self._id2label = id2label
+        self._id2label = saved_labels(directory)
         if quantize != "none" and device != "cpu":
             raise ValueError(f"{quantize} quantization runs on the CPU; use quantize=none")
         if backend == "onnx":
@@ -160,16 +194,18 @@ class FineTunedClassifier:
                 raise ValueError("the onnx backend runs on the CPU; use backend=torch on GPUs")
             if onnx_cache_dir is None:
                 raise ValueError("the onnx backend needs a cache directory for the export")
-            self._logits: LogitsFunction = cached_onnx_logits(
+            logits = cached_onnx_logits(
                 directory, onnx_cache_dir, quantize=quantize, threads=threads
             )
-            return
-        module = logits_module(directory).to(torch.device(device))
-        if quantize == "int8":
-            module = torch.ao.quantization.quantize_dynamic(
-                module, {torch.nn.Linear}, dtype=torch.qint8
+            # The inputs the export took are those the tokenizer names (model.onnx_runtime).
+            self.tokenizer = serving_tokenizer(
+                directory, onnx_cache_dir, max_length, input_names=logits.input_names
             )
-        self._logits = module_logits(module, torch.device(device))
+            self._logits: LogitsFunction = logits
+            return
+        self.tokenizer, self._logits = _torch_model(
+            directory, device, max_length, quantize, threads
+        )
 
     def predict(self, rendered: Sequence[str], template: PromptTemplate) -> list[Scores]:
         return classify_texts(
@@ -188,35 +224,53 @@ def zero_shot_version(base_model: Path) -> str:
 
 
 class ZeroShotClassifier:
+    """Runs on torch (imported here, as the model loads)."""
+
     kind = "zero-shot"
 
-    def __init__(self, base_model: Path, *, device: str = "cpu", max_length: int = 128) -> None:
+    def __init__(
+        self,
+        base_model: Path,
+        *,
+        device: str = "cpu",
+        max_length: int = 128,
+        threads: int | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
         self.version = zero_shot_version(base_model)
         self.runtime = "torch-fp32"
         self.device = torch.device(device)
-        self.tokenizer = ChunkTokenizer(
+        self.tokenizer = ChunkTokenizer.from_transformers(
             AutoTokenizer.from_pretrained(str(base_model), local_files_only=True), max_length
         )
         self.encoder = AutoModel.from_pretrained(str(base_model), local_files_only=True)
         self.encoder = self.encoder.to(self.device).eval()
         self._label_embeddings: dict[str, torch.Tensor] = {}
 
-    @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalized mean-pooled embeddings, one row per text."""
+        import torch
+
         rows: list[torch.Tensor] = [torch.empty(0)] * len(texts)
-        for chunk, inputs in self.tokenizer.chunks(texts, chunk_texts_for(self.device.type)):
-            encoded = {name: torch.from_numpy(a).to(self.device) for name, a in inputs.items()}
-            hidden = self.encoder(**encoded).last_hidden_state
-            mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu()
-            for row, index in enumerate(chunk):
-                rows[index] = pooled[row]
-        return torch.stack(rows)
+        with torch.inference_mode():
+            for chunk, inputs in self.tokenizer.chunks(texts, chunk_texts_for(self.device.type)):
+                encoded = {name: torch.from_numpy(a).to(self.device) for name, a in inputs.items()}
+                hidden = self.encoder(**encoded).last_hidden_state
+                mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu()
+                for row, index in enumerate(chunk):
+                    rows[index] = pooled[row]
+            return torch.stack(rows)
 
     def label_embeddings(self, template: PromptTemplate) -> torch.Tensor:
         """One normalized centroid of the verbalizer sentences per label, cached per template."""
+        import torch
+
         cached = self._label_embeddings.get(template.sha256)
         if cached is None:
             centroids = []
@@ -228,6 +282,8 @@ class ZeroShotClassifier:
         return cached
 
     def predict(self, rendered: Sequence[str], template: PromptTemplate) -> list[Scores]:
+        import torch
+
         if not rendered:
             return []
         similarities = self.embed(rendered) @ self.label_embeddings(template).T

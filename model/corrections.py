@@ -27,8 +27,10 @@ On disk, a correction's directory holds ``correction.json`` (the parent's tag,
 ``gate_layer``, ``threshold``) and ``correction.safetensors``. A directory that
 serves it (a training candidate, or the machine's cache entry made by
 ``materialize_correction``) also links the parent's files, so that it reads as the
-parent's Hugging Face directory with the correction beside it; ``logits_module``
-builds what runs it (torch, and the ONNX export).
+parent's Hugging Face directory with the correction beside it;
+``model.correction_modules.logits_module`` builds what runs it (torch, and the ONNX
+export). This module handles the files only and imports no torch: the loader reads
+them on the serving path.
 """
 
 from __future__ import annotations
@@ -40,13 +42,15 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from core.cache_entry import defect, seal_directory
 from core.file_lock import exclusive_file_lock
 from model.base_models import COMPLETE, rebuild_aside
+from model.tokenization import UNIGRAM_FILE
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -83,75 +87,6 @@ def correction_bytes(directory: Path) -> int:
     return sum((directory / name).stat().st_size for name in CORRECTION_FILES)
 
 
-def _pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Normalized mean of the states of the real (unpadded) tokens."""
-    summed = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(summed, dim=-1)
-
-
-def gate_layer_of(model: Any) -> int:
-    """The parent's middle layer (6 of 12, 3 of 6): ``hidden_states`` index."""
-    return max(1, int(model.config.num_hidden_layers) // 2)
-
-
-def features(model: Any, gate_layer: int, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The parent's logits, the gate's features and the residual's features of a batch."""
-    output = model(**inputs, output_hidden_states=True)
-    mask = inputs["attention_mask"].unsqueeze(-1).to(output.hidden_states[0].dtype)
-    last = output.hidden_states[-1]
-    residual_features = torch.cat(
-        [_pooled(last, mask), torch.nn.functional.normalize(last[:, 0], dim=-1)], dim=-1
-    )
-    return output.logits, _pooled(output.hidden_states[gate_layer], mask), residual_features
-
-
-class CorrectedLogits(torch.nn.Module):
-    """The parent's logits, plus the residual where the gate is open."""
-
-    def __init__(self, model: Any, tensors: dict[str, torch.Tensor], config: dict[str, Any]):
-        super().__init__()
-        self.model = model
-        self.gate_layer = int(config["gate_layer"])
-        self.threshold = float(config["threshold"])
-        self.keys: torch.Tensor
-        self.weight: torch.Tensor
-        self.bias: torch.Tensor
-        self.register_buffer("keys", tensors["keys"].float())
-        self.register_buffer("weight", tensors["weight"].float())
-        self.register_buffer("bias", tensors["bias"].float())
-
-    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        logits, gate_features, residual_features = features(self.model, self.gate_layer, **inputs)
-        similarity = (gate_features @ self.keys.T).max(dim=-1).values
-        open_gate = (similarity >= self.threshold).to(logits.dtype).unsqueeze(-1)
-        return logits + open_gate * (residual_features @ self.weight.T + self.bias)
-
-
-class PlainLogits(torch.nn.Module):
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(**inputs).logits
-
-
-def logits_module(directory: Path, **load: Any) -> torch.nn.Module:
-    """What computes the logits of the model in ``directory`` (in eval mode): its
-    sequence classifier, corrected when the directory holds a correction. ``load``
-    goes to ``from_pretrained`` (e.g. ``attn_implementation``)."""
-    from safetensors.torch import load_file
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(directory), local_files_only=True, **load
-    ).eval()
-    if not is_correction(directory):
-        return PlainLogits(model).eval()
-    tensors = load_file(str(directory / WEIGHTS_FILE))
-    return CorrectedLogits(model, tensors, read_config(directory)).eval()
-
-
 def write_correction(
     destination: Path, *, parent: str, tensors: dict[str, torch.Tensor], config: dict[str, Any]
 ) -> Path:
@@ -181,8 +116,10 @@ def link_parent(parent_dir: Path, destination: Path) -> None:
     destination.mkdir(parents=True, exist_ok=True)
     for source in parent_dir.iterdir():
         skipped = source.name in CORRECTION_FILES or source.name.startswith(".")
-        # The parent's own exports (ONNX files beside a shipped model) are not the model.
-        if skipped or source.suffix in (".onnx", ".partial", ".lock") or not source.is_file():
+        # The parent's own exports (ONNX files and the compact vocabulary beside a
+        # shipped model) are not the model.
+        exported = source.suffix in (".onnx", ".partial", ".lock") or source.name == UNIGRAM_FILE
+        if skipped or exported or not source.is_file():
             continue
         os.symlink(source.resolve(), destination / source.name)
 

@@ -29,6 +29,7 @@ from model.shipped import (
     shipped_for_base,
     shipped_models,
 )
+from model.tokenization import unigram_file
 
 SHIPPED_MODELS = "the shipped models of this installation"
 # What a user types for the shipped model (promote, rollback).
@@ -46,7 +47,10 @@ def cold_start_tag(settings: Settings) -> str | None:
 
 def zero_shot(settings: Settings) -> Classifier:
     return ZeroShotClassifier(
-        base_model_dir(settings), device=settings.device, max_length=settings.max_length
+        base_model_dir(settings),
+        device=settings.device,
+        max_length=settings.max_length,
+        threads=settings.resolved_inference_threads,
     )
 
 
@@ -148,9 +152,11 @@ def prepare(settings: Settings) -> Path | None:
     directory = materialize(_shipped(tag), settings.cache_dir, checksums=True)
     if settings.resolved_inference_backend != "onnx":
         return None
-    return onnx_model_file(
+    serving_file = onnx_model_file(
         directory, directory, quantize=settings.resolved_quantize, checksums=True
     )
+    unigram_file(directory, directory, checksums=True)  # the tokenizer it serves with
+    return serving_file
 
 
 def prepare_model(settings: Settings, tag: str) -> None:

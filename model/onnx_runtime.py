@@ -12,16 +12,15 @@ again.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.cache_entry import defect, seal
+from core.cache_entry import build_file, defect, file_marker
 from core.file_lock import exclusive_file_lock
 
 logger = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ def _export(model_dir: Path, destination: Path) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from model.corrections import logits_module
+    from model.correction_modules import logits_module
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     # Eager attention exports as plain MatMul/Softmax: fewer nodes than the SDPA
@@ -79,23 +78,6 @@ def _quantize(source: Path, destination: Path) -> None:
     quantize_dynamic(str(source), str(destination), weight_type=QuantType.QInt8)
 
 
-def _marker(path: Path) -> Path:
-    """The completion marker of a cached ONNX file (``core.cache_entry``)."""
-    return path.with_name(f".{path.name}.complete.json")
-
-
-def _build(path: Path, make: Callable[[Path], None], problem: str) -> None:
-    """Make ``path`` aside, rename it into place and seal it (under the cache's lock)."""
-    if path.exists():
-        logger.warning("rebuilding %s: %s", path, problem)
-    for stale in path.parent.glob(f"{path.name}.*.partial"):  # of processes that died
-        stale.unlink(missing_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    make(partial)
-    partial.replace(path)
-    seal(_marker(path), [path])
-
-
 def onnx_model_file(
     model_dir: Path, cache_dir: Path, *, quantize: str, checksums: bool = False
 ) -> Path:
@@ -103,18 +85,18 @@ def onnx_model_file(
     missing or not whole (``checksums``: read every byte to tell, not only its size)."""
     fp32 = cache_dir / f"model.{EXPORT_LAYOUT}.onnx"
     target = fp32 if quantize == "none" else cache_dir / f"model.{EXPORT_LAYOUT}.{quantize}.onnx"
-    if defect(_marker(target), checksums=checksums) is None:
+    if defect(file_marker(target), checksums=checksums) is None:
         return target
     with exclusive_file_lock(cache_dir / ".lock"):
-        problem = defect(_marker(target), checksums=checksums)
+        problem = defect(file_marker(target), checksums=checksums)
         if problem is None:  # another process made it while this one waited
             return target
         started = time.perf_counter()
-        exported = defect(_marker(fp32), checksums=checksums) if target != fp32 else problem
+        exported = defect(file_marker(fp32), checksums=checksums) if target != fp32 else problem
         if exported is not None:
-            _build(fp32, lambda partial: _export(model_dir, partial), exported)
+            build_file(fp32, lambda partial: _export(model_dir, partial), exported)
         if target != fp32:
-            _build(target, lambda partial: _quantize(fp32, partial), problem)
+            build_file(target, lambda partial: _quantize(fp32, partial), problem)
         logger.info("exported %s to %s in %.1f s", model_dir, target, time.perf_counter() - started)
     return target
 

@@ -24,7 +24,6 @@ from typing import Any
 from core.cache_entry import defect, seal_directory
 from core.file_lock import exclusive_file_lock
 from model.base_models import COMPLETE, rebuild_aside, resolve_base_model
-from model.calibration import fold_temperature
 from model.classifiers import sentiment_model
 
 logger = logging.getLogger(__name__)
@@ -104,6 +103,8 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, temperature: float, destina
     sequence-classification directory."""
     from peft import PeftModel
     from transformers import AutoTokenizer
+
+    from model.calibration import fold_temperature
 
     model = sentiment_model(base_dir)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()

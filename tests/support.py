@@ -97,11 +97,13 @@ class ServerProcess:
         log_path: Path,
         host: str = "127.0.0.1",
         checkout: Path = ROOT,
+        service: str = "service.bento:SentiLoop",
     ) -> None:
-        """``checkout``: the source tree to serve (another one to compare versions)."""
+        """``checkout``: the source tree to serve (another one to compare versions);
+        ``service``: the BentoML service to serve from it (the benchmark's peer)."""
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self._host, self._checkout = host, checkout
+        self._host, self._checkout, self._service = host, checkout, service
         # No shutdown drain unless a test asks for one: it would add seconds to every stop.
         self._env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true",
                      "SENTILOOP_SHUTDOWN_DRAIN_S": "0", **env}  # fmt: skip
@@ -111,7 +113,7 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service.bento:SentiLoop",
+            [sys.executable, "-m", "bentoml", "serve", self._service,
              "--host", self._host, "--port", str(self.port)],
             cwd=self._checkout, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,

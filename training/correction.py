@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from model import corrections
+from model import correction_modules, corrections
 from model.labels import LABEL_TO_ID, LABELS
 from model.templates import PromptTemplate
 from model.tokenization import ChunkTokenizer
@@ -61,7 +61,7 @@ def _features(
     residuals: list[torch.Tensor] = [torch.empty(0)] * len(texts)
     for chunk, inputs in tokenizer.chunks(texts, 16):
         tensors = {name: torch.from_numpy(array).to(device) for name, array in inputs.items()}
-        batch = corrections.features(model, gate_layer, **tensors)
+        batch = correction_modules.features(model, gate_layer, **tensors)
         for row, index in enumerate(chunk):
             logits[index], gates[index], residuals[index] = (t[row].float().cpu() for t in batch)
     return torch.stack(logits), torch.stack(gates), torch.stack(residuals)
@@ -103,10 +103,10 @@ def fit_correction(
         str(parent_dir), local_files_only=True
     )
     model = model.to(device).eval()
-    tokenizer = ChunkTokenizer(
+    tokenizer = ChunkTokenizer.from_transformers(
         AutoTokenizer.from_pretrained(str(parent_dir), local_files_only=True), args.max_length
     )
-    gate_layer = corrections.gate_layer_of(model)
+    gate_layer = correction_modules.gate_layer_of(model)
     rows = [(template.render(e.text), e) for template in templates for e in train]
     logits, gates, features = _features(model, tokenizer, [t for t, _ in rows], gate_layer, device)
     labels = torch.tensor([LABEL_TO_ID[e.label] for _, e in rows])

@@ -226,7 +226,7 @@ def fine_tune(
             model.eval()
             scores = classify_texts(
                 torch_logits(model, device),
-                ChunkTokenizer(tokenizer, args.max_length),
+                ChunkTokenizer.from_transformers(tokenizer, args.max_length),
                 validation_texts,
                 id2label=dict(enumerate(LABELS)),
             )
@@ -259,7 +259,8 @@ def fine_tune(
         model = model.merge_and_unload()
     model.eval()
     if args.calibrate and validation_texts:
-        logits = _logits(model, ChunkTokenizer(tokenizer, args.max_length), validation_texts)
+        chunked = ChunkTokenizer.from_transformers(tokenizer, args.max_length)
+        logits = _logits(model, chunked, validation_texts)
         labels = np.array([LABEL_TO_ID[label] for label in validation_labels])
         result.temperature = fit_temperature(logits, labels)
         fold_temperature(model.classifier, result.temperature)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import Settings
@@ -38,9 +37,6 @@ def load_scorer(
 ) -> Scorer:
     """An scorer following the database's model assignments, with every model the
     traffic split references loaded (before the first request)."""
-    threads = settings.resolved_inference_threads
-    if threads:
-        torch.set_num_threads(threads)
     scorer = Scorer(settings, registry, database_assignments(sessions), observer=observer)
     scorer.load(referenced_models(settings))
     return scorer

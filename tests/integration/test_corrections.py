@@ -11,9 +11,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from model import corrections
+from model import correction_modules, corrections
 from model.classifiers import FineTunedClassifier
 from model.templates import PromptTemplate
+from model.tokenization import UNIGRAM_FILE
 from training.correction import radius
 
 TEXTS = ["the lid broke at once", "the lid is excellent", "where is my parcel", "ok"]
@@ -25,13 +26,13 @@ TEMPLATE = PromptTemplate(
 
 def corrected(parent: Path, destination: Path, *, keys_from: list[str], threshold: float) -> Path:
     """A correction of ``parent`` whose keys are the gate features of ``keys_from``."""
-    module = corrections.logits_module(parent)
+    module = correction_modules.logits_module(parent)
     tokenizer = AutoTokenizer.from_pretrained(str(parent))
     model = module.model
-    layer = corrections.gate_layer_of(model)
+    layer = correction_modules.gate_layer_of(model)
     with torch.no_grad():
         inputs = tokenizer(keys_from, padding=True, return_tensors="pt")
-        _, gates, features = corrections.features(model, layer, **inputs)
+        _, gates, features = correction_modules.features(model, layer, **inputs)
     generator = torch.Generator().manual_seed(0)
     tensors = {
         "keys": gates.half(),
@@ -47,7 +48,7 @@ def logits(directory: Path, texts: list[str]) -> np.ndarray:
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     with torch.no_grad():
         inputs = tokenizer(texts, padding=True, return_tensors="pt")
-        return corrections.logits_module(directory)(**inputs).numpy()
+        return correction_modules.logits_module(directory)(**inputs).numpy()
 
 
 def test_a_closed_gate_leaves_the_parents_logits_and_an_open_one_adds_the_residual(
@@ -82,6 +83,23 @@ def test_the_onnx_export_of_a_correction_computes_what_torch_does(
     # The keyed texts are corrected, through ONNX too.
     assert torch_scores[0] != pytest.approx(plain[0], abs=1e-3)
     assert onnx_scores[0] != pytest.approx(plain[0], abs=1e-3)
+
+
+def test_a_correction_links_its_parents_model_files_not_its_exports(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """What lies beside a shipped model's files (its ONNX export, the compact
+    vocabulary it serves with, their markers) is the parent's cache, not the model."""
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    for source in tiny_model_dir.iterdir():
+        (parent / source.name).write_bytes(source.read_bytes())
+    exports = ["model.opset17-eager.int8.onnx", UNIGRAM_FILE, f".{UNIGRAM_FILE}.complete.json"]
+    for name in exports:
+        (parent / name).write_text("an export")
+    corrections.link_parent(parent, tmp_path / "corrected")
+    linked = sorted(path.name for path in (tmp_path / "corrected").iterdir())
+    assert linked == sorted(path.name for path in tiny_model_dir.iterdir())
 
 
 def test_the_radius_keeps_the_asked_share_of_keys_within_reach_of_another() -> None:

@@ -2,8 +2,11 @@
 and supervision (a killed or hung process is replaced; every wait has a deadline)."""
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from model import model_store
 from model.templates import TemplateRegistry
 from service.inference.model_process import ModelProcess, ModelProcessDied
 from service.inference.scoring import ScoreItem, Scorer
+from tests.support import ROOT
 
 METADATA = {"base_model": "tiny", "template_versions": ["v1"], "data_sha256": "x", "metrics": {}}
 TEXTS = ["fine, thanks", "this is awful", "an ordinary day", "great service " * 20]
@@ -63,6 +67,52 @@ def test_a_model_process_scores_like_the_engine_in_the_worker(
     assert [r.model_version for r in got] == [r.model_version for r in expected]
     for mine, theirs in zip(got, expected, strict=True):
         assert mine.scores == pytest.approx(theirs.scores, abs=1e-6)
+
+
+# What a model process runs (service.inference.model_process.serve_model_process):
+# the store, the database, the scorer with every referenced model, then batches.
+SERVING_PROBE = """
+import json, sys
+from core import database
+from core.settings import Settings
+from model.model_store import use_store
+from model.templates import TemplateRegistry
+from service.inference.loading import load_scorer
+from service.inference.scoring import ScoreItem
+
+settings = Settings()
+use_store(settings.resolved_bentoml_home)
+sessions = database.make_session_factory(database.make_engine(settings.resolved_database_url))
+scorer = load_scorer(settings, TemplateRegistry.load(settings.resolved_templates_dir), sessions)
+scores = scorer.score([ScoreItem(text="fine, thanks", template_version="v1")])
+print(json.dumps({"runtimes": [m["runtime"] for m in scorer.describe()["models"]],
+                  "scored": len(scores),
+                  "loaded": sorted(m for m in ("torch", "transformers") if m in sys.modules)}))
+"""
+
+
+def test_a_model_process_on_onnx_runtime_loads_neither_torch_nor_transformers(
+    process: ModelProcess, settings: Settings
+) -> None:
+    """They took ~240 MB of each model process and seconds of its start; only the
+    torch backend, the zero-shot model and the ONNX export need them."""
+    process.wait_started()  # the export exists: made by the first process, with torch
+    handle = ModelProcess(settings, "light", start_timeout_s=300, call_timeout_s=20)
+    try:
+        handle.wait_started()
+        maps = Path(f"/proc/{handle.pid}/maps").read_text()
+    finally:
+        handle.close()
+    assert "onnxruntime" in maps and "libtorch" not in maps
+    env = {**os.environ, "SENTILOOP_HOME": str(settings.home),
+           "SENTILOOP_MODEL_TAG": str(settings.model_tag)}  # fmt: skip
+    probe = subprocess.run(
+        [sys.executable, "-c", SERVING_PROBE],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert report == {"runtimes": ["onnx-int8"], "scored": 1, "loaded": []}
 
 
 def test_refresh_goes_over_the_control_pipe_and_updates_what_is_described(
