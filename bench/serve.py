@@ -1,4 +1,4 @@
-"""Throughput and latency of /v1/predict: sentiloop vs a naive baseline, in one run.
+"""Throughput and latency of /v1/predict: sentiloop vs a plain peer and a naive baseline.
 
 Both serve the same model on this machine: ``--model minilm`` (default),
 all-MiniLM-L6-v2 with a 3-class head (pinned as champion); ``--model shipped``,
@@ -8,16 +8,23 @@ through `bentoml serve` with its defaults (one API worker feeding a
 single-threaded model process per core, ONNX Runtime int8, adaptive batching,
 length-sorted dynamic padding, prediction logging to SQLite), the baseline as
 a transformers pipeline called per request in a plain Starlette app
-(bench/naive_app.py, one uvicorn worker). Variants: sentiloop without
-prediction logging, sentiloop running the eager torch fp32 model, and
-sentiloop with the model in threads of the worker instead of processes. A
-closed-loop client keeps C requests in flight for a fixed time per
-configuration: wrk (Debian package `wrk`) where installed, as it takes little
-of the CPU the servers share with it; else an aiohttp client.
+(bench/naive_app.py, one uvicorn worker), and the peer: a plain BentoML
+service running the same int8 ONNX file sentiloop serves with ONNX Runtime's
+default threads (bench/peer_app.py, one worker), sent the same requests; the
+ratio sentiloop / peer is reported at every load. The ceiling: that file
+called in-process by one single-threaded session per core, on batches of 32
+texts with no HTTP (bench/ceiling.py), measured in the same interleaved rounds
+as the servers at every load, so that "sentiloop % of ceiling" compares
+figures of the same spell of the (shared) machine.
+Variants: sentiloop without prediction logging, sentiloop running the eager
+torch fp32 model, and sentiloop with the model in threads of the worker
+instead of processes. A closed-loop client keeps C requests in flight for a
+fixed time per configuration: wrk (Debian package `wrk`) where installed, as it
+takes little of the CPU the servers share with it; else an aiohttp client.
 
     python -m bench.serve [--seconds 5] [--rounds 5] [--concurrency 1 8 32 128]
                           [--client wrk|aiohttp] [--reference-checkout DIR]
-                          [--model minilm|shipped]
+                          [--model minilm|shipped] [--ceiling-chunk N]
 
 ``--reference-checkout`` serves another source tree of sentiloop (say
 ``git worktree add /tmp/before HEAD~3``) as the variant "reference", with the
@@ -48,6 +55,7 @@ from typing import Any
 import aiohttp
 import httpx
 
+from bench.ceiling import Ceiling
 from bench.common import ROOT, machine, tweets, write_result
 from core.logs import configure_logging
 from tests.support import ServerProcess, free_port
@@ -130,7 +138,7 @@ async def load(
                 async with session.post(f"{url}/v1/predict", json=body) as response:
                     await response.read()
                     ok = response.status == 200
-            except aiohttp.ClientError:
+            except (aiohttp.ClientError, TimeoutError):  # a request past the client's timeout
                 ok = False
             if ok:
                 latencies.append(time.perf_counter() - started)
@@ -190,6 +198,8 @@ def measure_interleaved(
     seconds: float,
     rounds: int,
     bodies_dir: Path | None = None,
+    ceiling: Ceiling | None = None,
+    ceiling_chunk: int = 4,
 ) -> list[dict[str, Any]]:
     """Every server runs, idle but up, through the whole benchmark; each configuration
     is measured in ``rounds`` rounds that visit the servers in turn, and the round
@@ -197,6 +207,9 @@ def measure_interleaved(
     then hits every server alike instead of whichever ran at the time.
 
     With ``bodies_dir`` the client is wrk (request bodies written there), else aiohttp.
+    With ``ceiling``, the in-process ceiling (``bench.ceiling``, chunks of
+    ``ceiling_chunk`` texts) takes its turn in every configuration's rounds as the
+    server "ceiling" (rows with texts/s only).
     """
 
     def measure(url: str, batch: int, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -211,14 +224,18 @@ def measure_interleaved(
     rows = []
     for batch, concurrency in configurations:
         taking_part = [name for name in servers if (batch, concurrency) in plans[name]]
+        taking_part += ["ceiling"] if ceiling is not None else []
         measured: dict[str, list[dict[str, Any]]] = {name: [] for name in taking_part}
         for round_number in range(rounds):
             order = taking_part[round_number % len(taking_part) :]
             order += taking_part[: round_number % len(taking_part)]
             for name in order:
                 wait_for_quiet_cpu()
-                measure(servers[name], batch, concurrency, 1)  # warm-up
-                result = measure(servers[name], batch, concurrency, seconds)
+                if name == "ceiling" and ceiling is not None:
+                    result = ceiling.measure(seconds, ceiling_chunk)
+                else:
+                    measure(servers[name], batch, concurrency, 1)  # warm-up
+                    result = measure(servers[name], batch, concurrency, seconds)
                 measured[name].append(result)
                 logger.info("%s batch=%d c=%d round %d: %.1f texts/s", name, batch,
                             concurrency, round_number, result["texts_per_s"])  # fmt: skip
@@ -229,6 +246,31 @@ def measure_interleaved(
                 **ranked[len(ranked) // 2],
                 "texts_per_s_rounds": [r["texts_per_s"] for r in results],
             })  # fmt: skip
+    return rows
+
+
+def peer_table(
+    results: list[dict[str, Any]], ceilings: list[dict[str, Any]], loads: list[tuple[int, int]]
+) -> list[dict[str, Any]]:
+    """sentiloop beside the peer at every load both were measured at, and as a share of
+    the ceiling measured in the same rounds, as in issue 23."""
+    found = {(r["server"], r["batch"], r["concurrency"]): r for r in results + ceilings}
+    rows = []
+    for batch, concurrency in loads:
+        ours = found.get(("sentiloop", batch, concurrency))
+        peer = found.get(("peer", batch, concurrency))
+        ceiling = found.get(("ceiling", batch, concurrency))
+        if ours is None or peer is None or ceiling is None:
+            continue
+        rows.append({
+            "load": f"{batch} text{'s' if batch > 1 else ''}, {concurrency} in flight",
+            "batch": batch, "concurrency": concurrency,
+            "sentiloop_texts_per_s": ours["texts_per_s"], "sentiloop_p50_ms": ours["p50_ms"],
+            "peer_texts_per_s": peer["texts_per_s"], "peer_p50_ms": peer["p50_ms"],
+            "sentiloop_vs_peer": ours["texts_per_s"] / peer["texts_per_s"],
+            "ceiling_texts_per_s": ceiling["texts_per_s"],
+            "sentiloop_pct_of_ceiling": 100 * ours["texts_per_s"] / ceiling["texts_per_s"],
+        })  # fmt: skip
     return rows
 
 
@@ -258,28 +300,46 @@ def main() -> None:
         help="another sentiloop source tree to serve beside this one (before/after)",
     )
     parser.add_argument("--model", choices=["minilm", "shipped"], default="minilm")
+    parser.add_argument(
+        "--ceiling-chunk",
+        type=int,
+        help="texts per model call in the in-process ceiling (default: sentiloop's on a CPU)",
+    )
     args = parser.parse_args()
     configure_logging()
     scratch = Path(tempfile.mkdtemp(prefix="sentiloop-bench-serve-"))
     os.environ["BENTOML_HOME"] = str(scratch / "bentoml")
     from core.settings import Settings
     from model import model_store
+    from model.classifiers import CPU_CHUNK_TEXTS
     from model.loader import model_directory, prepare
+    from model.onnx_runtime import onnx_model_file
     from model.shipped import shipped_for_base
+    from model.templates import TemplateRegistry
 
     if args.model == "shipped":
         settings = Settings(base_model="multilingual-e5-small")
         shipped = shipped_for_base(settings.base_model)
         assert shipped is not None, "no shipped model for multilingual-e5-small"
-        prepare(settings)  # converted, merged and exported before the servers start
+        # Converted, merged and exported before the servers start: the file they serve.
+        onnx_file = prepare(settings)
+        assert onnx_file is not None, "the shipped model serves no ONNX file here"
         model_dir = model_directory(settings, shipped.version)
         model_env = {"SENTILOOP_BASE_MODEL": settings.base_model}
     else:
+        settings = Settings()
         model_dir = build_model(scratch / "model")
         stored = model_store.save_model(model_dir, name="bench-serve", metadata={
             "base_model": "all-MiniLM-L6-v2", "template_versions": ["v1"],
             "data_sha256": "none", "metrics": {}})  # fmt: skip
         model_env = {"SENTILOOP_MODEL_TAG": stored.tag}
+        # The export sentiloop makes of the stored model, made the same way here.
+        onnx_file = onnx_model_file(
+            model_dir, scratch / "onnx", quantize=settings.resolved_quantize
+        )
+    template = TemplateRegistry.load(settings.resolved_templates_dir).get(
+        settings.default_template_version
+    )
     texts = [example.text for example in tweets("test")[:2000]]
     b = args.batch
     plan = [(1, c) for c in args.concurrency] + [(b, 1), (b, 8)]
@@ -322,10 +382,30 @@ def main() -> None:
             running.callback(server.stop)
             server.wait_ready(timeout_s=600)
             servers[name], plans[name] = server.url, sub_plan
+        peer = ServerProcess(
+            {"PEER_ONNX_FILE": str(onnx_file), "PEER_MODEL_DIR": str(model_dir),
+             "PEER_INPUT_TEMPLATE": template.input_template,
+             "PEER_MAX_LENGTH": str(settings.max_length)},
+            scratch / "peer.log",
+            service="bench.peer_app:PeerService",
+        )  # fmt: skip
+        running.callback(peer.stop)
+        peer.wait_ready(timeout_s=600)
+        servers["peer"], plans["peer"] = peer.url, plan
         for url in servers.values():
             wait_ready(url, "/v1/predict")
         bodies_dir = scratch if args.client == "wrk" else None
-        results = measure_interleaved(servers, plans, texts, args.seconds, args.rounds, bodies_dir)
+        ceiling_chunk = args.ceiling_chunk or CPU_CHUNK_TEXTS
+        in_process = Ceiling(onnx_file, model_dir, [template.render(text) for text in texts],
+                             processes=os.cpu_count() or 1, batch=b,
+                             max_length=settings.max_length)  # fmt: skip
+        running.callback(in_process.close)
+        rows = measure_interleaved(servers, plans, texts, args.seconds, args.rounds, bodies_dir,
+                                   in_process, ceiling_chunk)  # fmt: skip
+    results = [row for row in rows if row["server"] != "ceiling"]
+    ceilings = [row for row in rows if row["server"] == "ceiling"]
+    ceiling = {"processes": in_process.processes, "batch": in_process.batch,
+               "chunk": ceiling_chunk, "by_load": ceilings}  # fmt: skip
 
     def rate(server: str, batch: int, concurrency: int) -> float | None:
         found = [
@@ -347,11 +427,15 @@ def main() -> None:
         "this_vs_reference_c32_single": ("sentiloop", "reference", 1, 32),
         "this_vs_reference_batch_c8": ("sentiloop", "reference", b, 8),
     }
+    for batch, concurrency in plan:  # sentiloop / peer at every load
+        load = f"c{concurrency}_single" if batch == 1 else f"batch_c{concurrency}"
+        wanted[f"sentiloop_vs_peer_{load}"] = ("sentiloop", "peer", batch, concurrency)
     ratios = {}
     for name, (ours, other, batch, concurrency) in wanted.items():
         mine, theirs = rate(ours, batch, concurrency), rate(other, batch, concurrency)
         if mine is not None and theirs:  # measured in this run (--concurrency picks)
             ratios[name] = mine / theirs
+    table = peer_table(results, ceilings, plan)
     p50_c1 = next((r["p50_ms"] for r in results if (r["server"], r["batch"], r["concurrency"])
                   == ("sentiloop", 1, 1)), None)  # fmt: skip
     write_result(
@@ -364,6 +448,8 @@ def main() -> None:
             "rounds": args.rounds,
             "results": results,
             "ratios": ratios,
+            "ceiling": ceiling,
+            "peer_table": table,
         },
     )
     header = ("server", "batch", "conc", "texts/s", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors")
@@ -377,6 +463,19 @@ def main() -> None:
         print(f"{key}: {value:.2f}x")
     if p50_c1 is not None:
         print(f"sentiloop p50 at concurrency 1: {p50_c1:.1f} ms")
+    print(
+        f"\nceiling: in-process, {ceiling['processes']} single-threaded sessions, batches of "
+        f"{ceiling['batch']} in chunks of {ceiling['chunk']}, measured in each load's rounds"
+    )
+    print("| load | sentiloop | peer | sentiloop / peer | ceiling | sentiloop % of ceiling |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in table:
+        print(
+            f"| {row['load']} | {row['sentiloop_texts_per_s']:.0f} texts/s, p50 "
+            f"{row['sentiloop_p50_ms']:.1f} ms | {row['peer_texts_per_s']:.0f} texts/s, p50 "
+            f"{row['peer_p50_ms']:.1f} ms | {row['sentiloop_vs_peer']:.2f}x | "
+            f"{row['ceiling_texts_per_s']:.0f} | {row['sentiloop_pct_of_ceiling']:.0f}% |"
+        )
 
 
 if __name__ == "__main__":
