@@ -67,7 +67,7 @@ class TrainingArguments:
     # How a fine-tuned champion learns from feedback. "correction" (the default,
     # ``training.correction``): the champion's weights stay; a small correction
     # applies what the feedback taught to texts like those it came from, and nothing
-    # else changes (a domain's feedback cost 15-21 points elsewhere with "fine-tune").
+    # else changes (a domain's feedback cost 13-31 points elsewhere with "fine-tune").
     # "fine-tune": the encoder is trained (a LoRA adapter or every weight, below).
     # Training from the base encoder (no fine-tuned champion, or start_from "base")
     # always fine-tunes.
