@@ -47,6 +47,7 @@ from service.http.schemas import (
     PredictResponse,
 )
 from service.http.shutdown import Drain
+from service.http.validation import FieldNamingMiddleware
 from service.http.webhooks import WebhookReceiver
 from service.http.writeback import WriteBackSender
 from service.inference.worker import InferenceWorker
@@ -341,6 +342,7 @@ class SentiLoop:
 
 
 SentiLoop.add_asgi_middleware(GuardMiddleware, slot=_GUARD)  # type: ignore[attr-defined]
+SentiLoop.add_asgi_middleware(FieldNamingMiddleware)  # type: ignore[attr-defined]
 
 
 class _WrappedService(type(SentiLoop)):  # type: ignore[misc]

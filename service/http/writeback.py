@@ -225,8 +225,6 @@ class WriteBackSender:
         returns how many were claimed."""
         active = self._active()
         claimed = await asyncio.to_thread(self._claim, active) if active else outbox.Claimed()
-        for item in claimed.superseded:
-            self._metrics.writebacks.labels(item.write.connector, "superseded").inc()
         if claimed.items:
             await asyncio.gather(*(self._send(client, item) for item in claimed.items))
         counts = await asyncio.to_thread(self._counts)
@@ -237,13 +235,16 @@ class WriteBackSender:
     def _claim(self, connectors: list[str]) -> outbox.Claimed:
         coalesce = [name for name, target in self._targets.items() if target.coalesce]
         with self._sessions() as session:
-            return outbox.claim(
+            claimed = outbox.claim(
                 session=session,
                 limit=CLAIM_BATCH,
                 lease_s=self._lease_s,
                 connectors=connectors,
                 coalesce=coalesce,
             )
+        for item in claimed.superseded:  # counted with the commit, as in _record
+            self._metrics.writebacks.labels(item.write.connector, "superseded").inc()
+        return claimed
 
     def _counts(self) -> dict[str, int]:
         with self._sessions() as session:
@@ -300,24 +301,28 @@ class WriteBackSender:
             self._paused_until[connector] = max(self._paused_until.get(connector, 0.0), until)
 
         def record() -> bool:
+            # Counted in the same thread right after the commit: a close() that cancels
+            # the awaiting task cannot leave a committed result uncounted.
             with self._sessions() as session:
                 if verdict.sent:
                     outbox.mark_sent(session=session, item_id=item.id, status_code=verdict.status)
-                    return False
-                return outbox.mark_attempt_failed(
-                    session=session,
-                    item_id=item.id,
-                    error=verdict.error,
-                    status_code=verdict.status,
-                    retry_in_s=verdict.retry_in_s,
-                    max_attempts=self._max_attempts,
-                )
+                    dead = False
+                else:
+                    dead = outbox.mark_attempt_failed(
+                        session=session,
+                        item_id=item.id,
+                        error=verdict.error,
+                        status_code=verdict.status,
+                        retry_in_s=verdict.retry_in_s,
+                        max_attempts=self._max_attempts,
+                    )
+            result = "sent" if verdict.sent else "dead" if dead else "retry"
+            self._metrics.writebacks.labels(connector, result).inc()
+            return dead
 
         dead = await asyncio.to_thread(record)
         if verdict.sent:
-            self._metrics.writebacks.labels(connector, "sent").inc()
             return
-        self._metrics.writebacks.labels(connector, "dead" if dead else "retry").inc()
         logger.warning(
             "write-back %d of %s ticket %s not sent (attempt %d)%s: %s",
             item.id,

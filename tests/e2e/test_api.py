@@ -235,10 +235,10 @@ def test_bad_input_is_a_4xx_naming_the_field(
     assert response.status_code == status, response.text
     assert "IODescriptor" not in response.text  # the public schema's words only
     payload = response.json()
-    named = {payload.get("field")} | {
-        str(d["loc"][0]) for d in payload.get("detail", []) if d["loc"]
-    }
-    assert field in named, payload
+    # The top-level field, as on every 4xx (BentoML's own 400 has it in 'detail' only).
+    assert payload["field"] == field or payload["field"].startswith(f"{field}."), payload
+    if body.get("text") == "x" * (MAX_CHARS_PER_TEXT + 1):
+        assert str(MAX_CHARS_PER_TEXT) in payload["error"], payload  # the limit is named
 
 
 def test_unknown_template_404_lists_known_versions(ab_server: ServerProcess) -> None:

@@ -1,6 +1,7 @@
 """Several replicas, as on several machines (issue 21): two real `bentoml serve`
-servers with their own homes, BentoML model stores and caches, one database, one
-S3 API server (moto_server) as the shared model store, and a trainer (this test's
+servers with their own homes, BentoML model stores and caches, one PostgreSQL
+database (the replicas start together on an empty one: their migrations must not
+race), one S3 API server (moto_server) as the shared model store, and a trainer (this test's
 process, with its own store). A model trained and promoted here, one promoted from
 the trainer's local store, and a rollback each reach both replicas, which fetch the
 models from the shared store; a replica that missed one fails the test. The time
@@ -32,12 +33,12 @@ from storage import model_roles, template_decisions
 from storage.models import Feedback
 from tests.e2e.conftest import TINY_METADATA
 from tests.integration.test_training import ALWAYS, write_base_data
-from tests.support import S3Server, ServerProcess, build_tiny_model
+from tests.support import S3Server, ServerProcess, build_tiny_model, throwaway_postgres
 from training import AssemblyConfig, GateConfig, TrainingArguments
 from training.pipeline import DataSource, TrainingPipeline, TrainingPlan
 from training.promotion import promote, rollback
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 2.0
@@ -51,8 +52,16 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, s3_server: S3Server
 ) -> Iterator[tuple[Settings, list[ServerProcess], list[Path]]]:
     tmp = tmp_path_factory.mktemp("replicas")
+    with throwaway_postgres() as database_url:
+        yield from _cluster(tmp, database_url, tiny_model_dir, s3_server)
+
+
+def _cluster(
+    tmp: Path, database_url: str, tiny_model_dir: Path, s3_server: S3Server
+) -> Iterator[tuple[Settings, list[ServerProcess], list[Path]]]:
     shared = {
-        "SENTILOOP_DATABASE_URL": f"sqlite:///{tmp / 'shared.db'}",
+        "SENTILOOP_DATABASE_URL": database_url,
+        "SENTILOOP_AUTH": "disabled",  # on PostgreSQL it is required by default
         "SENTILOOP_BASE_MODEL": str(tiny_model_dir),
         "SENTILOOP_MODEL_POLL_INTERVAL_S": str(POLL_INTERVAL_S),
         "SENTILOOP_MODEL_PROCESSES": "1",
@@ -69,7 +78,6 @@ def cluster(
         model_store_access_key_id=S3Server.KEY,
         model_store_secret_access_key=SecretStr(S3Server.KEY),
     )
-    TrainingPipeline(trainer).close()  # the schema, before two servers race to make it
     homes = [tmp / f"replica-{n}" for n in (1, 2)]
     replicas: list[ServerProcess] = []
     try:
@@ -239,6 +247,7 @@ def test_a_replica_killed_under_load_leaves_the_other_answering_and_no_feedback_
     answers: list[list[int]] = [[], []]  # status codes, per replica
     after_kill: list[int] = []  # the survivor's, once the other is dead
     acknowledged: list[str] = []
+    acknowledged_by: set[int] = set()  # the replicas that acknowledged any
     stop, killed = threading.Event(), threading.Event()
 
     def traffic(n: int) -> None:
@@ -255,6 +264,7 @@ def test_a_replica_killed_under_load_leaves_the_other_answering_and_no_feedback_
                         statuses.append(feedback.status_code)
                         if feedback.is_success:
                             acknowledged.append(feedback.json()["feedback_id"])
+                            acknowledged_by.add(n % 2)
                 except httpx.HTTPError:
                     statuses = [0]  # no answer (the killed replica)
                 answers[n % 2].extend(statuses)
@@ -273,7 +283,8 @@ def test_a_replica_killed_under_load_leaves_the_other_answering_and_no_feedback_
         stop.set()
         for thread in threads:
             thread.join()
-    assert answers[0] and acknowledged
+    # Both replicas logged predictions and took feedback on the one database.
+    assert answers[0] and acknowledged_by == {0, 1}
     assert after_kill and set(answers[1]) <= {200, 201}, sorted(set(answers[1]))
     engine = database.make_engine(trainer.resolved_database_url)
     with engine.connect() as connection:
