@@ -14,7 +14,10 @@ process and once with two, and measures at saturation, with wrk:
 * with ``--trainer``: 1,200 labelled reviews (SST-2 train sentences) scored and
   corrected through the API, then `sentiloop train` with its defaults on the
   same store and database, and that process's peak RSS and time (the
-  retraining CronJob's request).
+  retraining CronJob's request); then the replica with two models in every model
+  process (the retrained one and the shipped one as champion and challenger), its
+  start, short-text throughput and memory peak; and the replica's memory peak
+  through the retraining run and its swap to the new champion.
 
     python -m bench.capacity [--seconds 10] [--processes 1 2] [--trainer]
 
@@ -171,9 +174,74 @@ def train_on_feedback(server: ServerProcess, env: dict[str, str], log: Path) -> 
     tail = log.read_text(errors="replace")[-1500:]
     logger.info("sentiloop train: exit %d in %.0f s, peak RSS %.0f MB", process.returncode,
                 took, peak / MB)  # fmt: skip
-    return {"command": " ".join(["sentiloop", *command[1:]]), "exit_code": process.returncode,
+    return {"champion": roles(env)["champion"],
+            "command": " ".join(["sentiloop", *command[1:]]), "exit_code": process.returncode,
             "seconds": round(took, 1), "peak_rss_mb": round(peak / MB), "feedback_rows": len(rows),
             "log_tail": tail}  # fmt: skip
+
+
+def roles(env: dict[str, str], *, challenge: bool = False) -> dict[str, str | None]:
+    """The champion and challenger recorded in the replica's database; ``challenge``:
+    make the shipped model the challenger where there is none (the run promoted)."""
+    from core import database
+    from core.settings import Settings
+    from model.loader import cold_start_tag
+    from storage import model_roles
+
+    settings = Settings(home=Path(env["SENTILOOP_HOME"]), base_model=env["SENTILOOP_BASE_MODEL"])
+    engine = database.make_engine(settings.resolved_database_url)
+    with database.make_session_factory(engine)() as session:
+        found = {role: model_roles.current(session=session, role=role)
+                 for role in ("champion", "challenger")}  # fmt: skip
+        if challenge and found["challenger"] is None:
+            found["challenger"] = cold_start_tag(settings)
+            model_roles.assign(session=session, role="challenger", model_tag=found["challenger"],
+                               reason="bench: two models")  # fmt: skip
+            session.commit()
+    engine.dispose()
+    return found
+
+
+def serving(server: ServerProcess) -> dict[str, str]:
+    models = httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"]
+    return {m["reference"]: m["model_version"] for m in models}
+
+
+def wait_for_champion(server: ServerProcess, tag: str | None, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while tag is not None and serving(server).get("champion") != tag:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{tag} was not served: {serving(server)}")
+        time.sleep(1)
+
+
+# 90% of the traffic to the champion, 10% to the challenger: both in every model process.
+TWO_MODELS = json.dumps([
+    {"template_version": "v1", "model": "champion", "weight": 9},
+    {"template_version": "v1", "model": "challenger", "weight": 1},
+])  # fmt: skip
+
+
+def serve_two_models(
+    server: ServerProcess, env: dict[str, str], scratch: Path, short: list[str], seconds: float
+) -> dict[str, Any]:
+    """The replica restarted with a champion and a challenger (the retrained model and
+    the shipped one) in every model process: its start, throughput and memory."""
+    wanted = roles(env)
+    started = time.monotonic()  # from the launch (the caller's) to ready, about
+    server.wait_ready(timeout_s=600)
+    ready_s = time.monotonic() - started
+    wait_ready(server.url, "/v1/predict")
+    found = serving(server)
+    assert all(found.get(role) == tag for role, tag in wanted.items()), (wanted, found)
+    sampler = MemorySampler(server.process.pid)
+    with sampler.running():
+        load_wrk(server.url, _warm_up(scratch, short), 32, 5)
+        rows = measure(server.url, scratch, {"short": short}, seconds)
+    logger.info("serving %s", wanted)
+    return {"serving": wanted, "ready_s": round(ready_s, 1), "load": rows,
+            "rss_mb_peak": sampler.by_role(sampler.peak_rss),
+            "pss_mb_peak_total": round(sampler.peak_pss_total / MB)}  # fmt: skip
 
 
 def main() -> None:
@@ -217,7 +285,18 @@ def main() -> None:
                 "load": rows,
             }  # fmt: skip
             if args.trainer and processes == max(args.processes):
-                replica["trainer"] = train_on_feedback(server, env, home / "train.log")
+                sampler = MemorySampler(server.process.pid)
+                with sampler.running():  # the swap to the retrained champion included
+                    replica["trainer"] = train_on_feedback(server, env, home / "train.log")
+                    wait_for_champion(server, replica["trainer"]["champion"])
+                replica["trainer"]["replica_rss_mb_peak"] = sampler.by_role(sampler.peak_rss)
+                replica["trainer"]["replica_pss_mb_peak_total"] = round(sampler.peak_pss_total / MB)
+                server.stop()
+                roles(env, challenge=True)
+                server = ServerProcess(
+                    {**env, "SENTILOOP_TRAFFIC_SPLIT": TWO_MODELS}, home / "two.log"
+                )
+                replica["two_models"] = serve_two_models(server, env, scratch, short, args.seconds)
             result["replicas"].append(replica)
         finally:
             server.stop()
@@ -245,9 +324,19 @@ def print_table(result: dict[str, Any]) -> None:
         lines.append(f"{n}: RSS peak MB {json.dumps(replica['rss_mb_peak'])}, "
                      f"PSS peak total {replica['pss_mb_peak_total']} MB")  # fmt: skip
         if "trainer" in replica:
-            trainer = replica["trainer"]
+            trainer, two = replica["trainer"], replica["two_models"]
             lines.append(f"trainer: exit {trainer['exit_code']}, {trainer['seconds']} s, "
                          f"peak RSS {trainer['peak_rss_mb']} MB")  # fmt: skip
+            for row in two["load"]:
+                lines.append(f"{n}, champion + challenger | short | {row['batch']} | "
+                             f"{row['concurrency']} | {row['texts_per_s']:.0f} | "
+                             f"{row['texts_per_s'] / n:.0f} | {row['p50_ms']:.1f}")  # fmt: skip
+            lines.append(f"{n}, through the retraining and the swap: RSS peak MB "
+                         f"{json.dumps(trainer['replica_rss_mb_peak'])}, PSS peak total "
+                         f"{trainer['replica_pss_mb_peak_total']} MB")  # fmt: skip
+            lines.append(f"{n}, champion + challenger (ready in {two['ready_s']} s): "
+                         f"RSS peak MB {json.dumps(two['rss_mb_peak'])}, "
+                         f"PSS peak total {two['pss_mb_peak_total']} MB")  # fmt: skip
     print("\n".join(lines))
 
 

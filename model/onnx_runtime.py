@@ -82,7 +82,8 @@ def onnx_model_file(
     model_dir: Path, cache_dir: Path, *, quantize: str, checksums: bool = False
 ) -> Path:
     """The cached ONNX file of ``model_dir`` (``quantize``: "none" or "int8"), made if
-    missing or not whole (``checksums``: read every byte to tell, not only its size)."""
+    missing or not whole (``checksums``: read every byte to tell, not only its size).
+    An int8 file is quantized from an fp32 export, which is removed afterwards."""
     fp32 = cache_dir / f"model.{EXPORT_LAYOUT}.onnx"
     target = fp32 if quantize == "none" else cache_dir / f"model.{EXPORT_LAYOUT}.{quantize}.onnx"
     if defect(file_marker(target), checksums=checksums) is None:
@@ -97,6 +98,10 @@ def onnx_model_file(
             build_file(fp32, lambda partial: _export(model_dir, partial), exported)
         if target != fp32:
             build_file(target, lambda partial: _quantize(fp32, partial), problem)
+            # The fp32 export was only the quantizer's input: ~470 MB for the shipped
+            # model that no one serves (the marker first: a half-removed entry is stale).
+            file_marker(fp32).unlink(missing_ok=True)
+            fp32.unlink(missing_ok=True)
         logger.info("exported %s to %s in %.1f s", model_dir, target, time.perf_counter() - started)
     return target
 

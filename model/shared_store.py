@@ -35,6 +35,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
@@ -144,12 +145,57 @@ class SharedStore:
             name = path.relative_to(stored.path).as_posix()
             self.client.upload_file(str(path), self.bucket, self.key(stored.tag, name))
             files[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-        manifest = {"tag": stored.tag, "files": files}
+        manifest = {"tag": stored.tag, "parent": _parent_of(stored.path), "files": files}
         self.client.put_object(
             Bucket=self.bucket,
             Key=self.key(stored.tag, MANIFEST),
             Body=json.dumps(manifest, indent=1).encode(),
         )
+
+    def published(self, name: str) -> dict[str, datetime]:
+        """The published versions of the model ``name``: tag -> when its manifest was
+        written."""
+        root = "/".join(part for part in (self.prefix, name) if part) + "/"
+        found = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=root
+        ):
+            for item in page.get("Contents", []):
+                version, _, rest = item["Key"][len(root) :].partition("/")
+                if rest == MANIFEST:
+                    found[f"{name}:{version}"] = item["LastModified"]
+        return found
+
+    def parent(self, tag: str) -> str | None:
+        """The tag a published delta or correction is built on (None: a whole model, or
+        not published). Manifests written before the parent was recorded in them are
+        read through the model's own parent file."""
+        manifest = self.manifest(tag)
+        if manifest is None:
+            return None
+        if "parent" in manifest:
+            return manifest["parent"] if isinstance(manifest["parent"], str) else None
+        for name in (deltas.DELTA_FILE, corrections.CORRECTION_FILE):
+            if name in manifest["files"]:
+                body = self.client.get_object(Bucket=self.bucket, Key=self.key(tag, name))["Body"]
+                return str(json.loads(body.read())["parent"])
+        return None
+
+    def delete(self, tag: str) -> int:
+        """Remove a published model; the number of objects removed. The manifest goes
+        first: from then on the model counts as never published (a half-deleted one is
+        uploaded again in full if it is needed again)."""
+        self.client.delete_object(Bucket=self.bucket, Key=self.key(tag, MANIFEST))
+        removed = 1
+        root = self.key(tag, "") + "/"
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=root
+        ):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+                removed += len(keys)
+        return removed
 
     def download(self, tag: str, destination: Path) -> None:
         """The model's files into ``destination``, each checked against the manifest.

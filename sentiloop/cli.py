@@ -1005,6 +1005,43 @@ def models_rollback(
     typer.echo(f"champion: {assignment.model_tag or 'zero-shot'} ({assignment.reason})")
 
 
+@models_app.command("prune")
+def models_prune(
+    ctx: typer.Context,
+    keep_champions: Annotated[
+        int, typer.Option(min=1, help="Keep this many of the latest champions (rollback).")
+    ] = 5,
+    keep_hours: Annotated[
+        float, typer.Option(min=0, help="Keep what was published within these hours.")
+    ] = 24,
+    dry_run: Annotated[
+        bool, typer.Option(help="Say what would be deleted; delete nothing.")
+    ] = False,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """Delete the shared model store's models that nothing needs (training runs do it
+    after each run): kept are the champion, the challenger, the latest champions, what
+    was just published, and the parents of those."""
+    from datetime import timedelta
+
+    from training import prune_shared_store
+
+    with _database(ctx, migrate=True) as sessions:
+        plan = prune_shared_store(
+            settings=_settings(ctx),
+            sessions=sessions,
+            keep_champions=keep_champions,
+            keep_within=timedelta(hours=keep_hours),
+            dry_run=dry_run,
+        )
+    if plan is None:
+        raise _fail("no shared model store is configured (SENTILOOP_MODEL_STORE_URL)")
+    verb = "would delete" if dry_run else "deleted"
+    rows = [{"model": tag, "kept": "yes", "why": why} for tag, why in plan.kept.items()]
+    rows += [{"model": tag, "kept": "no", "why": verb} for tag in plan.deleted]
+    _table(rows, as_json, f"no published models in {plan.store}")
+
+
 @models_app.command("history")
 def models_history(
     ctx: typer.Context, limit: int = 20, as_json: Annotated[bool, _JSON] = False

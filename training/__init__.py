@@ -5,7 +5,8 @@ champion. The public nouns, importable from here:
   versions, ``AssemblyConfig``, ``TrainingArguments``, ``GateConfig``) and returns a
   ``RunOutcome``; ``run_schedule`` repeats it on a ``Schedule``, ``check_now``
   says once whether a run is due (``sentiloop train --if-due``);
-* ``promote`` / ``rollback`` set the champion by hand; ``parse_label_map`` reads
+* ``promote`` / ``rollback`` set the champion by hand, ``prune_shared_store``
+  deletes the shared store's models nothing needs; ``parse_label_map`` reads
   ``"0=negative,1=positive"``.
 
 They are loaded on first use, so that importing the light ones (the configs)
@@ -30,6 +31,7 @@ _WHERE = {
     "TrainingPlan": "training.pipeline",
     "promote": "training.promotion",
     "rollback": "training.promotion",
+    "prune_shared_store": "training.promotion",
     "check_now": "training.schedule",
     "run_schedule": "training.schedule",
 }
@@ -47,6 +49,7 @@ __all__ = [
     "check_now",
     "parse_label_map",
     "promote",
+    "prune_shared_store",
     "rollback",
     "run_schedule",
 ]
@@ -61,7 +64,7 @@ if TYPE_CHECKING:
         TrainingPipeline,
         TrainingPlan,
     )
-    from training.promotion import promote, rollback
+    from training.promotion import promote, prune_shared_store, rollback
     from training.schedule import check_now, run_schedule
 
 

@@ -49,6 +49,7 @@ from training.evaluate import evaluate, plot_evaluation, render_summary
 from training.examples import Example, LoadedExamples, load_examples
 from training.finetune import FineTuneResult, fine_tune
 from training.gate import GateDecision, TrafficComparison, decide, per_language
+from training.promotion import prune_shared_store
 from training.rehearsal import SoftExample, pick_texts, rehearsal_count, soft_labelled
 from training.traffic_guard import compare_on_traffic
 
@@ -318,10 +319,23 @@ class TrainingPipeline:
                     candidate_tag=outcome.candidate_tag,
                     champion_tag=outcome.champion_tag,
                 )
+            self._prune_shared_store()
             return outcome
         finally:
             self._lease = None
             lease.release()
+
+    def _prune_shared_store(self) -> None:
+        """With a shared model store, delete what no role or rollback needs (still under
+        the lock: no other run assigns meanwhile). A failure is logged, not raised: the
+        run itself succeeded."""
+        try:
+            plan = prune_shared_store(settings=self.settings, sessions=self.sessions)
+        except Exception:
+            logger.warning("could not prune the shared model store", exc_info=True)
+            return
+        if plan is not None and plan.deleted:
+            logger.info("pruned %s: %s", plan.store, ", ".join(plan.deleted))
 
     def _default_template_version(self) -> str:
         """The latest template decision's version (an experiment concluded), else the

@@ -6,20 +6,25 @@ its parent along."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import bentoml
 import pytest
 from pydantic import SecretStr
 
+import storage
+from core import database
 from core.settings import Settings
 from model import deltas, model_store, shared_store
 from model.loader import load_classifier
 from model.shipped import sentiment_model
 from model.templates import TemplateRegistry
 from service.inference.scoring import Scorer
+from storage import model_roles
 from tests.e2e.conftest import TINY_METADATA
 from tests.support import S3Server, build_tiny_model
+from training.promotion import PrunePlan, prune_shared_store
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +117,9 @@ def test_a_model_never_published_names_both_stores(settings: Settings) -> None:
         load_classifier(settings, "never-saved")
 
 
-def make_delta(parent: model_store.StoredModel, scratch: Path) -> model_store.StoredModel:
+def make_delta(
+    parent: model_store.StoredModel, scratch: Path, name: str = "shared-delta"
+) -> model_store.StoredModel:
     """A LoRA delta on a stored parent, as a retraining run stores it (model.deltas)."""
     from peft import LoraConfig, get_peft_model
 
@@ -124,9 +131,7 @@ def make_delta(parent: model_store.StoredModel, scratch: Path) -> model_store.St
     delta = deltas.write_delta(
         scratch / "adapter", scratch / "delta", parent=parent.tag, temperature=1.0
     )
-    return model_store.save_model(
-        delta, name="shared-delta", metadata=TINY_METADATA | {"stored_as": "delta"}
-    )
+    return model_store.save_model(delta, name=name, metadata=TINY_METADATA | {"stored_as": "delta"})
 
 
 def test_a_delta_is_published_after_its_parent_and_rebuilt_from_both(
@@ -151,3 +156,62 @@ def test_a_store_that_cannot_be_written_is_one_error_naming_it(
     missing = settings.model_copy(update={"model_store_url": "s3://no-such-bucket/models"})
     with pytest.raises(shared_store.SharedStoreError, match="s3://no-such-bucket/models: "):
         shared_store.publish(missing, stored.tag)
+
+
+def test_pruning_keeps_roles_latest_champions_their_parents_and_fresh_uploads(
+    settings: Settings, tiny_model_dir: Path, tmp_path: Path, sqlite_url: str
+) -> None:
+    """Issue 21: the bucket does not grow with every run. Champions C, D, then B (a
+    delta of A), challenger E, and F published but never assigned; keeping the last
+    two champions keeps B, its parent A, D and E, and deletes C and F (a dry run
+    first deletes nothing); a deleted model promoted again is uploaded again."""
+    name = f"prune-{uuid.uuid4().hex[:6]}"
+    settings = settings.model_copy(update={"model_name": name})
+    storage.upgrade(sqlite_url)
+    engine = database.make_engine(sqlite_url)
+    sessions = database.make_session_factory(engine)
+    built = {
+        label: model_store.save_model(
+            build_tiny_model(tmp_path / label, seed=seed), name=name, metadata=TINY_METADATA
+        )
+        for seed, label in enumerate("ACDEF")
+    }
+    built["B"] = make_delta(built["A"], tmp_path / "delta", name=name)
+    tag = {label: stored.tag for label, stored in built.items()}
+    for label in "CDBEF":
+        shared_store.publish(settings, tag[label])
+    with sessions() as session:
+        for label in "CDB":
+            model_roles.assign(session=session, role="champion", model_tag=tag[label], reason="t")
+        model_roles.assign(session=session, role="challenger", model_tag=tag["E"], reason="t")
+        session.commit()
+    shared = shared_store.SharedStore.from_settings(settings)
+    assert shared is not None and set(shared.published(name)) == set(tag.values())
+
+    def prune(dry_run: bool, within: timedelta = timedelta(0)) -> PrunePlan:
+        plan = prune_shared_store(settings=settings, sessions=sessions, keep_champions=2,
+                                  keep_within=within, dry_run=dry_run)  # fmt: skip
+        assert plan is not None
+        return plan
+
+    planned = prune(dry_run=True)
+    assert planned.deleted == sorted([tag["C"], tag["F"]])
+    assert set(planned.kept) == {tag[label] for label in "ABDE"}
+    assert planned.kept[tag["A"]] == f"the parent of {tag['B']}"
+    assert set(shared.published(name)) == set(tag.values())  # nothing deleted yet
+
+    assert prune(dry_run=False).deleted == planned.deleted
+    assert set(shared.published(name)) == {tag[label] for label in "ABDE"}
+    for label in "CF":  # no object of theirs left
+        root = shared.key(tag[label], "") + "/"
+        objects = shared.client.list_objects_v2(Bucket=shared.bucket, Prefix=root)
+        assert objects.get("KeyCount", 0) == 0, objects
+    # What was published within the window stays, whatever its role.
+    late = model_store.save_model(build_tiny_model(tmp_path / "G", seed=9), name=name,
+                                  metadata=TINY_METADATA)  # fmt: skip
+    shared_store.publish(settings, late.tag)
+    assert prune(dry_run=False, within=timedelta(hours=1)).deleted == []
+    assert prune(dry_run=False).deleted == [late.tag]
+    # C, deleted from the bucket, is uploaded again when it is needed again.
+    assert shared_store.publish(settings, tag["C"]) == [tag["C"]]
+    engine.dispose()
