@@ -21,7 +21,7 @@ from model.shipped import shipped_for_base
 from sentiloop.cli import app
 from storage import model_roles, store
 from storage.models import Feedback
-from tests.support import ROOT
+from tests.support import ROOT, S3Server
 
 METADATA = {"base_model": "tiny", "template_versions": ["v1"], "data_sha256": "x", "metrics": {}}
 
@@ -254,3 +254,36 @@ def test_feedback_import_follows_text_storage_and_label_map_and_reports_rows(
         stored = session.execute(select(Feedback.label, Feedback.comment)).all()
     engine.dispose()
     assert sorted(tuple(row) for row in stored) == [("negative", None), ("positive", None)]
+
+
+def test_models_prune_lists_what_it_keeps_and_why_and_needs_a_shared_store(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    bentoml_home: Path,
+    s3_server: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runner = CliRunner()
+    monkeypatch.setenv("SENTILOOP_HOME", str(tmp_path))
+    monkeypatch.setenv("SENTILOOP_MODEL_NAME", "cli-prune")
+    refused = runner.invoke(app, ["models", "prune"])
+    assert refused.exit_code == 2 and "SENTILOOP_MODEL_STORE_URL" in refused.output
+    for name, value in s3_server.env(f"cli-prune-{os.getpid()}").items():
+        monkeypatch.setenv(name, value)
+    old, new = (
+        model_store.save_model(tiny_model_dir, name="cli-prune", metadata=METADATA)
+        for _ in range(2)
+    )
+    for tag in (old.tag, new.tag):
+        assert runner.invoke(app, ["models", "promote", tag]).exit_code == 0
+    args = ["models", "prune", "--keep-champions", "1", "--keep-hours", "0", "--json"]
+    planned = [
+        json.loads(line) for line in runner.invoke(app, [*args, "--dry-run"]).stdout.splitlines()
+    ]
+    assert {(row["model"], row["kept"], row["why"]) for row in planned} == {
+        (new.tag, "yes", "champion"), (old.tag, "no", "would delete"),
+    }  # fmt: skip
+    pruned = [json.loads(line) for line in runner.invoke(app, args).stdout.splitlines()]
+    assert (old.tag, "no", "deleted") in {(r["model"], r["kept"], r["why"]) for r in pruned}
+    again = [json.loads(line) for line in runner.invoke(app, args).stdout.splitlines()]
+    assert [row["model"] for row in again] == [new.tag]
