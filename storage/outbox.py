@@ -236,6 +236,7 @@ def mark_sent(
             status=DONE,
             attempts=WriteBackOutbox.attempts + 1,
             last_status=status_code,
+            last_error=None,  # sent: an earlier attempt's error no longer describes it
             sent_at=now or utcnow(),
             lease_until=None,
         )

@@ -172,6 +172,7 @@ def test_a_label_tag_is_added_after_a_429_and_two_500s(
     assert after.at - limited.at >= 1.0 and not any(r.early for r in zendesk.received)
     sent = row(sessions, row_id)
     assert (sent.status, sent.attempts, sent.last_status) == ("done", 4, 200)
+    assert sent.last_error is None  # the 500s' error went with the success
     assert sample(webhook_metrics, "zendesk", "sent") == sent_before + 1
     assert "retried in" in caplog.text and TOKEN not in caplog.text
     assert base64.b64encode(f"{EMAIL}/token:{TOKEN}".encode()).decode() not in caplog.text
