@@ -1021,19 +1021,32 @@ def models_prune(
 ) -> None:
     """Delete the shared model store's models that nothing needs (training runs do it
     after each run): kept are the champion, the challenger, the latest champions, what
-    was just published, and the parents of those."""
+    was just published, and the parents of those. Exit 75 while a training run holds
+    the lock."""
     from datetime import timedelta
 
+    from storage import runs
     from training import prune_shared_store
+    from training.pipeline import LOCK_NAME, LOCK_TTL
 
     with _database(ctx, migrate=True) as sessions:
-        plan = prune_shared_store(
-            settings=_settings(ctx),
-            sessions=sessions,
-            keep_champions=keep_champions,
-            keep_within=timedelta(hours=keep_hours),
-            dry_run=dry_run,
-        )
+        # Under the training lock, as after a run: no upload is assigned meanwhile.
+        lease = runs.Lease(session_factory=sessions, name=LOCK_NAME, ttl=LOCK_TTL)
+        try:
+            lease.acquire()
+        except runs.LockHeld as held:
+            typer.echo(f"busy: {held}", err=True)
+            raise typer.Exit(code=EXIT_BUSY) from None
+        try:
+            plan = prune_shared_store(
+                settings=_settings(ctx),
+                sessions=sessions,
+                keep_champions=keep_champions,
+                keep_within=timedelta(hours=keep_hours),
+                dry_run=dry_run,
+            )
+        finally:
+            lease.release()
     if plan is None:
         raise _fail("no shared model store is configured (SENTILOOP_MODEL_STORE_URL)")
     verb = "would delete" if dry_run else "deleted"

@@ -19,7 +19,7 @@ from core.settings import Settings
 from model import model_store
 from model.shipped import shipped_for_base
 from sentiloop.cli import app
-from storage import model_roles, store
+from storage import model_roles, runs, store
 from storage.models import Feedback
 from tests.support import ROOT, S3Server
 
@@ -287,3 +287,10 @@ def test_models_prune_lists_what_it_keeps_and_why_and_needs_a_shared_store(
     assert (old.tag, "no", "deleted") in {(r["model"], r["kept"], r["why"]) for r in pruned}
     again = [json.loads(line) for line in runner.invoke(app, args).stdout.splitlines()]
     assert [row["model"] for row in again] == [new.tag]
+    # While a training run holds its lock (it uploads before it assigns): busy, exit 75.
+    engine = database.make_engine(Settings().resolved_database_url)
+    runs.acquire_lock(session_factory=database.make_session_factory(engine), name="training",
+                      holder="trainer-host:1", ttl=timedelta(minutes=5))  # fmt: skip
+    engine.dispose()
+    busy = runner.invoke(app, args)
+    assert busy.exit_code == 75 and "trainer-host:1" in busy.stderr
