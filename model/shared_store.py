@@ -79,7 +79,8 @@ def _client(settings: Settings) -> Any:
         from botocore.config import Config
     except ImportError:
         raise SharedStoreError(
-            "SENTILOOP_MODEL_STORE_URL needs boto3: pip install 'sentiloop[s3]'"
+            "SENTILOOP_MODEL_STORE_URL needs boto3: pip install 'sentiloop[s3]' (in a "
+            "checkout: .venv/bin/pip install -e '.[s3]')"
         ) from None
     secret = settings.model_store_secret_access_key
     return boto3.session.Session().client(
@@ -157,44 +158,48 @@ class SharedStore:
         written."""
         root = "/".join(part for part in (self.prefix, name) if part) + "/"
         found = {}
-        for page in self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=root
-        ):
-            for item in page.get("Contents", []):
-                version, _, rest = item["Key"][len(root) :].partition("/")
-                if rest == MANIFEST:
-                    found[f"{name}:{version}"] = item["LastModified"]
+        with _reported(self.url):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=root
+            ):
+                for item in page.get("Contents", []):
+                    version, _, rest = item["Key"][len(root) :].partition("/")
+                    if rest == MANIFEST:
+                        found[f"{name}:{version}"] = item["LastModified"]
         return found
 
     def parent(self, tag: str) -> str | None:
         """The tag a published delta or correction is built on (None: a whole model, or
         not published). Manifests written before the parent was recorded in them are
         read through the model's own parent file."""
-        manifest = self.manifest(tag)
-        if manifest is None:
-            return None
-        if "parent" in manifest:
-            return manifest["parent"] if isinstance(manifest["parent"], str) else None
-        for name in (deltas.DELTA_FILE, corrections.CORRECTION_FILE):
-            if name in manifest["files"]:
-                body = self.client.get_object(Bucket=self.bucket, Key=self.key(tag, name))["Body"]
-                return str(json.loads(body.read())["parent"])
+        with _reported(self.url):
+            manifest = self.manifest(tag)
+            if manifest is None:
+                return None
+            if "parent" in manifest:
+                return manifest["parent"] if isinstance(manifest["parent"], str) else None
+            for name in (deltas.DELTA_FILE, corrections.CORRECTION_FILE):
+                if name in manifest["files"]:
+                    key = self.key(tag, name)
+                    body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+                    return str(json.loads(body.read())["parent"])
         return None
 
     def delete(self, tag: str) -> int:
         """Remove a published model; the number of objects removed. The manifest goes
         first: from then on the model counts as never published (a half-deleted one is
         uploaded again in full if it is needed again)."""
-        self.client.delete_object(Bucket=self.bucket, Key=self.key(tag, MANIFEST))
-        removed = 1
-        root = self.key(tag, "") + "/"
-        for page in self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=root
-        ):
-            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-            if keys:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
-                removed += len(keys)
+        with _reported(self.url):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(tag, MANIFEST))
+            removed = 1
+            root = self.key(tag, "") + "/"
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=root
+            ):
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:
+                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+                    removed += len(keys)
         return removed
 
     def download(self, tag: str, destination: Path) -> None:

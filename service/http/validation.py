@@ -5,8 +5,9 @@ BentoML answers a request body that fails its pydantic model with
 field only inside ``detail``. This middleware adds the first error's field (its
 ``loc`` joined with dots, ``texts.0``) as the top-level ``field`` and puts its
 message into ``error`` (``texts.0: String should have at least 1 character``), so
-a client reads every 4xx of the API the same way. It looks only at 400 answers
-with such a body; every other response passes through untouched.
+a client reads every 4xx of the API the same way; an error of the whole body (no
+location) names ``body``. It looks only at 400 answers with such a body; every
+other response passes through untouched.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ def name_the_field(body: bytes) -> bytes | None:
     if not isinstance(detail, list) or not detail or not isinstance(detail[0], dict):
         return None
     first = detail[0]
-    field = ".".join(str(part) for part in first.get("loc") or ()) or None
+    # An error of the body as a whole (both `text` and `texts`, neither, not an
+    # object, not JSON) has no location: it names the body.
+    field = ".".join(str(part) for part in first.get("loc") or ()) or "body"
     message = first.get("msg")
-    if message:
-        where = f"{field}: " if field else ""
+    if isinstance(message, str) and message:
+        message = message.removeprefix("Value error, ")  # pydantic's, for a ValueError
         more = f" (and {len(detail) - 1} more in 'detail')" if len(detail) > 1 else ""
-        data["error"] = f"{where}{message}{more}"
+        data["error"] = f"{field}: {message}{more}"
     data["field"] = field
     return json.dumps(data).encode()
 

@@ -204,6 +204,8 @@ def test_idempotent_feedback_and_duplicates(ab_server: ServerProcess) -> None:
     ("path", "body", "status", "field"),
     [
         ("/v1/predict", {"text": ""}, 400, "text"),
+        ("/v1/predict", {}, 400, "body"),
+        ("/v1/predict", {"text": "a", "texts": ["b"]}, 400, "body"),
         ("/v1/predict", {"text": "x" * (MAX_CHARS_PER_TEXT + 1)}, 400, "text"),
         ("/v1/predict", {"texts": ["a"] * (MAX_TEXTS_PER_REQUEST + 1)}, 400, "texts"),
         ("/v1/predict", {"texts": "not a list", "text": 3}, 400, "text"),
