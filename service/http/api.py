@@ -520,6 +520,9 @@ class SentimentAPI:
         days: float,
         exploration: float,
     ) -> list[dict[str, Any]]:
+        # Predictions this worker answered moments ago may still wait in its log queue
+        # (written every 0.2 s): write them first, so the queue includes them.
+        self.log_writer.flush(0.5)
         with self.sessions() as session:
             items = review_queue(
                 session=session,
