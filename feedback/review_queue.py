@@ -150,14 +150,22 @@ def review_queue(
         if len(chosen) == limit - explore or len(pool) < size or size >= MAX_POOL:
             break
         size *= 4
-    if explore:
+    # The random draw grows the same way: ten random picks of busy traffic can all be
+    # near-duplicates of what is already chosen.
+    uncertain, uncertain_words = len(chosen), len(seen)
+    size = explore * POOL_FACTOR
+    while explore:
         sample = random_unjudged(
             session=session,
             since=since,
-            limit=min(MAX_POOL, explore * POOL_FACTOR),
+            limit=min(MAX_POOL, size),
             model_version=model_version,
             language=language,
         )
         random.Random(seed).shuffle(sample)
+        del chosen[uncertain:], seen[uncertain_words:]
         take(sample, limit, "exploration")
+        if len(chosen) == limit or len(sample) < size or size >= MAX_POOL:
+            break
+        size *= 4
     return chosen

@@ -343,6 +343,28 @@ def test_review_queue_fills_when_near_duplicates_crowd_the_least_confident(
     assert {item.prediction_id for item in queue[1:]} == {row.id for row in distinct}
 
 
+def test_review_queue_exploration_fills_when_near_duplicates_crowd_the_random_draw(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The random share looks further too: a draw of busy one-template traffic can be
+    all near-duplicates of what is chosen (CI's e2e review-queue test came back one
+    row short that way)."""
+    from feedback import review_queue as queue_module
+
+    crowd = [
+        record(confidence=0.9, text=f"order {n} arrived late")
+        for n in range(queue_module.POOL_FACTOR * 20)
+    ]
+    rare = record(confidence=0.95, text="could you tell me where my refund is")
+    insert(sessions, [*crowd, rare])
+    with sessions() as session:
+        since = datetime.now(UTC) - timedelta(days=1)
+        for seed in range(5):
+            queue = review_queue(session=session, since=since, limit=2, exploration=1.0, seed=seed)
+            assert len(queue) == 2, seed
+            assert rare.id in {item.prediction_id for item in queue}
+
+
 # --- imports ------------------------------------------------------------------------------
 
 
