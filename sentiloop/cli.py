@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from datetime import datetime
@@ -209,6 +210,22 @@ def serving_host(settings: Settings, host: str | None) -> str:
     return host
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A clear error when ``host:port`` is taken (a second `sentiloop serve`, say),
+    before the models are prepared; BentoML's own is a traceback from its arbiter."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise typer.BadParameter(
+                f"cannot bind {host}:{port}: {error.strerror or error} (another sentiloop "
+                "serve, or another program, listens there; choose another with --port)",
+                param_hint="--port",
+            ) from None
+
+
 @app.command()
 def serve(
     ctx: typer.Context,
@@ -223,6 +240,7 @@ def serve(
     """Serve the API with BentoML (`bentoml serve service.bento:SentiLoop`)."""
     settings = _settings(ctx)
     host = serving_host(settings, host)
+    check_port_free(host, port)
     if settings.resolved_auth == "required":
         access = "authentication on"
     elif settings.allow_unauthenticated_remote:

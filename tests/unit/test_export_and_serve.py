@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import socket
 
 import pytest
 import typer
 
 from core.settings import Settings
-from sentiloop.cli import serving_host
+from sentiloop.cli import check_port_free, serving_host
 from storage.export import serialize
 from storage.store import EXPORT_FIELDS
 
@@ -41,3 +42,13 @@ def test_serve_binds_loopback_without_authentication_and_refuses_public_addresse
     assert serving_host(exposed, "0.0.0.0") == "0.0.0.0"
     secured = Settings(database_url="sqlite:///x.db", auth="required")
     assert serving_host(secured, None) == "0.0.0.0"
+
+
+def test_serve_names_a_taken_port_before_preparing_anything() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(typer.BadParameter, match=f"cannot bind 127.0.0.1:{port}.*--port"):
+            check_port_free("127.0.0.1", port)
+    check_port_free("127.0.0.1", port)  # free again once closed
