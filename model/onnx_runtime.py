@@ -29,6 +29,11 @@ ONNX_OPSET = 17
 # Part of the cached file names: a change to how models are exported (opset,
 # attention implementation) makes every machine export afresh.
 EXPORT_LAYOUT = f"opset{ONNX_OPSET}-eager"
+# The same for the quantization: per-tensor int8 weights (the earlier
+# "model.opset17-eager.int8.onnx") turned 6-11% of the shipped model's fp32
+# answers on XLM-T val and 7.5% on short reviews; a scale per output channel halves
+# that at the same speed and size (README "Quantization").
+QUANTIZED_LAYOUT = {"int8": "int8-per-channel"}
 # What a BERT-like sequence classifier may take, in the order the export passes them.
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -75,7 +80,7 @@ def _export(model_dir: Path, destination: Path) -> None:
 def _quantize(source: Path, destination: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(destination), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(source), str(destination), weight_type=QuantType.QInt8, per_channel=True)
 
 
 def onnx_model_file(
@@ -85,7 +90,11 @@ def onnx_model_file(
     missing or not whole (``checksums``: read every byte to tell, not only its size).
     An int8 file is quantized from an fp32 export, which is removed afterwards."""
     fp32 = cache_dir / f"model.{EXPORT_LAYOUT}.onnx"
-    target = fp32 if quantize == "none" else cache_dir / f"model.{EXPORT_LAYOUT}.{quantize}.onnx"
+    target = (
+        fp32
+        if quantize == "none"
+        else cache_dir / f"model.{EXPORT_LAYOUT}.{QUANTIZED_LAYOUT[quantize]}.onnx"
+    )
     if defect(file_marker(target), checksums=checksums) is None:
         return target
     with exclusive_file_lock(cache_dir / ".lock"):

@@ -94,7 +94,11 @@ def test_a_correction_links_its_parents_model_files_not_its_exports(
     parent.mkdir()
     for source in tiny_model_dir.iterdir():
         (parent / source.name).write_bytes(source.read_bytes())
-    exports = ["model.opset17-eager.int8.onnx", UNIGRAM_FILE, f".{UNIGRAM_FILE}.complete.json"]
+    exports = [
+        "model.opset17-eager.int8-per-channel.onnx",
+        UNIGRAM_FILE,
+        f".{UNIGRAM_FILE}.complete.json",
+    ]
     for name in exports:
         (parent / name).write_text("an export")
     corrections.link_parent(parent, tmp_path / "corrected")
