@@ -29,6 +29,15 @@ class _StderrHandler(logging.StreamHandler[Any]):
 BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"
 
 
+# Errors raised by the project's own validators: their messages quote the value
+# ("unknown label 'jane@example.com'"), so only their type is logged.
+_VALUE_QUOTING_ERRORS = frozenset({"value_error", "assertion_error"})
+
+
+def _reason(item: Any) -> str:
+    return str(item["type"]) if item["type"] in _VALUE_QUOTING_ERRORS else str(item["msg"])
+
+
 class ClientErrorFilter(logging.Filter):
     """Turns BentoML's log of a client error (a validation error or a 4xx) into one
     INFO line naming the fields and reasons, without traceback or input values.
@@ -40,7 +49,7 @@ class ClientErrorFilter(logging.Filter):
             return True
         if isinstance(error, ValidationError):
             problems = "; ".join(
-                f"{'.'.join(str(part) for part in item['loc']) or 'body'}: {item['msg']}"
+                f"{'.'.join(str(part) for part in item['loc']) or 'body'}: {_reason(item)}"
                 for item in error.errors(include_input=False, include_context=False)
             )
             summary = f"400 validation error ({problems})"

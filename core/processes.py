@@ -1,13 +1,20 @@
 """Whether a process of this machine still runs: a lock holder or the owner of a scratch
 directory that died without cleaning up (SIGKILL, the out-of-memory killer) left its
-process id behind, and a process id that no longer runs proves it is gone."""
+process id behind, and a process id that no longer runs proves it is gone. And a
+process that stops when its parent dies (``stop_with_parent``)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
+import threading
+import time
 
 import psutil
+
+logger = logging.getLogger(__name__)
 
 
 def this_host() -> str:
@@ -35,3 +42,22 @@ def is_gone(identity: str) -> bool:
     of this host can be checked; another host's (or a name without a pid) is not gone."""
     host, _, pid = identity.rpartition(":")
     return host == this_host() and pid.isdigit() and not is_running(int(pid))
+
+
+def stop_with_parent(interval_s: float = 1.0, sig: int = signal.SIGTERM) -> threading.Thread:
+    """Send ``sig`` to this process once its parent is gone (it was reparented): a
+    server's worker whose arbiter was SIGKILLed (the out-of-memory killer) would
+    otherwise keep the port and answer on, and the next start could not bind. A
+    thread polling the parent's pid rather than Linux's PR_SET_PDEATHSIG, which
+    fires when the *thread* that started the process ends."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        logger.warning("the parent process %d is gone: stopping (signal %d)", parent, sig)
+        os.kill(os.getpid(), sig)
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread

@@ -160,6 +160,23 @@ def _why(error: ValueError) -> str:
     return str(error)
 
 
+def _refuse_binary_ids(path: Path) -> None:
+    """Labels that are only 0 and 1 read as class ids would store every 1 as neutral:
+    almost always a binary file (0 negative, 1 positive). Stored feedback cannot be
+    taken back, so such a file needs a label map that says which it is."""
+    seen = {
+        str(row.get("label")).strip()
+        for _, row in _rows(path)
+        if isinstance(row, dict) and _text(row, "label") is not None
+    }
+    if seen and seen <= {"0", "1"}:
+        raise ImportFileError(
+            f"{path}: the labels are only 0 and 1, which as class ids would store every 1 "
+            "as neutral; for binary labels (0 negative, 1 positive) pass --label-map binary, "
+            "if 1 does mean neutral pass --label-map '0=negative,1=neutral'"
+        )
+
+
 def import_feedback(
     path: Path,
     *,
@@ -171,6 +188,8 @@ def import_feedback(
 ) -> ImportSummary:
     """Store every judged row of ``path``; one bad row never stops the others.
     ``text_storage``: what is kept of comments (``SENTILOOP_TEXT_STORAGE``)."""
+    if label_map is None:
+        _refuse_binary_ids(path)
     summary = ImportSummary()
 
     def failed(number: int, why: str) -> None:

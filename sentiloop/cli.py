@@ -229,7 +229,7 @@ def check_port_free(host: str, port: int) -> None:
 @app.command()
 def serve(
     ctx: typer.Context,
-    port: Annotated[int, typer.Option(help="Port of the HTTP API.")] = 3000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the HTTP API.")] = 3000,
     host: Annotated[
         str | None,
         typer.Option(

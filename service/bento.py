@@ -24,6 +24,7 @@ from starlette.responses import Response
 import storage
 from core import database
 from core.logs import configure_logging
+from core.processes import stop_with_parent
 from core.settings import Settings
 from feedback.review_queue import DEFAULT_EXPLORATION
 from model.model_store import use_store
@@ -117,6 +118,7 @@ class SentiLoop:
         use_store(settings.resolved_bentoml_home)  # before anything reads the model store
         configure_logging()
         _DRAIN.install(settings.shutdown_drain_s)
+        stop_with_parent()  # an arbiter SIGKILLed leaves no worker holding the port
         _GUARD.config = GuardConfig.from_settings(settings)  # fails on a bad key ring
         registry = TemplateRegistry.load(settings.resolved_templates_dir)
         url = settings.resolved_database_url

@@ -136,3 +136,30 @@ def test_kill_9_during_a_feedback_burst_loses_no_acknowledged_feedback(tmp_path:
         stored = {row[0] for row in connection.execute("SELECT id FROM feedback")}
     missing = set(acknowledged) - stored
     assert len(acknowledged) >= 100 and missing == set()
+
+
+def test_workers_stop_when_the_arbiter_is_killed(tmp_path: Path) -> None:
+    """`sentiloop serve` SIGKILLed (the out-of-memory killer) left its API worker and
+    model processes answering on the port, so the next start could not bind."""
+    import os
+    import signal
+    import socket
+
+    import psutil
+
+    server = start_server(tmp_path, {})
+    try:
+        family = psutil.Process(server.process.pid).children(recursive=True)
+        assert family, "no workers"
+        os.kill(server.process.pid, signal.SIGKILL)
+
+        def port_free() -> bool:
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", server.port)) != 0
+
+        assert wait_until(port_free, 30), server.log_tail()
+        assert wait_until(lambda: not any(p.is_running() for p in family), 30), [
+            p.pid for p in family if p.is_running()
+        ]
+    finally:
+        server.stop()

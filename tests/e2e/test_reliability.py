@@ -210,6 +210,18 @@ def test_bad_input_is_logged_without_its_value_or_a_traceback(server: ServerProc
     assert marker not in log
     assert "INFO" in line and "text: String should have at most 5000 characters" in line
     assert "Traceback" not in log[log.index(line) - 200 :]
+    # A value our own validators reject is quoted in the answer, never in the log.
+    quoted = [
+        ("/v1/feedback", {"prediction_id": str(uuid.uuid4()), "label": f"{marker}-label"}),
+        ("/v1/predict", {"text": "hello", "language": "zq"}),
+    ]
+    for path, body in quoted:
+        answer = httpx.post(f"{server.url}{path}", json=body, timeout=30)
+        assert answer.status_code == 400 and marker not in path, answer.text
+    assert wait_until(lambda: "client error on /v1/feedback" in server.log_tail(200_000), 10)
+    assert wait_until(lambda: server.log_tail(200_000).count("value_error") >= 2, 10)
+    log = server.log_tail(200_000)
+    assert marker not in log and "'zq'" not in log
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import storage
@@ -482,3 +482,33 @@ def test_import_reads_csat_scores_through_a_label_map(
             ).all()
         )
     assert labels == {"T-1": "negative", "T-2": "neutral", "T-3": "positive"}
+
+
+def test_import_refuses_labels_that_are_only_0_and_1_without_a_label_map(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Read as class ids, every 1 of a binary file would be stored as neutral, and
+    stored feedback cannot be taken back: the file needs a map saying which it is."""
+    from feedback.imports import ImportFileError
+
+    tickets = [record(external_id=f"T-{n}", source="zendesk") for n in range(1, 4)]
+    insert(sessions, tickets)
+    csv_file = tmp_path / "tags.csv"
+    csv_file.write_text("external_id,label\nT-1,0\nT-2,1\nT-3,\n")
+    with pytest.raises(ImportFileError, match="--label-map binary"):
+        import_feedback(csv_file, sessions=sessions, text_storage="raw", source="zendesk")
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Feedback)) == 0
+    summary = import_feedback(
+        csv_file,
+        sessions=sessions,
+        text_storage="raw",
+        source="zendesk",
+        label_map=parse_label_map("binary"),
+    )
+    assert (summary.stored, summary.skipped_unlabelled) == (2, 1)
+    three = tmp_path / "three.csv"  # class ids with a 2 among them are read as ids
+    three.write_text("external_id,label\nT-3,2\n")
+    assert (
+        import_feedback(three, sessions=sessions, text_storage="raw", source="zendesk").stored == 1
+    )
