@@ -57,6 +57,7 @@ REPORT_WINDOW = timedelta(days=7)
 # Allowance for clocks of replicas that disagree, when judging a prediction id's age.
 _CLOCK_SKEW_S = 1.0
 _BUDGET_SPENT = "not reached within the batch's time budget; not stored, retry it"
+_NOT_AN_OBJECT = "an item must be a JSON object: the body of POST /v1/feedback"
 _LOG_BEHIND = "the prediction log is behind; not stored, retry it"
 
 Classify = Callable[[Sequence[ScoreItem]], Awaitable[list[ScoreResult]]]
@@ -328,6 +329,11 @@ class SentimentAPI:
         results: dict[int, FeedbackItemResult] = {}
         valid: list[tuple[int, storage.FeedbackInput]] = []
         for index, body in enumerate(request.items):
+            if not isinstance(body, dict):  # one such item never drops the others
+                results[index] = FeedbackItemResult(
+                    index=index, status=400, error=_NOT_AN_OBJECT, field=None
+                )
+                continue
             try:
                 parsed = FeedbackRequest.model_validate(body)
             except ValidationError as error:

@@ -229,7 +229,7 @@ class FeedbackBatchRequest(JsonBody):
 
     model_config = ConfigDict(extra="forbid", title="the body of POST /v1/feedback/batch")
 
-    items: list[dict[str, Any]] = Field(
+    items: list[Any] = Field(
         min_length=1,
         max_length=MAX_FEEDBACK_BATCH,
         description=f"Up to {MAX_FEEDBACK_BATCH} bodies of POST /v1/feedback.",

@@ -94,13 +94,15 @@ def test_late_labels_by_ticket_id_one_and_in_batches(
         {"external_id": "T-3", "label": "bogus"},
         {"external_id": "T-3", "source": "zendesk", "verdict": "correct"},
         {"external_id": "T-1", "source": "zendesk", "label": 2, "idempotency_key": "csat-1"},
+        "not an object",  # one such item never drops the others
     ]
     response = post(server, "/v1/feedback/batch", {"items": items})
     assert response.status_code == 200, response.text
     batch = response.json()
-    assert [r["status"] for r in batch["results"]] == [201, 404, 400, 201, 200]
-    assert (batch["stored"], batch["replayed"], batch["failed"]) == (2, 1, 2)
+    assert [r["status"] for r in batch["results"]] == [201, 404, 400, 201, 200, 400]
+    assert (batch["stored"], batch["replayed"], batch["failed"]) == (2, 1, 3)
     assert batch["results"][2]["field"] == "label"
+    assert "JSON object" in batch["results"][5]["error"]
     assert "T-404" in batch["results"][1]["error"]
     too_many = post(server, "/v1/feedback/batch", {"items": [items[0]] * 1001})
     assert too_many.status_code == 400
