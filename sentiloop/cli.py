@@ -219,10 +219,9 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as error:
-            raise typer.BadParameter(
+            raise _fail(
                 f"cannot bind {host}:{port}: {error.strerror or error} (another sentiloop "
-                "serve, or another program, listens there; choose another with --port)",
-                param_hint="--port",
+                "serve, or another program, listens there; choose another with --port)"
             ) from None
 
 
