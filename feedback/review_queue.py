@@ -2,7 +2,8 @@
 label. Uncertain first (the smallest margin between the two likeliest labels,
 entropy breaking ties), diverse (no two texts that are near-duplicates: the same
 words once numbers, case and punctuation are set aside, or a word-set Jaccard
-similarity of ``DUPLICATE_JACCARD`` or more), not labelled yet, text stored.
+similarity of ``DUPLICATE_JACCARD`` or more), not labelled yet (nor its exact text
+under another prediction), text stored.
 
 A share of the queue (``exploration``) is drawn at random from the other
 unlabelled predictions: uncertainty never picks what the model is confidently

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, Subquery, case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from storage.models import Feedback, Prediction, TrainingRun
 from storage.store import as_utc
@@ -186,8 +186,17 @@ def _unjudged(
     since: datetime, model_version: str | None, language: str | None
 ) -> Select[Prediction]:
     judged = select(Feedback.id).where(Feedback.prediction_id == Prediction.id).exists()
+    # A text already labelled under another prediction (the same ticket text scored
+    # twice, a template) needs no second label.
+    labelled = aliased(Prediction)
+    labelled_texts = select(labelled.text_sha256).join(
+        Feedback, Feedback.prediction_id == labelled.id
+    )
     query = select(Prediction).where(
-        Prediction.created_at >= since, Prediction.text.is_not(None), ~judged
+        Prediction.created_at >= since,
+        Prediction.text.is_not(None),
+        ~judged,
+        Prediction.text_sha256.not_in(labelled_texts),
     )
     if model_version is not None:
         query = query.where(Prediction.model_version == model_version)
@@ -217,8 +226,9 @@ def least_confident_unjudged(
     model_version: str | None = None,
     language: str | None = None,
 ) -> list[Prediction]:
-    """Predictions since ``since`` with a stored text and no feedback yet, least
-    confident first (the review queue's candidates)."""
+    """Predictions since ``since`` with a stored text and no feedback yet, on it or on
+    another prediction of the same text; least confident first (the review queue's
+    candidates)."""
     query = _unjudged(since, model_version, language)
     return list(session.scalars(query.order_by(Prediction.confidence, Prediction.id).limit(limit)))
 

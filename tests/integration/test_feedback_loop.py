@@ -319,6 +319,27 @@ def test_review_queue_is_uncertain_first_diverse_and_unlabelled(
         assert len(ids) == 3 and {middling.id, sure.id} < ids and ids & {twin.id, unsure.id}
 
 
+def test_review_queue_leaves_out_texts_labelled_under_another_prediction(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A text judged once (a ticket scored twice, a template) is not offered again."""
+    from dataclasses import replace
+
+    first = record(confidence=0.4, text="not bad at all")
+    again = replace(record(confidence=0.35, text="not bad at all"), text_sha256=first.text_sha256)
+    other = record(confidence=0.5, text="where is my parcel")
+    insert(sessions, [first, again, other])
+    since = datetime.now(UTC) - timedelta(days=1)
+    with sessions() as session:
+        before = review_queue(session=session, since=since, limit=5, exploration=0.5, seed=1)
+    assert again.id in {item.prediction_id for item in before}
+    judge(sessions, first.id, "correct")
+    with sessions() as session:
+        for exploration in (0.0, 1.0):
+            queue = review_queue(session=session, since=since, limit=5, exploration=exploration)
+            assert [item.prediction_id for item in queue] == [other.id], exploration
+
+
 def test_review_queue_fills_when_near_duplicates_crowd_the_least_confident(
     sessions: sessionmaker[Session],
 ) -> None:
