@@ -155,7 +155,6 @@ def _request(
 def _why(error: ValueError) -> str:
     if isinstance(error, ValidationError):
         field, message = first_problem(error)
-        message = message.removeprefix("Value error, ")
         return f"{field}: {message}" if field else message
     return str(error)
 

@@ -83,7 +83,8 @@ def to_input(request: FeedbackRequest, text_storage: TextStorage) -> storage.Fee
 
 
 def first_problem(error: ValidationError) -> tuple[str | None, str]:
-    """(the field, the message) of a validation error's first problem, in one line."""
+    """(the field, the message) of a validation error's first problem, in one line,
+    without pydantic's "Value error, " before our validators' messages."""
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or None
-    return field, first["msg"]
+    return field, first["msg"].removeprefix("Value error, ")

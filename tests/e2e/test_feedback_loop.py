@@ -102,6 +102,7 @@ def test_late_labels_by_ticket_id_one_and_in_batches(
     assert [r["status"] for r in batch["results"]] == [201, 404, 400, 201, 200, 400]
     assert (batch["stored"], batch["replayed"], batch["failed"]) == (2, 1, 3)
     assert batch["results"][2]["field"] == "label"
+    assert batch["results"][2]["error"].startswith("unknown label 'bogus'")
     assert "JSON object" in batch["results"][5]["error"]
     assert "T-404" in batch["results"][1]["error"]
     too_many = post(server, "/v1/feedback/batch", {"items": [items[0]] * 1001})
