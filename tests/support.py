@@ -88,6 +88,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Ready answers in a row, on fresh connections, before a server counts as ready.
+READY_STREAK = 12
+
+
 class ServerProcess:
     """A real `bentoml serve service.bento:SentiLoop` subprocess on a free port."""
 
@@ -125,6 +129,10 @@ class ServerProcess:
         way): then the server is started again on another port, twice at most."""
         deadline = time.monotonic() + timeout_s
         relaunches = 0
+        # Every worker answers /readyz for itself and the kernel spreads connections
+        # among them: a run of ready answers on fresh connections, not the first one
+        # (with 2 workers a predict reached the one still loading its models: 503).
+        streak = 0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 if "Address already in use" in self.log_tail() and relaunches < 2:
@@ -132,10 +140,13 @@ class ServerProcess:
                     self._launch()
                     continue
                 raise RuntimeError(f"server exited early:\n{self.log_tail()}")
+            ready = False
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.5)
+                ready = httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            streak = streak + 1 if ready else 0
+            if streak == READY_STREAK:
+                return
+            time.sleep(0.05 if ready else 0.5)
         raise TimeoutError(f"server not ready in {timeout_s}s:\n{self.log_tail()}")
 
     def model_processes(self) -> list[Any]:
