@@ -271,7 +271,34 @@ def peer_table(
             "ceiling_texts_per_s": ceiling["texts_per_s"],
             "sentiloop_pct_of_ceiling": 100 * ours["texts_per_s"] / ceiling["texts_per_s"],
         })  # fmt: skip
+        before = found.get(("reference", batch, concurrency))
+        if before is not None:  # --reference-checkout: the same figures before a change
+            rows[-1].update({
+                "reference_texts_per_s": before["texts_per_s"],
+                "reference_p50_ms": before["p50_ms"],
+                "reference_vs_peer": before["texts_per_s"] / peer["texts_per_s"],
+                "reference_pct_of_ceiling": 100 * before["texts_per_s"] / ceiling["texts_per_s"],
+            })  # fmt: skip
     return rows
+
+
+def memory_mib(pid: int) -> dict[str, list[float]]:
+    """RSS (MiB) of a sentiloop server's processes under ``pid``: its API workers and its
+    model processes (ONNX Runtime, one per core), largest first."""
+    import psutil
+
+    found: dict[str, list[float]] = {"api_workers": [], "model_processes": []}
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            command = " ".join(child.cmdline())
+            role = (
+                "model_processes" if "multiprocessing.spawn" in command
+                else "api_workers" if "_bentoml_impl.worker" in command
+                else None
+            )  # fmt: skip
+            if role is not None:
+                found[role].append(round(child.memory_info().rss / 2**20, 1))
+    return {role: sorted(sizes, reverse=True) for role, sizes in found.items()}
 
 
 def start_baseline(model_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -362,13 +389,14 @@ def main() -> None:
     }
     checkouts = {name: ROOT for name in variants}
     if args.reference_checkout is not None:
-        variants["reference"] = ({}, [(1, 1), (1, 32), (b, 8)])
+        variants["reference"] = ({}, plan)  # before/after at every load
         checkouts["reference"] = args.reference_checkout.resolve()
     with contextlib.ExitStack() as running:
         baseline, baseline_url = start_baseline(model_dir, scratch / "baseline.log")
         running.callback(baseline.wait, 30)
         running.callback(baseline.terminate)
         servers = {"baseline": baseline_url}
+        sentiloops: dict[str, ServerProcess] = {}
         plans = {"baseline": plan}
         for name, (extra, sub_plan) in variants.items():
             home = scratch / name
@@ -382,6 +410,8 @@ def main() -> None:
             running.callback(server.stop)
             server.wait_ready(timeout_s=600)
             servers[name], plans[name] = server.url, sub_plan
+            if name in ("sentiloop", "reference"):
+                sentiloops[name] = server
         peer = ServerProcess(
             {"PEER_ONNX_FILE": str(onnx_file), "PEER_MODEL_DIR": str(model_dir),
              "PEER_INPUT_TEMPLATE": template.input_template,
@@ -402,6 +432,8 @@ def main() -> None:
         running.callback(in_process.close)
         rows = measure_interleaved(servers, plans, texts, args.seconds, args.rounds, bodies_dir,
                                    in_process, ceiling_chunk)  # fmt: skip
+        # After every load: the memory of each sentiloop server warmed up by it.
+        memory = {name: memory_mib(process.process.pid) for name, process in sentiloops.items()}
     results = [row for row in rows if row["server"] != "ceiling"]
     ceilings = [row for row in rows if row["server"] == "ceiling"]
     ceiling = {"processes": in_process.processes, "batch": in_process.batch,
@@ -450,6 +482,7 @@ def main() -> None:
             "ratios": ratios,
             "ceiling": ceiling,
             "peer_table": table,
+            "memory_mib": memory,
         },
     )
     header = ("server", "batch", "conc", "texts/s", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors")
@@ -476,6 +509,24 @@ def main() -> None:
             f"{row['peer_p50_ms']:.1f} ms | {row['sentiloop_vs_peer']:.2f}x | "
             f"{row['ceiling_texts_per_s']:.0f} | {row['sentiloop_pct_of_ceiling']:.0f}% |"
         )
+    for name, sizes in memory.items():
+        print(f"RSS after the loads, {name}: model processes {sizes['model_processes']} MiB, "
+              f"API workers {sizes['api_workers']} MiB")  # fmt: skip
+    if any("reference_texts_per_s" in row for row in table):
+        print("\nbefore (--reference-checkout) and after, in the same rounds")
+        print("| load | before | after | before / peer | after / peer | before % of ceiling "
+              "| after % of ceiling |")  # fmt: skip
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for row in table:
+            if "reference_texts_per_s" not in row:
+                continue
+            print(
+                f"| {row['load']} | {row['reference_texts_per_s']:.0f} texts/s, p50 "
+                f"{row['reference_p50_ms']:.1f} ms | {row['sentiloop_texts_per_s']:.0f} texts/s, "
+                f"p50 {row['sentiloop_p50_ms']:.1f} ms | {row['reference_vs_peer']:.2f}x | "
+                f"{row['sentiloop_vs_peer']:.2f}x | {row['reference_pct_of_ceiling']:.0f}% | "
+                f"{row['sentiloop_pct_of_ceiling']:.0f}% |"
+            )
 
 
 if __name__ == "__main__":

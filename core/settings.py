@@ -101,6 +101,12 @@ def packaged_templates_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "model" / "prompt_templates"
 
 
+def _usable_cores() -> int:
+    """The CPUs this process may run on (a container's cpuset); settings that follow
+    it are set explicitly under a CPU quota (docker --cpus), which this cannot see."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SENTILOOP_", extra="ignore")
 
@@ -211,6 +217,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Threads per model call; unset: 1 on the CPU (calls run side by side "
         "instead), the runtime's default elsewhere.",
+    )
+    alone_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Threads of a model call that runs alone (no other batch in flight or "
+        "waiting), on a second ONNX Runtime session whose threads spin: a lone request "
+        "uses the idle cores. Unset: one per CPU core on the CPU; 1: off (one session).",
     )
     max_batch_texts: int = Field(
         default=64, ge=1, description="Most texts the batcher scores in one model call."
@@ -550,18 +563,20 @@ class Settings(BaseSettings):
         return 1 if self.device == "cpu" else None
 
     @property
+    def resolved_alone_threads(self) -> int | None:
+        """Threads of a model call alone on the machine (None: no second session)."""
+        if self.device != "cpu":
+            return None
+        threads = self.alone_threads if self.alone_threads is not None else _usable_cores()
+        return threads if threads > 1 else None
+
+    @property
     def resolved_model_processes(self) -> int:
         if self.model_processes is not None:
             return self.model_processes
         if self.device != "cpu":
             return 0
-        # The CPUs this process may run on (a container's cpuset); set the value
-        # explicitly under a CPU quota (docker --cpus), which this cannot see.
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
+        return _usable_cores()
 
     @property
     def resolved_quantize(self) -> Literal["none", "int8"]:

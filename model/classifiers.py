@@ -13,6 +13,7 @@ process serving on ONNX Runtime does without them (~240 MB of its memory).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -59,7 +60,12 @@ class Classifier(Protocol):
     kind: str
     runtime: str  # what executes it, e.g. "onnx-int8", "torch-fp32"
 
-    def predict(self, rendered: Sequence[str], template: PromptTemplate) -> list[Scores]: ...
+    def predict(
+        self, rendered: Sequence[str], template: PromptTemplate, *, alone: bool = False
+    ) -> list[Scores]:
+        """Scores per rendered text. ``alone``: no other model call runs on the machine
+        now, so this one may use every core (where the runtime can)."""
+        ...
 
 
 def sentiment_model(directory: Path) -> Any:
@@ -181,6 +187,7 @@ class FineTunedClassifier:
         backend: Backend = "torch",
         onnx_cache_dir: Path | None = None,
         threads: int | None = None,
+        alone_threads: int | None = None,
     ) -> None:
         self.version = version
         self.directory = directory
@@ -195,21 +202,29 @@ class FineTunedClassifier:
             if onnx_cache_dir is None:
                 raise ValueError("the onnx backend needs a cache directory for the export")
             logits = cached_onnx_logits(
-                directory, onnx_cache_dir, quantize=quantize, threads=threads
+                directory,
+                onnx_cache_dir,
+                quantize=quantize,
+                threads=threads,
+                alone_threads=alone_threads,
             )
             # The inputs the export took are those the tokenizer names (model.onnx_runtime).
             self.tokenizer = serving_tokenizer(
                 directory, onnx_cache_dir, max_length, input_names=logits.input_names
             )
             self._logits: LogitsFunction = logits
+            self._alone_logits: LogitsFunction = functools.partial(logits, alone=True)
             return
         self.tokenizer, self._logits = _torch_model(
             directory, device, max_length, quantize, threads
         )
+        self._alone_logits = self._logits
 
-    def predict(self, rendered: Sequence[str], template: PromptTemplate) -> list[Scores]:
+    def predict(
+        self, rendered: Sequence[str], template: PromptTemplate, *, alone: bool = False
+    ) -> list[Scores]:
         return classify_texts(
-            self._logits,
+            self._alone_logits if alone else self._logits,
             self.tokenizer,
             rendered,
             id2label=self._id2label,
@@ -281,7 +296,9 @@ class ZeroShotClassifier:
             self._label_embeddings[template.sha256] = cached
         return cached
 
-    def predict(self, rendered: Sequence[str], template: PromptTemplate) -> list[Scores]:
+    def predict(
+        self, rendered: Sequence[str], template: PromptTemplate, *, alone: bool = False
+    ) -> list[Scores]:
         import torch
 
         if not rendered:

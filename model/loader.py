@@ -67,6 +67,7 @@ def fine_tuned(
         backend=settings.resolved_inference_backend,
         onnx_cache_dir=onnx_cache_dir,
         threads=settings.resolved_inference_threads,
+        alone_threads=settings.resolved_alone_threads,
     )
 
 

@@ -277,6 +277,11 @@ class ModelMetrics:
             documentation="Duration of one model call (tokenization and inference).",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
+        self.alone_calls = m.Counter(
+            name="sentiloop_model_alone_calls",
+            documentation="Model calls that ran alone (no other batch in flight or waiting), "
+            "on every core; of all calls: sentiloop_model_call_seconds_count.",
+        )
         self.serving = m.Gauge(
             name="sentiloop_serving_model_info",
             documentation="1 for the model serving each reference (champion, challenger, ...).",
@@ -319,10 +324,12 @@ class ModelMetrics:
         self._serving: dict[str, tuple[str, str]] = {}
 
     # MicroBatcher observer protocol
-    def batch_scored(self, texts: int, requests: int, seconds: float) -> None:
+    def batch_scored(self, texts: int, requests: int, seconds: float, alone: bool) -> None:
         self.batch_size.observe(texts)
         self.batch_requests.observe(requests)
         self.call_seconds.observe(seconds)
+        if alone:
+            self.alone_calls.inc()
 
     def process_restarted(self) -> None:
         self.process_restarts.inc()

@@ -1,22 +1,30 @@
-"""Runs the Alembic migrations shipped in ``storage/migrations``."""
+"""Runs the Alembic migrations shipped in ``storage/migrations``.
+
+Alembic (with Mako and Pygments, ~11 MB) is imported by the functions that run it:
+the model processes import ``storage`` for the model roles and never migrate.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import make_url
 
 from core.database import make_engine
 from core.file_lock import exclusive_file_lock
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -40,6 +48,8 @@ def upgrade(url: str, revision: str = "head") -> None:
 
     Safe to call from several processes at once (workers, replicas).
     """
+    from alembic import command
+
     with _sqlite_file_lock(url):
         engine = make_engine(url)
         try:

@@ -10,6 +10,11 @@ the load. One model call runs at a time per slot: a model process
 to a separate model server (serialization, a second HTTP server and its
 dispatcher), which cost more than the model itself for single short texts.
 
+Latency when idle, throughput when busy: a batch that runs alone (no other batch
+in flight, none waiting when it leaves) is scored ``alone``, on every core
+(``Classifier.predict``); otherwise each slot's call runs on one core, side by
+side with the others.
+
 When more than ``max_queued_texts`` texts wait, new requests are refused
 (``Overloaded``, answered 503 with Retry-After) instead of queueing without
 bound. A slot that fails with ``ModelUnavailable`` (its model process died or
@@ -25,7 +30,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,13 +39,17 @@ from service.inference.scoring import ModelUnavailable, ScoreItem, ScoreResult
 
 logger = logging.getLogger(__name__)
 
-Score = Callable[[Sequence[ScoreItem]], list[ScoreResult]]
+
+class Score(Protocol):
+    def __call__(self, items: Sequence[ScoreItem], *, alone: bool) -> list[ScoreResult]: ...
 
 
 class ModelSlot(Protocol):
     """Where one model call at a time runs."""
 
-    async def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]: ...
+    async def score(self, items: Sequence[ScoreItem], *, alone: bool = False) -> list[ScoreResult]:
+        """Scores of ``items``; ``alone``: no other batch is in flight."""
+        ...
 
     async def ready(self) -> None:
         """Return once the slot can take batches again (after ``ModelUnavailable``)."""
@@ -60,9 +69,10 @@ class ThreadSlot:
         self._score = score
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
-    async def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
+    async def score(self, items: Sequence[ScoreItem], *, alone: bool = False) -> list[ScoreResult]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._score, items)
+        call = functools.partial(self._score, items, alone=alone)
+        return await loop.run_in_executor(self._executor, call)
 
     async def ready(self) -> None:
         return None
@@ -77,7 +87,7 @@ class Overloaded(Exception):
 
 
 class BatchObserver(Protocol):
-    def batch_scored(self, texts: int, requests: int, seconds: float) -> None: ...
+    def batch_scored(self, texts: int, requests: int, seconds: float, alone: bool) -> None: ...
 
 
 @dataclass
@@ -106,6 +116,7 @@ class MicroBatcher:
         self._observer = observer
         self._waiting: deque[_Waiting] = deque()
         self._queued_texts = 0
+        self._running = 0  # batches in flight
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
 
@@ -184,15 +195,25 @@ class MicroBatcher:
             if not batch:
                 free.put_nowait(slot)
                 continue
-            task = loop.create_task(self._score_batch(slot, batch))
+            alone = self._running == 0 and not self._waiting
+            self._running += 1
+            task = loop.create_task(self._run_batch(slot, batch, alone))
             self._in_flight.add(task)
             task.add_done_callback(functools.partial(finished, slot))
 
-    async def _score_batch(self, slot: ModelSlot, batch: list[_Waiting]) -> None:
+    async def _run_batch(self, slot: ModelSlot, batch: list[_Waiting], alone: bool) -> None:
+        """Score the batch; it counts as in flight (from its dispatch) until it is settled
+        or queued again, so that the retry of a batch that failed alone is alone too."""
+        try:
+            await self._score_batch(slot, batch, alone)
+        finally:
+            self._running -= 1
+
+    async def _score_batch(self, slot: ModelSlot, batch: list[_Waiting], alone: bool) -> None:
         items = [item for waiting in batch for item in waiting.items]
         started = time.perf_counter()
         try:
-            results = await slot.score(items)
+            results = await slot.score(items, alone=alone)
         except ModelUnavailable as exc:
             self._retry(batch, exc)
             raise  # the slot stays out of service until it is ready again
@@ -206,13 +227,14 @@ class MicroBatcher:
                            len(batch), exc)  # fmt: skip
             for index, waiting in enumerate(batch):
                 try:
-                    await self._score_batch(slot, [waiting])
+                    await self._score_batch(slot, [waiting], alone=False)
                 except ModelUnavailable as unavailable:
                     self._retry(batch[index + 1 :], unavailable)
                     raise
             return
         if self._observer is not None:
-            self._observer.batch_scored(len(items), len(batch), time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self._observer.batch_scored(len(items), len(batch), seconds, alone)
         offset = 0
         for waiting in batch:
             count = len(waiting.items)

@@ -140,7 +140,7 @@ def serve_model_process(settings: Settings, batches: Connection, control: Connec
     gc.freeze()  # see service.bento: full collections over torch's objects stall a process
     control.send((0, True, scorer.describe()))
     handlers = {
-        "score": scorer.score,
+        "score": lambda payload: scorer.score(payload[0], alone=payload[1]),
         "refresh": lambda _: _refresh(scorer),
     }
     while True:
@@ -351,7 +351,7 @@ class ModelProcess:
         )
         return writer
 
-    async def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
+    async def score(self, items: Sequence[ScoreItem], *, alone: bool = False) -> list[ScoreResult]:
         if not self.available:
             raise ModelProcessDied(f"model process {self._name} is restarting")
         loop = asyncio.get_running_loop()
@@ -363,7 +363,7 @@ class ModelProcess:
         try:
             async with asyncio.timeout(self._call_timeout_s):
                 writer = await self._attach(loop)
-                writer.write(_frame((number, "score", list(items))))
+                writer.write(_frame((number, "score", (list(items), alone))))
                 await writer.drain()
                 return await future
         except TimeoutError:

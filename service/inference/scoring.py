@@ -191,7 +191,9 @@ class Scorer:
             self.last_refresh_error = "; ".join(errors) or None
         return changes
 
-    def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
+    def score(self, items: Sequence[ScoreItem], *, alone: bool = False) -> list[ScoreResult]:
+        """Scores of ``items``; ``alone``: no other batch is in flight, the model call
+        may use every core (``Classifier.predict``)."""
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
         for index, item in enumerate(items):
             groups[(item.model, item.template_version)].append(index)
@@ -202,7 +204,8 @@ class Scorer:
             classifier = loaded.classifier
             languages = loaded.metadata.get("languages")
             rendered = [template.render(items[index].text) for index in indices]
-            for index, scores in zip(indices, classifier.predict(rendered, template), strict=True):
+            predicted = classifier.predict(rendered, template, alone=alone)
+            for index, scores in zip(indices, predicted, strict=True):
                 item = items[index]
                 language = item.language or self._languages.detect(item.text)
                 results[index] = ScoreResult(

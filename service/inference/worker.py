@@ -137,9 +137,9 @@ class InferenceWorker:
         """Whether the models serve (False while they load, and after a failed start)."""
         return self._ready
 
-    def _score_in_thread(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
+    def _score_in_thread(self, items: Sequence[ScoreItem], *, alone: bool) -> list[ScoreResult]:
         assert self._scorer is not None, "classify refuses texts until the scorer is loaded"
-        return self._scorer.score(items)
+        return self._scorer.score(items, alone=alone)
 
     async def classify(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
         if not self._ready:

@@ -17,6 +17,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
@@ -121,6 +122,82 @@ def test_a_killed_model_process_is_replaced_and_control_endpoints_never_hang(
         lambda: not httpx.get(f"{server.url}/v1/models").json()["restarting_model_processes"]
     ), models
     assert predict(server, {"text": "after the restart"}).status_code == 200
+
+
+# Issue 23: latency when idle, throughput when busy --------------------------------
+
+
+def calls(server: ServerProcess) -> tuple[float, float]:
+    """Model calls so far that ran alone (every core), and all of them."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+
+    def value(name: str) -> float:
+        found = re.search(rf"^{name} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    return value("sentiloop_model_alone_calls_total"), value("sentiloop_model_call_seconds_count")
+
+
+def test_a_lone_request_runs_alone_and_a_burst_runs_side_by_side(server: ServerProcess) -> None:
+    alone, total = calls(server)
+    for n in range(5):
+        assert predict(server, {"text": f"one at a time {n}"}).status_code == 200
+    assert calls(server) == (alone + 5, total + 5)
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            requests = [client.post("/v1/predict", json={"text": f"burst {n} " * 50})
+                        for n in range(64)]  # fmt: skip
+            return [response.status_code for response in await asyncio.gather(*requests)]
+
+    alone, total = calls(server)
+    assert Counter(asyncio.run(burst())) == {200: 64}
+    after_alone, after_total = calls(server)
+    # Batches that overlapped ran one core each: fewer calls alone than calls.
+    assert after_total - total >= 2 and after_alone - alone < after_total - total
+
+
+def queued_bytes(pid: int) -> int:
+    """Bytes waiting unread in the Unix sockets of process ``pid`` (``ss``)."""
+    listing = subprocess.run(["ss", "-xpn"], capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split()[2]) for line in listing.splitlines()[1:] if f"pid={pid}," in line)
+
+
+def test_a_model_process_killed_during_a_call_alone_is_replaced_and_the_batch_retried(
+    server: ServerProcess,
+) -> None:
+    """Both model processes frozen, a lone request goes to one of them (its batch waits
+    in that process's socket); that one is killed and the other thawed: the batch is
+    retried there, alone, and answered in full."""
+    assert wait_until(lambda: len(server.model_processes()) == 2)
+    assert wait_until(  # both load their models (after the test that killed one)
+        lambda: not httpx.get(f"{server.url}/v1/models").json()["restarting_model_processes"]
+    )
+    processes = server.model_processes()
+    alone, total = calls(server)
+    for process in processes:
+        process.send_signal(signal.SIGSTOP)
+    answer: list[httpx.Response] = []
+    texts = [f"ticket {n}: the parcel came late" for n in range(40)]
+    request = threading.Thread(target=lambda: answer.append(predict(server, {"texts": texts})))
+    request.start()
+    try:
+        assert wait_until(lambda: any(queued_bytes(p.pid) for p in processes), 10)
+        holders = [p for p in processes if queued_bytes(p.pid)]
+        assert len(holders) == 1, [(p.pid, queued_bytes(p.pid)) for p in processes]
+        [holder] = holders
+        holder.send_signal(signal.SIGKILL)
+    finally:
+        for process in processes:
+            with contextlib.suppress(Exception):
+                process.send_signal(signal.SIGCONT)
+    request.join(60)
+    assert answer and answer[0].status_code == 200, answer and answer[0].text[:500]
+    assert [p["external_id"] for p in answer[0].json()["predictions"]] == [None] * 40
+    # One call alone failed with the process, its retry ran alone on the other one.
+    assert calls(server) == (alone + 1, total + 1)
+    assert wait_until(lambda: len(server.model_processes()) == 2)
+    assert holder.pid not in {p.pid for p in server.model_processes()}
 
 
 # Row 6 ----------------------------------------------------------------------------

@@ -17,7 +17,13 @@ import storage
 from core import database
 from core.settings import CHALLENGER, CHAMPION, ZERO_SHOT, Settings
 from model import model_store
-from model.onnx_runtime import EXPORT_LAYOUT, QUANTIZED_LAYOUT, onnx_model_file
+from model.onnx_runtime import (
+    EXPORT_LAYOUT,
+    QUANTIZED_LAYOUT,
+    OnnxLogits,
+    lookup_tables_file,
+    onnx_model_file,
+)
 from model.templates import TemplateRegistry
 from service.inference.loading import database_assignments
 from service.inference.scoring import ScoreItem, Scorer
@@ -249,7 +255,8 @@ def test_onnx_export_is_made_once_and_shared(
     assert len(exports) == 1, [r.getMessage() for r in exports]  # of three callers at once
     made = sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith("."))
     int8 = f"model.{EXPORT_LAYOUT}.{QUANTIZED_LAYOUT['int8']}.onnx"
-    assert made == [int8]  # the fp32 export it was quantized from is removed
+    # The fp32 export it was quantized from is removed; its lookup tables sit beside it.
+    assert made == [int8, lookup_tables_file(tmp_path / int8).name]
     stamp = (tmp_path / int8).stat().st_mtime_ns
     again = _classifier(tiny_model_dir, tmp_path, "onnx", "int8")
     assert (tmp_path / int8).stat().st_mtime_ns == stamp
@@ -281,6 +288,58 @@ def test_runtime_defaults_follow_the_device() -> None:
     assert cpu.resolved_model_processes == len(os.sched_getaffinity(0))
     assert gpu.resolved_model_processes == 0
     assert Settings(model_processes=0).resolved_model_processes == 0
+
+
+def test_a_call_alone_runs_on_a_second_session_sharing_the_lookup_tables(
+    tiny_model_dir: Path, registry: TemplateRegistry, tmp_path: Path
+) -> None:
+    """A batch with nothing else in flight runs on a session whose threads use every
+    core; it answers what the one-thread session does, and holds no copy of the token
+    embeddings of its own (they are most of a multilingual model)."""
+    import onnx
+
+    from model.classifiers import FineTunedClassifier
+
+    template = registry.get("v1")
+    texts = [template.render(t) for t in SAMPLE_TEXTS]
+    classifier = _classifier(tiny_model_dir, tmp_path, "onnx", "int8")
+    both = FineTunedClassifier(tiny_model_dir, version="t", quantize="int8", backend="onnx",
+                               onnx_cache_dir=tmp_path, threads=1, alone_threads=2)  # fmt: skip
+    expected = classifier.predict(texts, template)
+    for got in (both.predict(texts, template, alone=True), both.predict(texts, template)):
+        for reference, scores in zip(expected, got, strict=True):
+            assert scores == pytest.approx(reference, abs=1e-6)
+    path = onnx_model_file(tiny_model_dir, tmp_path, quantize="int8")
+    graph = onnx.load(str(path)).graph
+    gathered = {n.input[0] for n in graph.node if n.op_type == "Gather"}
+    embeddings = {i.name for i in graph.initializer if i.name in gathered}
+    assert any("word_embeddings" in name for name in embeddings)
+    assert set(OnnxLogits(path, threads=1, alone_threads=2).shared_tables) == embeddings
+    # One thread for a call alone is no second session: nothing to share.
+    assert OnnxLogits(path, threads=1, alone_threads=1).shared_tables == ()
+
+
+def test_an_export_made_before_lookup_tables_gets_them_without_exporting_again(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = onnx_model_file(tiny_model_dir, tmp_path, quantize="int8")
+    tables = lookup_tables_file(path)
+    tables.unlink()
+    tables.with_name(f".{tables.name}.complete.json").unlink()
+    stamp = path.stat().st_mtime_ns
+    caplog.set_level(logging.INFO, logger="model.onnx_runtime")
+    assert onnx_model_file(tiny_model_dir, tmp_path, quantize="int8") == path
+    assert tables.exists() and path.stat().st_mtime_ns == stamp
+    assert not [r for r in caplog.records if r.getMessage().startswith("exported ")]
+    OnnxLogits(path, threads=1, alone_threads=2)  # loads with them
+
+
+def test_a_call_alone_uses_every_core_on_the_cpu_only() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert Settings().resolved_alone_threads == (cores if cores > 1 else None)
+    assert Settings(alone_threads=3).resolved_alone_threads == 3
+    assert Settings(alone_threads=1).resolved_alone_threads is None  # off
+    assert Settings(device="cuda", alone_threads=3).resolved_alone_threads is None
 
 
 def test_the_int8_export_has_a_weight_scale_per_output_channel(

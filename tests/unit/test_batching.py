@@ -17,15 +17,17 @@ class RecordingScorer:
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
+        self.alone: list[bool] = []  # of each call
         self.gate = threading.Event()
         self.gate.set()
         self.started = threading.Event()
 
-    def __call__(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
+    def __call__(self, items: Sequence[ScoreItem], *, alone: bool = False) -> list[ScoreResult]:
         self.started.set()
         self.gate.wait(10)
         texts = [item.text for item in items]
         self.calls.append(texts)
+        self.alone.append(alone)
         if any(text == "boom" for text in texts):
             raise RuntimeError("cannot score boom")
         return [ScoreResult(scores={"len": float(len(t))}, model_version=t) for t in texts]
@@ -157,12 +159,12 @@ def test_concurrent_batches_run_side_by_side() -> None:
     both_running = threading.Event()
     scorer = RecordingScorer()
 
-    def score(items: Sequence[ScoreItem]) -> list[ScoreResult]:
+    def score(items: Sequence[ScoreItem], *, alone: bool) -> list[ScoreResult]:
         if items[0].text == "a":  # "a" can only finish while "b" runs beside it
             assert both_running.wait(5), "the second model call never started"
         else:
             both_running.set()
-        return scorer(items)
+        return scorer(items, alone=alone)
 
     slots = [ThreadSlot(score), ThreadSlot(score)]
     batcher = MicroBatcher(slots, max_batch_texts=1, max_queued_texts=100)
@@ -195,6 +197,44 @@ def test_requests_waiting_together_are_shared_out_between_free_slots() -> None:
     batcher.close()
 
 
+def test_a_lone_request_runs_alone_and_one_beside_another_does_not() -> None:
+    """Latency when idle, throughput when busy: a batch with nothing else in flight or
+    waiting may use every core; batches that overlap run one core each."""
+    first, second = RecordingScorer(), RecordingScorer()
+    first.gate.clear()
+    batcher = MicroBatcher(
+        [ThreadSlot(first), ThreadSlot(second)], max_batch_texts=8, max_queued_texts=100
+    )
+
+    async def scenario() -> None:
+        lone = asyncio.ensure_future(batcher.classify(items("lone")))
+        await _until(first.started)
+        await batcher.classify(items("beside"))  # while "lone" is still in its call
+        first.gate.set()
+        await lone
+        await batcher.classify(items("later"))  # alone again once both are done
+
+    asyncio.run(scenario())
+    calls = list(zip(first.calls + second.calls, first.alone + second.alone, strict=True))
+    assert sorted(calls) == [(["beside"], False), (["later"], True), (["lone"], True)]
+    batcher.close()
+
+
+def test_a_burst_shared_out_between_slots_does_not_run_alone() -> None:
+    scorer = RecordingScorer()
+    batcher = MicroBatcher(
+        [ThreadSlot(scorer), ThreadSlot(scorer)], max_batch_texts=8, max_queued_texts=100
+    )
+
+    async def scenario() -> None:
+        await asyncio.gather(*(batcher.classify(items(t)) for t in "abcd"))
+
+    asyncio.run(scenario())
+    assert sorted(map(tuple, scorer.calls)) == [("a", "b"), ("c", "d")]
+    assert scorer.alone == [False, False]
+    batcher.close()
+
+
 class DyingSlot:
     """A model slot whose process 'dies' on its first ``deaths`` batches, then comes
     back after ``ready`` (as a restarted model process does)."""
@@ -202,9 +242,11 @@ class DyingSlot:
     def __init__(self, deaths: int) -> None:
         self.deaths = deaths
         self.scored: list[list[str]] = []
+        self.alone: list[bool] = []  # of each batch it was given
         self.readied = 0
 
-    async def score(self, batch: Sequence[ScoreItem]) -> list[ScoreResult]:
+    async def score(self, batch: Sequence[ScoreItem], *, alone: bool = False) -> list[ScoreResult]:
+        self.alone.append(alone)
         if self.deaths:
             self.deaths -= 1
             raise ModelUnavailable("model process died")
@@ -224,12 +266,16 @@ def test_a_batch_whose_model_process_dies_is_tried_again_on_another_slot() -> No
     batcher = MicroBatcher([dying, healthy], max_batch_texts=8, max_queued_texts=100)
 
     async def scenario() -> list[ScoreResult]:
-        return await batcher.classify(items("a", "b"))
+        results = await batcher.classify(items("a", "b"))
+        await batcher.classify(items("c"))  # after the failure, alone once more
+        return results
 
     results = asyncio.run(scenario())
     assert [r.model_version for r in results] == ["ok", "ok"]
-    assert healthy.scored == [["a", "b"]] and dying.scored == []
+    assert healthy.scored[0] == ["a", "b"] and dying.scored in ([], [["c"]])
     assert dying.readied == 1  # the failed slot waited to be ready before taking more
+    # Each try ran alone: the failed one ended before the retry started.
+    assert dying.alone + healthy.alone == [True, True, True]
     batcher.close()
 
 
