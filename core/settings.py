@@ -101,12 +101,6 @@ def packaged_templates_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "model" / "prompt_templates"
 
 
-def _usable_cores() -> int:
-    """The CPUs this process may run on (a container's cpuset); settings that follow
-    it are set explicitly under a CPU quota (docker --cpus), which this cannot see."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SENTILOOP_", extra="ignore")
 
@@ -223,7 +217,8 @@ class Settings(BaseSettings):
         ge=1,
         description="Threads of a model call that runs alone (no other batch in flight or "
         "waiting), on a second ONNX Runtime session whose threads spin: a lone request "
-        "uses the idle cores. Unset: one per CPU core on the CPU; 1: off (one session).",
+        "uses the idle cores. Unset: as many as model_processes (the cores a worker is "
+        "sized for) on the CPU; 1: off (one session).",
     )
     max_batch_texts: int = Field(
         default=64, ge=1, description="Most texts the batcher scores in one model call."
@@ -567,7 +562,9 @@ class Settings(BaseSettings):
         """Threads of a model call alone on the machine (None: no second session)."""
         if self.device != "cpu":
             return None
-        threads = self.alone_threads if self.alone_threads is not None else _usable_cores()
+        threads = (
+            self.alone_threads if self.alone_threads is not None else self.resolved_model_processes
+        )
         return threads if threads > 1 else None
 
     @property
@@ -576,7 +573,13 @@ class Settings(BaseSettings):
             return self.model_processes
         if self.device != "cpu":
             return 0
-        return _usable_cores()
+        # The CPUs this process may run on (a container's cpuset); set the value
+        # explicitly under a CPU quota (docker --cpus), which this cannot see.
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
 
     @property
     def resolved_quantize(self) -> Literal["none", "int8"]:

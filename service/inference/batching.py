@@ -11,9 +11,12 @@ to a separate model server (serialization, a second HTTP server and its
 dispatcher), which cost more than the model itself for single short texts.
 
 Latency when idle, throughput when busy: a batch that runs alone (no other batch
-in flight, none waiting when it leaves) is scored ``alone``, on every core
-(``Classifier.predict``); otherwise each slot's call runs on one core, side by
-side with the others.
+in flight, none waiting when it leaves), right after another that did, is scored
+``alone``, on every core (``Classifier.predict``); otherwise each slot's call runs
+on one core, side by side with the others. The second condition keeps the cores
+from being oversubscribed under load, when the queue drains for a moment and the
+next request arrives during the call: one request in flight at a time runs alone
+from its second request on.
 
 When more than ``max_queued_texts`` texts wait, new requests are refused
 (``Overloaded``, answered 503 with Retry-After) instead of queueing without
@@ -117,6 +120,7 @@ class MicroBatcher:
         self._waiting: deque[_Waiting] = deque()
         self._queued_texts = 0
         self._running = 0  # batches in flight
+        self._previous_lone = True  # whether the last batch left with nothing else in flight
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
 
@@ -195,7 +199,8 @@ class MicroBatcher:
             if not batch:
                 free.put_nowait(slot)
                 continue
-            alone = self._running == 0 and not self._waiting
+            lone = self._running == 0 and not self._waiting
+            alone, self._previous_lone = lone and self._previous_lone, lone
             self._running += 1
             task = loop.create_task(self._run_batch(slot, batch, alone))
             self._in_flight.add(task)

@@ -139,6 +139,7 @@ def calls(server: ServerProcess) -> tuple[float, float]:
 
 
 def test_a_lone_request_runs_alone_and_a_burst_runs_side_by_side(server: ServerProcess) -> None:
+    assert predict(server, {"text": "the first after other tests"}).status_code == 200
     alone, total = calls(server)
     for n in range(5):
         assert predict(server, {"text": f"one at a time {n}"}).status_code == 200
@@ -174,6 +175,7 @@ def test_a_model_process_killed_during_a_call_alone_is_replaced_and_the_batch_re
         lambda: not httpx.get(f"{server.url}/v1/models").json()["restarting_model_processes"]
     )
     processes = server.model_processes()
+    assert predict(server, {"text": "one request in flight at a time"}).status_code == 200
     alone, total = calls(server)
     for process in processes:
         process.send_signal(signal.SIGSTOP)

@@ -334,9 +334,13 @@ def test_an_export_made_before_lookup_tables_gets_them_without_exporting_again(
     OnnxLogits(path, threads=1, alone_threads=2)  # loads with them
 
 
-def test_a_call_alone_uses_every_core_on_the_cpu_only() -> None:
+def test_a_call_alone_uses_the_cores_of_the_model_processes_on_the_cpu_only() -> None:
     cores = len(os.sched_getaffinity(0))
     assert Settings().resolved_alone_threads == (cores if cores > 1 else None)
+    # Under a CPU quota the operator sizes the model processes; a call alone follows.
+    assert Settings(model_processes=4).resolved_alone_threads == 4
+    assert Settings(model_processes=1).resolved_alone_threads is None
+    assert Settings(model_processes=0).resolved_alone_threads is None
     assert Settings(alone_threads=3).resolved_alone_threads == 3
     assert Settings(alone_threads=1).resolved_alone_threads is None  # off
     assert Settings(device="cuda", alone_threads=3).resolved_alone_threads is None
