@@ -139,6 +139,7 @@ def onnx_model_file(
             assert tables_problem is not None
             build_file(tables, lambda partial: _write_lookup_tables(target, partial),
                        tables_problem)  # fmt: skip
+            logger.info("made the lookup tables of %s (%s)", target, tables_problem)
             return target
         started = time.perf_counter()
         exported = defect(file_marker(fp32), checksums=checksums) if target != fp32 else problem
