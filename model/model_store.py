@@ -11,15 +11,22 @@ loads read one store.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import bentoml
+import yaml
 
 REQUIRED_METADATA = ("base_model", "template_versions", "data_sha256", "metrics")
+# What BentoML writes of each stored model, in its version's directory.
+MODEL_YAML = "model.yaml"
+# A full tag, ``name:version``, as BentoML spells one (``bentoml._internal.tag``).
+_FULL_TAG = re.compile(r"^([a-z0-9]([-._a-z0-9]*[a-z0-9])?):([a-z0-9]([-._a-z0-9]*[a-z0-9])?)$")
 
 
 class ModelStoreError(Exception):
@@ -46,10 +53,10 @@ def use_store(bentoml_home: Path) -> None:
 
 
 def store_dir() -> Path:
-    """The directory of the model store BentoML uses in this process."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    return Path(BentoMLContainer.model_store_dir.get())
+    """The directory of the model store BentoML uses in this process (as BentoML
+    resolves it: ``$BENTOML_HOME/models``, ``~/bentoml/models`` without it)."""
+    home = os.environ.get("BENTOML_HOME", os.path.join(os.path.expanduser("~"), "bentoml"))
+    return Path(os.path.expandvars(home)) / "models"
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,19 @@ def save_model(source_dir: Path, *, name: str, metadata: Mapping[str, Any]) -> S
 
 
 def get_model(tag: str) -> StoredModel:
+    """The stored model ``tag`` names (a full tag, a name for its latest version, or a
+    version's prefix, as BentoML resolves them).
+
+    A full tag, which is what the database assigns and the serving path loads, is read
+    from the ``model.yaml`` BentoML wrote, as BentoML reads it (``yaml.safe_load``):
+    BentoML's store code costs a model process 21 MiB RSS once imported (375 -> 397 MiB
+    serving a team's correction of the shipped model, README "Performance and
+    accuracy"), a twentieth of what the whole process may take. Everything else goes
+    through BentoML.
+    """
+    exact = _read_full_tag(tag)
+    if exact is not None:
+        return exact
     try:
         model = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
@@ -95,6 +115,26 @@ def get_model(tag: str) -> StoredModel:
         path=Path(model.path),
         metadata=dict(model.info.metadata),
         created_at=model.info.creation_time.isoformat(),
+    )
+
+
+def _read_full_tag(tag: str) -> StoredModel | None:
+    """``tag``'s stored model when it is a full tag of a version in the store; else None."""
+    match = _FULL_TAG.match(tag)
+    if match is None or match.group(3) == "latest":
+        return None
+    name, version = match.group(1), match.group(3)
+    path = store_dir() / name / version
+    try:
+        info = yaml.safe_load((path / MODEL_YAML).read_text())
+    except FileNotFoundError:
+        return None
+    created = info["creation_time"]
+    return StoredModel(
+        tag=f"{name}:{version}",
+        path=path,
+        metadata=dict(info.get("metadata") or {}),
+        created_at=created.isoformat() if isinstance(created, datetime) else str(created),
     )
 
 

@@ -52,7 +52,7 @@ MAX_KEYS = 20_000
 
 
 @torch.inference_mode()
-def _features(
+def features_of(
     model: Any, tokenizer: ChunkTokenizer, texts: Sequence[str], gate_layer: int, device: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits, gate features and residual features of ``texts`` (rows in order)."""
@@ -78,6 +78,41 @@ def radius(keys: torch.Tensor, coverage: float = COVERAGE) -> float:
         similarity[rows - start, rows] = -1.0  # not itself
         nearest[start : start + 1024] = similarity.max(dim=-1).values
     return float(torch.quantile(nearest, 1 - coverage))
+
+
+def fit_residual(
+    logits: torch.Tensor,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    args: TrainingArguments,
+) -> tuple[torch.nn.Linear, list[dict[str, Any]]]:
+    """The linear residual over ``features``, from zero, that the rows' ``labels`` ask
+    of the champion's ``logits`` (weighted cross-entropy, AdamW); the per-epoch losses."""
+    residual = torch.nn.Linear(features.shape[1], len(LABELS))
+    torch.nn.init.zeros_(residual.weight)
+    torch.nn.init.zeros_(residual.bias)
+    optimizer = torch.optim.AdamW(
+        residual.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY
+    )
+    generator = torch.Generator().manual_seed(args.seed)
+    epochs = []
+    for epoch in range(1, EPOCHS + 1):
+        order = torch.randperm(len(labels), generator=generator)
+        total = 0.0
+        for start in range(0, len(labels), args.batch_size):
+            batch = order[start : start + args.batch_size]
+            loss = torch.nn.functional.cross_entropy(
+                logits[batch] + residual(features[batch]), labels[batch], reduction="none"
+            )
+            loss = (loss * weights[batch]).sum() / weights[batch].sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+        if epoch == 1 or epoch % 10 == 0:
+            epochs.append({"epoch": epoch, "train_loss": round(total / len(labels), 5)})
+    return residual, epochs
 
 
 def fit_correction(
@@ -108,34 +143,14 @@ def fit_correction(
     )
     gate_layer = correction_modules.gate_layer_of(model)
     rows = [(template.render(e.text), e) for template in templates for e in train]
-    logits, gates, features = _features(model, tokenizer, [t for t, _ in rows], gate_layer, device)
+    logits, gates, features = features_of(
+        model, tokenizer, [t for t, _ in rows], gate_layer, device
+    )
     labels = torch.tensor([LABEL_TO_ID[e.label] for _, e in rows])
     balance = class_weights([e.label for _, e in rows]) if args.class_balance else {}
     weights = torch.tensor([e.weight * balance.get(e.label, 1.0) for _, e in rows])
 
-    residual = torch.nn.Linear(features.shape[1], len(LABELS))
-    torch.nn.init.zeros_(residual.weight)
-    torch.nn.init.zeros_(residual.bias)
-    optimizer = torch.optim.AdamW(
-        residual.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY
-    )
-    generator = torch.Generator().manual_seed(args.seed)
-    epochs = []
-    for epoch in range(1, EPOCHS + 1):
-        order = torch.randperm(len(rows), generator=generator)
-        total = 0.0
-        for start in range(0, len(rows), args.batch_size):
-            batch = order[start : start + args.batch_size]
-            loss = torch.nn.functional.cross_entropy(
-                logits[batch] + residual(features[batch]), labels[batch], reduction="none"
-            )
-            loss = (loss * weights[batch]).sum() / weights[batch].sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(batch)
-        if epoch == 1 or epoch % 10 == 0:
-            epochs.append({"epoch": epoch, "train_loss": round(total / len(rows), 5)})
+    residual, epochs = fit_residual(logits, features, labels, weights, args)
 
     keys = _deduplicated(gates, args.seed)
     threshold = radius(keys)
@@ -164,7 +179,7 @@ def fit_correction(
     )
     if validation:
         texts = [templates[0].render(e.text) for e in validation]
-        v_logits, v_gates, v_features = _features(model, tokenizer, texts, gate_layer, device)
+        v_logits, v_gates, v_features = features_of(model, tokenizer, texts, gate_layer, device)
         with torch.no_grad():
             inside = (v_gates @ tensors["keys"].float().T).max(dim=-1).values >= threshold
             corrected = v_logits + inside.float().unsqueeze(-1) * residual(v_features)

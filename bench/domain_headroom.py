@@ -1,0 +1,181 @@
+"""How much the issue-20 domain can gain at all from the shipped model's features.
+
+``bench.flywheel --scenario domain`` teaches the shipped model a team's short
+review snippets (SST-2 train phrases of 2-5 words, binary, judged on the 3-class
+answer) from ~1,200 labels. This measures the room it has: the correction
+(``training.correction``, the default recipe) fitted exactly as training fits it,
+on the champion's fp32 features, with ``--rows`` labelled snippets (933 is what
+1,200 labels leave to training after the feedback holdout and validation split),
+each on ``--samples`` disjoint random draws, judged on the flywheel's 800
+held-out snippets with and without its gate. Optionally (``--fine-tune-rows``) a
+fine-tune of every encoder weight on that many snippets, the upper end of what
+forgetting buys. If the correction stops gaining as the labels grow tenfold, its
+ceiling is the champion's features, not the number of labels.
+
+    python -m bench.domain_headroom [--rows 933 2000 4000 12000] [--fine-tune-rows N]
+
+Prints a table and writes bench/results/domain-headroom.json. fp32 on torch (the
+served int8 file answers within a point of it on these snippets:
+``bench.quantization``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import machine, sst2, write_result
+from core.logs import configure_logging
+from core.settings import Settings
+from model import correction_modules
+from model.labels import LABEL_TO_ID
+from model.shipped import materialize, shipped_for_base
+from model.templates import TemplateRegistry
+from model.tokenization import ChunkTokenizer
+from training.config import TrainingArguments
+from training.correction import features_of, fit_residual, radius
+from training.evaluate import evaluate
+from training.examples import Example
+from training.finetune import class_weights, fine_tune
+
+logger = logging.getLogger(__name__)
+
+THREE_CLASS = ("negative", "neutral", "positive")
+BINARY = ("negative", "positive")
+HOLDOUT = 800  # as bench.flywheel --scenario domain
+
+
+def domain_figures(rows: list[Example], logits: torch.Tensor) -> dict[str, float]:
+    """The flywheel's domain figure: the 3-class answer, F1 over the two classes."""
+    probabilities = torch.softmax(logits, dim=-1).tolist()
+    scores = [dict(zip(THREE_CLASS, row, strict=True)) for row in probabilities]
+    metrics = evaluate([e.label for e in rows], scores, labels=THREE_CLASS)
+    answers = logits.argmax(dim=-1)
+    return {
+        "macro_f1": round(sum(metrics["per_class"][c]["f1"] for c in BINARY) / 2, 4),
+        "accuracy": round(metrics["accuracy"], 4),
+        "neutral_answers": round(float((answers == LABEL_TO_ID["neutral"]).float().mean()), 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[933, 2000, 4000, 12000])
+    parser.add_argument("--samples", type=int, default=3,
+                        help="disjoint draws per size, as many as --pool holds")  # fmt: skip
+    parser.add_argument("--pool", type=int, default=12000, help="snippets read for the draws")
+    parser.add_argument("--fine-tune-rows", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    configure_logging()
+    torch.manual_seed(args.seed)
+    settings = Settings()
+    shipped = shipped_for_base("multilingual-e5-small")
+    assert shipped is not None
+    model_dir = materialize(shipped, settings.cache_dir)
+    template = TemplateRegistry.load(settings.resolved_templates_dir).get("v1")
+    # The flywheel's split: the same seed, the same shuffle, the first 800 held out.
+    pool = [e for e in sst2("train") if 2 <= len(e.text.split()) <= 5]
+    random.Random(args.seed).shuffle(pool)
+    holdout, pool = pool[:HOLDOUT], pool[HOLDOUT:]
+    pool = pool[: max(args.pool, *args.rows, args.fine_tune_rows)]
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(model_dir), local_files_only=True
+    ).eval()
+    tokenizer = ChunkTokenizer.from_transformers(
+        AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True), settings.max_length
+    )
+    gate_layer = correction_modules.gate_layer_of(model)
+    started = time.perf_counter()
+    texts = [template.render(e.text) for e in holdout + pool]
+    logits, gates, features = features_of(model, tokenizer, texts, gate_layer, "cpu")
+    logger.info("features of %d texts in %.0f s", len(texts), time.perf_counter() - started)
+    h_logits, h_gates, h_features = logits[:HOLDOUT], gates[:HOLDOUT], features[:HOLDOUT]
+    labels = torch.tensor([LABEL_TO_ID[e.label] for e in holdout + pool])
+    training_args = TrainingArguments()  # the defaults `sentiloop train` uses
+
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "arguments": vars(args),
+        "domain": "SST-2 train phrases of 2-5 words (bench.flywheel --scenario domain); "
+        "fp32 features of the shipped model",
+        "champion": domain_figures(holdout, h_logits),
+        "correction": [],
+    }
+    logger.info("champion: %s", result["champion"])
+    for rows in args.rows:
+        samples = max(1, min(args.samples, len(pool) // rows))
+        for sample in range(samples):
+            chosen = torch.arange(HOLDOUT + sample * rows, HOLDOUT + (sample + 1) * rows)
+            truth = [(holdout + pool)[i].label for i in chosen.tolist()]
+            balance = class_weights(truth)
+            weights = torch.tensor([balance.get(label, 1.0) for label in truth])
+            residual, _ = fit_residual(
+                logits[chosen], features[chosen], labels[chosen], weights, training_args
+            )
+            keys = torch.unique(gates[chosen], dim=0)
+            threshold = radius(keys)
+            with torch.no_grad():
+                inside = (h_gates @ keys.T).max(dim=-1).values >= threshold
+                correction = residual(h_features)
+            entry = {
+                "rows": rows,
+                "sample": sample,
+                "inside_gate": round(float(inside.float().mean()), 4),
+                "gated": domain_figures(holdout, h_logits + inside.float()[:, None] * correction),
+                "ungated": domain_figures(holdout, h_logits + correction),
+            }
+            result["correction"].append(entry)
+            logger.info("correction on %d rows (draw %d): %s", rows, sample, entry)
+    write_result("domain-headroom", result)
+
+    if args.fine_tune_rows:
+        train = pool[: args.fine_tune_rows]
+        arguments = TrainingArguments(recipe="fine-tune", lora_rank=None, progress=False)
+        with tempfile.TemporaryDirectory(prefix="sentiloop-headroom-") as scratch:
+            started = time.perf_counter()
+            fine_tune(train, [], init_model=model_dir, templates=[template], args=arguments,
+                      output_dir=Path(scratch))  # fmt: skip
+            seconds = time.perf_counter() - started
+            tuned = AutoModelForSequenceClassification.from_pretrained(
+                scratch, local_files_only=True
+            ).eval()
+            tuned_logits, _, _ = features_of(tuned, tokenizer, texts[:HOLDOUT], gate_layer, "cpu")
+        result["fine_tune"] = {
+            "rows": args.fine_tune_rows,
+            "seconds": round(seconds),
+            **domain_figures(holdout, tuned_logits),
+        }
+        logger.info("fine-tune on %d rows: %s", args.fine_tune_rows, result["fine_tune"])
+        write_result("domain-headroom", result)
+    print_table(result)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    champion = result["champion"]["macro_f1"]
+    print(f"champion: macro-F1 {champion:.3f}")
+    print("| labelled rows | draw | inside gate | gated macro-F1 (change) | ungated (change) |")
+    print("| --- | --- | --- | --- | --- |")
+    for e in result["correction"]:
+        gated, ungated = e["gated"]["macro_f1"], e["ungated"]["macro_f1"]
+        print(f"| {e['rows']} | {e['sample']} | {e['inside_gate']:.1%} | {gated:.3f} "
+              f"({100 * (gated - champion):+.1f}) | {ungated:.3f} "
+              f"({100 * (ungated - champion):+.1f}) |")  # fmt: skip
+    if "fine_tune" in result:
+        tuned = result["fine_tune"]["macro_f1"]
+        print(f"fine-tune of every weight on {result['fine_tune']['rows']} rows: {tuned:.3f} "
+              f"({100 * (tuned - champion):+.1f}), {result['fine_tune']['seconds']} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
