@@ -199,6 +199,7 @@ def measure_shipped(
     )
     return {
         "serving_runtime": serving.runtime,
+        "measured_on": measuring_cpu(),
         "max_length": settings.max_length,
         "serving": _measure(serving, sets),
         "torch_fp32": _measure(fp32, sets),
@@ -219,6 +220,7 @@ def render_card(card: dict[str, Any]) -> str:
         f"{serving['tweet_test']['ms_per_text']:.1f} ms served "
         f"({card['metrics']['serving_runtime']}), {fp32['tweet_test']['ms_per_text']:.1f} ms "
         "torch fp32, on the tweet test set"
+        + (f" ({card['metrics']['measured_on']})" if "measured_on" in card["metrics"] else "")
     )
     recipe = ", ".join(f"{key}={value}" for key, value in card["recipe"].items())
     return f"""# {card["name"]}
@@ -272,6 +274,22 @@ Cost per text (bulk scoring in one process, one thread): {cost}. ECE on the
 - Sarcasm, mixed sentiment and very long texts (beyond the serving max length,
   which truncates) are weak spots.
 """
+
+
+def measuring_cpu() -> str:
+    """The CPU the figures were measured on, with what int8 speed depends on (costs
+    differ sixfold between machines: README "Quantization")."""
+    name, flags = platform.processor() or platform.machine(), set[str]()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    vector = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else ""
+    return f"{os.cpu_count()}-core {name}" + (f", {vector}" if vector else "")
 
 
 def training_machine() -> str:

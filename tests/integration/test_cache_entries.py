@@ -42,7 +42,7 @@ def scores(classifier: FineTunedClassifier) -> list[dict[str, float]]:
 
 def test_a_truncated_onnx_export_is_exported_again(tiny_model_dir: Path, tmp_path: Path) -> None:
     expected = scores(onnx_classifier(tiny_model_dir, tmp_path))
-    [served] = tmp_path.glob("*.int8-per-channel.onnx")
+    [served] = tmp_path.glob("*.int8-per-channel-7bit.onnx")
     size = truncate(served)
     assert scores(onnx_classifier(tiny_model_dir, tmp_path)) == expected
     assert served.stat().st_size == size
@@ -52,7 +52,7 @@ def test_a_damaged_onnx_file_of_the_right_size_is_exported_again(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     expected = scores(onnx_classifier(tiny_model_dir, tmp_path))
-    [served] = tmp_path.glob("*.int8-per-channel.onnx")
+    [served] = tmp_path.glob("*.int8-per-channel-7bit.onnx")
     original = served.read_bytes()
     served.write_bytes(bytes(64) + original[64:])  # same size: only a checksum tells
     assert onnx_model_file(tiny_model_dir, tmp_path, quantize="int8") == served

@@ -95,7 +95,7 @@ def test_a_correction_links_its_parents_model_files_not_its_exports(
     for source in tiny_model_dir.iterdir():
         (parent / source.name).write_bytes(source.read_bytes())
     exports = [
-        "model.opset17-eager.int8-per-channel.onnx",
+        "model.opset17-eager.int8-per-channel-7bit.onnx",
         UNIGRAM_FILE,
         f".{UNIGRAM_FILE}.complete.json",
     ]
