@@ -177,6 +177,15 @@ class WriteBackSender:
         if self._task is not None:
             self._task.cancel()
 
+    async def aclose(self) -> None:
+        """Stop the task and wait until it has ended: its HTTP client has then closed
+        its connections on this loop (a loop closed first left their transports to the
+        garbage collector, with a ResourceWarning)."""
+        self.close()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
     async def _supervise(self) -> None:
         while True:
             try:

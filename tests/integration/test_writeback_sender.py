@@ -137,7 +137,7 @@ def run_until(
                     await asyncio.to_thread(meanwhile)
                 await asyncio.sleep(0.05)
         finally:
-            worker.close()
+            await worker.aclose()
 
     asyncio.run(main())
 
