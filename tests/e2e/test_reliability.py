@@ -422,6 +422,7 @@ def test_sigterm_under_load_finishes_every_request_sent_before_it(
     outcomes: Counter[tuple[str, str]] = Counter()
     answered: list[str] = []
     sigterm_at: list[float] = []
+    failures: list[tuple[str, float | None, float | None, str]] = []
 
     async def client_loop(client: httpx.AsyncClient, n: int) -> None:
         while True:
@@ -431,6 +432,11 @@ def test_sigterm_under_load_finishes_every_request_sent_before_it(
                 response = await client.post("/v1/predict", json={"text": f"load {n} {sent}"})
             except httpx.HTTPError as exc:
                 outcomes[(when, type(exc).__name__)] += 1
+                # When it was sent and when it failed, from the signal: what a failure
+                # report needs to tell a reset in the drain from one after it.
+                failures.append((when, round(sent - sigterm_at[0], 3) if sigterm_at else None,
+                                 round(time.monotonic() - sigterm_at[0], 3) if sigterm_at else None,
+                                 repr(exc)))  # fmt: skip
                 return
             outcomes[(when, str(response.status_code))] += 1
             if response.status_code == 200:
@@ -449,7 +455,11 @@ def test_sigterm_under_load_finishes_every_request_sent_before_it(
     assert server.process.wait(60) == 0
     server.stop()
     failed_before = {k: v for k, v in outcomes.items() if k[0] == "before" and k[1] != "200"}
-    assert failed_before == {}, outcomes
+    assert failed_before == {}, (
+        outcomes,
+        [f for f in failures if f[0] == "before"],
+        server.log_tail(3000),
+    )
     assert outcomes[("before", "200")] > 64
     import sqlite3
 

@@ -54,7 +54,12 @@ def test_the_cold_start_champion_is_the_shipped_model_on_the_serving_runtime() -
 
 # How far a fresh measurement may stray from the card: int8 kernels differ between
 # CPUs (AVX2, AVX-512 VNNI), which flips a row or two of a 324-row set (0.003 each).
-CARD_TOLERANCE = 0.01
+# ECE moves more: a score that crosses one of its bins' edges moves that bin's
+# confidence and accuracy both. Measured with the 7-bit file on both kinds of CPU
+# (`python -m training.default_model --evaluate-only`): accuracy and macro-F1 within
+# 0.0035 of each other on every set, ECE within 0.0102 (SST-2 dev: 0.0143 on AVX2,
+# 0.0245 on AVX-512 VNNI).
+CARD_TOLERANCE = {"accuracy": 0.01, "macro_f1": 0.01, "ece": 0.02}
 
 
 def test_the_card_figures_are_what_the_loader_serves() -> None:
@@ -74,8 +79,8 @@ def test_the_card_figures_are_what_the_loader_serves() -> None:
         measured = evaluate([e.label for e in rows], scores, labels=labels)
         written = card["serving"][name]
         assert measured["n"] == written["n"], name
-        for figure in ("accuracy", "macro_f1", "ece"):
-            assert abs(measured[figure] - written[figure]) <= CARD_TOLERANCE, (
+        for figure, tolerance in CARD_TOLERANCE.items():
+            assert abs(measured[figure] - written[figure]) <= tolerance, (
                 name, figure, measured[figure], written[figure],
             )  # fmt: skip
 
