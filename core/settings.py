@@ -239,9 +239,10 @@ class Settings(BaseSettings):
         default=20.0,
         gt=0,
         le=25,
-        description="Deadline of one model call in a model process; a process that misses "
-        "it is killed and restarted, and its batch is tried once more elsewhere (two tries "
-        "stay within the 60 s request timeout).",
+        description="Deadline of a batch sent to a model process (its call, and the one "
+        "batch it may wait behind there); a process that misses it is killed and restarted, "
+        "and its batches are tried once more elsewhere (two tries stay within the 60 s "
+        "request timeout).",
     )
     shutdown_drain_s: float = Field(
         default=3.0,

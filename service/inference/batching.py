@@ -4,7 +4,8 @@ Requests queue their items; whenever a model slot is free, it scores the
 oldest waiting requests as one batch (up to ``max_batch_texts``, and no more
 than its share when other slots are free too; a larger request forms a batch
 of its own). A lone request is scored at once; under load, batches grow with
-the load. One model call runs at a time per slot: a model process
+the load. One model call runs at a time per slot (a slot may hold more batches,
+see below): a model process
 (``service.inference.model_process``, the CPU default) or a thread of the worker
 (``ThreadSlot``). Batching in the worker that parsed the request saves the hop
 to a separate model server (serialization, a second HTTP server and its
@@ -17,6 +18,14 @@ on one core, side by side with the others. The second condition keeps the cores
 from being oversubscribed under load, when the queue drains for a moment and the
 next request arrives during the call: one request in flight at a time runs alone
 from its second request on.
+
+A slot may hold ``depth`` batches at once. Model processes take two: while one
+batch runs, the next waits in the process's socket, so the process starts it the
+moment it finishes instead of idling while the worker reads the answer and forms
+the next batch (the worker shares two cores with the model processes and is not
+always scheduled at once). A batch goes to an idle slot when there is one, and
+waiting texts are shared out between idle slots, not places: a burst is split
+as with one place per slot.
 
 When more than ``max_queued_texts`` texts wait, new requests are refused
 (``Overloaded``, answered 503 with Retry-After) instead of queueing without
@@ -110,9 +119,14 @@ class MicroBatcher:
         max_batch_texts: int,
         max_queued_texts: int,
         observer: BatchObserver | None = None,
+        depth: int = 1,
     ) -> None:
-        """Batches run on ``slots``, one at a time on each; the batcher closes them."""
+        """Batches run on ``slots``, up to ``depth`` at a time on each (a slot runs one
+        and queues the others); the batcher closes them."""
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, not {depth}")
         self._slots = list(slots)
+        self._depth = depth
         self._in_flight: set[asyncio.Task[None]] = set()
         self._max_batch_texts = max_batch_texts
         self._max_queued_texts = max_queued_texts
@@ -172,39 +186,55 @@ class MicroBatcher:
 
     async def _run(self, wakeup: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        free: asyncio.Queue[ModelSlot] = asyncio.Queue()
-        for slot in self._slots:
-            free.put_nowait(slot)
+        places = [self._depth] * len(self._slots)  # free places of each slot
+        holding = [0] * len(self._slots)  # batches each slot holds
+        place_freed = asyncio.Event()
 
-        async def back_when_ready(slot: ModelSlot) -> None:
-            await slot.ready()
-            free.put_nowait(slot)
+        def give_back(index: int) -> None:
+            places[index] += 1
+            place_freed.set()
 
-        def finished(slot: ModelSlot, task: asyncio.Task[None]) -> None:
+        async def back_when_ready(index: int) -> None:
+            await self._slots[index].ready()
+            give_back(index)
+
+        def finished(index: int, task: asyncio.Task[None]) -> None:
             self._in_flight.discard(task)
+            holding[index] -= 1
             if not task.cancelled() and isinstance(task.exception(), ModelUnavailable):
-                waiting = loop.create_task(back_when_ready(slot))
+                waiting = loop.create_task(back_when_ready(index))
                 self._in_flight.add(waiting)
                 waiting.add_done_callback(self._in_flight.discard)
             else:
-                free.put_nowait(slot)
+                give_back(index)
 
         while True:
             if not self._waiting:
                 wakeup.clear()
                 await wakeup.wait()
                 continue
-            slot = await free.get()  # a free model slot; meanwhile requests gather
-            batch = self._take(free_slots=free.qsize() + 1)
-            if not batch:
-                free.put_nowait(slot)
+            free = [i for i, count in enumerate(places) if count]
+            if not free:  # every place taken; meanwhile requests gather
+                place_freed.clear()
+                await place_freed.wait()
                 continue
+            # An idle slot first: a batch queued behind another while a slot idles
+            # waits for nothing. The waiting texts are shared out between the idle
+            # slots (a burst is split, not given whole to one), and all go to a busy
+            # slot's second place when none is idle.
+            index = min(free, key=lambda i: (holding[i], i))
+            idle = sum(1 for i in free if not holding[i])
+            batch = self._take(free_slots=max(idle, 1))
+            if not batch:
+                continue
+            places[index] -= 1
+            holding[index] += 1
             lone = self._running == 0 and not self._waiting
             alone, self._previous_lone = lone and self._previous_lone, lone
             self._running += 1
-            task = loop.create_task(self._run_batch(slot, batch, alone))
+            task = loop.create_task(self._run_batch(self._slots[index], batch, alone))
             self._in_flight.add(task)
-            task.add_done_callback(functools.partial(finished, slot))
+            task.add_done_callback(functools.partial(finished, index))
 
     async def _run_batch(self, slot: ModelSlot, batch: list[_Waiting], alone: bool) -> None:
         """Score the batch; it counts as in flight (from its dispatch) until it is settled

@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 # Long enough for a model process to start and load its models (an ONNX export
 # on a machine's first start included); a refresh may load a model too.
 MODEL_PROCESS_START_TIMEOUT_S = 600.0
+# Batches a model process holds at once: one running, the next waiting in its socket
+# (service.inference.batching). Threads of the worker take one.
+MODEL_PROCESS_DEPTH = 2
 
 
 class ModelsStarting(ModelUnavailable):
@@ -98,6 +101,7 @@ class InferenceWorker:
             max_batch_texts=settings.max_batch_texts,
             max_queued_texts=settings.max_queued_texts,
             observer=metrics,
+            depth=MODEL_PROCESS_DEPTH if processes else 1,
         )
         self.watcher = PeriodicTask(
             "model-watcher", self._refresh, settings.model_poll_interval_s, run_first=False

@@ -19,7 +19,7 @@ from core.settings import Settings
 from model import model_store
 from model.templates import TemplateRegistry
 from service.inference.model_process import ModelProcess, ModelProcessDied
-from service.inference.scoring import ScoreItem, Scorer
+from service.inference.scoring import ScoreItem, Scorer, ScoreResult
 from tests.support import ROOT
 
 METADATA = {"base_model": "tiny", "template_versions": ["v1"], "data_sha256": "x", "metrics": {}}
@@ -240,3 +240,49 @@ def test_a_late_answer_is_never_taken_for_the_next_batch(
     assert len(got) == len(others)
     for mine, theirs in zip(got, expected, strict=True):
         assert mine.scores == pytest.approx(theirs.scores, abs=1e-6)  # type: ignore[attr-defined]
+
+
+def test_two_batches_sent_at_once_are_each_answered_with_their_own_scores(
+    process: ModelProcess, settings: Settings, loop: asyncio.AbstractEventLoop
+) -> None:
+    """A worker sends a model process its next batch while the first runs (depth 2,
+    service.inference.batching): each caller gets the scores of its own texts."""
+    engine = Scorer(settings, TemplateRegistry.load(settings.resolved_templates_dir))
+    second = [ScoreItem(text=f"second batch {n}", template_version="v1") for n in range(3)]
+
+    async def scenario() -> list[list[ScoreResult]]:
+        return list(await asyncio.gather(process.score(items() * 8), process.score(second)))
+
+    first_got, second_got = loop.run_until_complete(scenario())
+    for got, sent in ((first_got, items() * 8), (second_got, second)):
+        expected = engine.score(sent)
+        assert len(got) == len(sent)
+        for mine, theirs in zip(got, expected, strict=True):
+            assert mine.scores == pytest.approx(theirs.scores, abs=1e-6)
+
+
+def test_a_process_killed_holding_two_batches_fails_both_and_is_replaced(
+    settings: Settings, loop: asyncio.AbstractEventLoop
+) -> None:
+    handle = ModelProcess(settings, "two", start_timeout_s=300, call_timeout_s=20)
+    try:
+        handle.wait_started()
+        first_pid = handle.pid
+        assert first_pid is not None
+
+        async def scenario() -> list[object]:
+            await handle.score(items())  # the event loop now watches the socket
+            os.kill(first_pid, signal.SIGSTOP)  # both batches below wait in its socket
+            held = [asyncio.ensure_future(handle.score(items())) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            os.kill(first_pid, signal.SIGKILL)
+            outcomes = await asyncio.wait_for(asyncio.gather(*held, return_exceptions=True), 10)
+            await asyncio.wait_for(handle.ready(), 120)
+            return [*outcomes, len(await handle.score(items()))]
+
+        outcomes = loop.run_until_complete(scenario())
+        assert all(isinstance(outcome, ModelProcessDied) for outcome in outcomes[:2]), outcomes
+        assert outcomes[2] == len(TEXTS)
+        assert handle.pid != first_pid and handle.restarts == 1
+    finally:
+        handle.close()

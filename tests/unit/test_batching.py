@@ -296,3 +296,124 @@ def test_a_request_that_fails_twice_gets_model_unavailable_not_a_hang() -> None:
         asyncio.run(scenario())
     assert sum(5 - slot.deaths for slot in slots) == 2  # two tries, then the answer
     batcher.close()
+
+
+class CountingSlot:
+    """A slot that records how many batches it holds at once, and whose batches wait
+    for ``gate`` (a model process's batches queue in its socket the same way)."""
+
+    def __init__(self) -> None:
+        self.holding = 0
+        self.most = 0
+        self.gate = asyncio.Event()
+        self.batches: list[list[str]] = []
+
+    async def score(self, batch: Sequence[ScoreItem], *, alone: bool = False) -> list[ScoreResult]:
+        self.holding += 1
+        self.most = max(self.most, self.holding)
+        self.batches.append([item.text for item in batch])
+        try:
+            await self.gate.wait()
+            return [ScoreResult(scores={}, model_version=item.text) for item in batch]
+        finally:
+            self.holding -= 1
+
+    async def ready(self) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+async def _batches_at_least(slots: Sequence[CountingSlot], count: int) -> None:
+    while sum(len(slot.batches) for slot in slots) < count:
+        await asyncio.sleep(0.001)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_slot_holds_up_to_depth_batches_and_a_burst_is_shared_between_slots(
+    depth: int,
+) -> None:
+    """With depth 2 each slot takes a second batch while its first runs (a model
+    process starts it without waiting for the worker); the first batches of a burst
+    still go to different slots, split as with one place per slot."""
+    slots = [CountingSlot(), CountingSlot()]
+    batcher = MicroBatcher(slots, max_batch_texts=2, max_queued_texts=100, depth=depth)
+
+    async def scenario() -> list[list[ScoreResult]]:
+        requests = [asyncio.ensure_future(batcher.classify(items(t))) for t in "abcdefgh"]
+        await _batches_at_least(slots, 2 * depth)
+        await asyncio.sleep(0.02)  # nothing more is dispatched while the slots are full
+        for slot in slots:
+            slot.gate.set()
+        return list(await asyncio.gather(*requests))
+
+    results = asyncio.run(scenario())
+    assert [r[0].model_version for r in results] == list("abcdefgh")
+    assert [slot.most for slot in slots] == [depth, depth]
+    assert slots[0].batches[0] == ["a", "b"] and slots[1].batches[0] == ["c", "d"]
+    batcher.close()
+
+
+def test_a_slot_that_dies_holding_two_batches_has_both_tried_again_elsewhere() -> None:
+    dying, healthy = DyingSlot(deaths=2), DyingSlot(deaths=0)
+    healthy_gate = asyncio.Event()
+    real_score = healthy.score
+
+    async def held_score(batch: Sequence[ScoreItem], *, alone: bool = False) -> list[ScoreResult]:
+        await healthy_gate.wait()  # busy until both of the dying slot's batches failed
+        return await real_score(batch, alone=alone)
+
+    healthy.score = held_score  # type: ignore[method-assign]
+    batcher = MicroBatcher([dying, healthy], max_batch_texts=1, max_queued_texts=100, depth=2)
+
+    async def scenario() -> list[list[ScoreResult]]:
+        requests = [asyncio.ensure_future(batcher.classify(items(t))) for t in "abcd"]
+        while dying.deaths:
+            await asyncio.sleep(0.001)
+        healthy_gate.set()
+        return list(await asyncio.wait_for(asyncio.gather(*requests), 5))
+
+    results = asyncio.run(scenario())
+    assert [r[0].model_version for r in results] == ["ok"] * 4
+    assert sorted(text for batch in healthy.scored for text in batch) == list("abcd")
+    assert dying.readied == 2  # each of its places waited for it to be ready again
+    batcher.close()
+
+
+def test_with_two_places_a_burst_is_split_between_slots_as_with_one() -> None:
+    slots = [CountingSlot(), CountingSlot()]
+    batcher = MicroBatcher(slots, max_batch_texts=8, max_queued_texts=100, depth=2)
+
+    async def scenario() -> None:
+        requests = [asyncio.ensure_future(batcher.classify(items(t))) for t in "abcdefgh"]
+        await _batches_at_least(slots, 2)
+        for slot in slots:
+            slot.gate.set()
+        await asyncio.gather(*requests)
+
+    asyncio.run(scenario())
+    assert [slot.batches for slot in slots] == [[list("abcd")], [list("efgh")]]
+    batcher.close()
+
+
+def test_a_request_goes_to_an_idle_slot_not_behind_a_busy_one() -> None:
+    """At low load a second place must not queue a request behind a running batch
+    while another slot idles, whichever place was freed last."""
+    busy, other = CountingSlot(), CountingSlot()
+    other.gate.set()
+    batcher = MicroBatcher([busy, other], max_batch_texts=8, max_queued_texts=100, depth=2)
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(batcher.classify(items("first")))
+        await _batches_at_least([busy], 1)  # "first" holds the first slot
+        await asyncio.wait_for(batcher.classify(items("second")), 5)  # the other slot
+        # Behind "first" it would wait for ever: the first slot's gate is still shut.
+        await asyncio.wait_for(batcher.classify(items("third")), 5)
+        busy.gate.set()
+        await first
+
+    asyncio.run(scenario())
+    assert busy.batches == [["first"]] and busy.most == 1
+    assert other.batches == [["second"], ["third"]]
+    batcher.close()
