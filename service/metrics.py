@@ -274,7 +274,9 @@ class ModelMetrics:
         )
         self.call_seconds = m.Histogram(
             name="sentiloop_model_call_seconds",
-            documentation="Duration of one model call (tokenization and inference).",
+            documentation="Duration of a batch from its dispatch to its answer: the model call "
+            "(tokenization and inference), the hop to a model process and back, and any wait "
+            "there behind the batch before it (a model process holds two).",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
         self.alone_calls = m.Counter(
