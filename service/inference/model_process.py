@@ -210,8 +210,9 @@ class _Incarnation:
 class ModelProcess:
     """The worker's handle on one model process (a ``ModelSlot`` of the batcher).
 
-    ``score`` runs on the event loop, one batch at a time (as the batcher
-    guarantees); ``call`` and ``wait_started`` from any thread.
+    ``score`` runs on the event loop; the batcher sends a process up to two batches
+    at once (``worker.MODEL_PROCESS_DEPTH``), which it scores in turn, each answer
+    matched to its caller by number; ``call`` and ``wait_started`` from any thread.
     """
 
     def __init__(
