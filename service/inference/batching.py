@@ -42,7 +42,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -188,6 +188,10 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         places = [self._depth] * len(self._slots)  # free places of each slot
         holding = [0] * len(self._slots)  # batches each slot holds
+        # Slots that failed with ModelUnavailable, until ready: none of their places
+        # is used (a restarting model process fails a batch at once, and the retry
+        # of the batch it dropped would spend its last try there).
+        down = [False] * len(self._slots)
         place_freed = asyncio.Event()
 
         def give_back(index: int) -> None:
@@ -196,7 +200,11 @@ class MicroBatcher:
 
         async def back_when_ready(index: int) -> None:
             await self._slots[index].ready()
+            down[index] = False
             give_back(index)
+
+        def mark_down(index: int) -> None:
+            down[index] = True
 
         def finished(index: int, task: asyncio.Task[None]) -> None:
             self._in_flight.discard(task)
@@ -213,7 +221,7 @@ class MicroBatcher:
                 wakeup.clear()
                 await wakeup.wait()
                 continue
-            free = [i for i, count in enumerate(places) if count]
+            free = [i for i, count in enumerate(places) if count and not down[i]]
             if not free:  # every place taken; meanwhile requests gather
                 place_freed.clear()
                 await place_freed.wait()
@@ -232,15 +240,28 @@ class MicroBatcher:
             lone = self._running == 0 and not self._waiting
             alone, self._previous_lone = lone and self._previous_lone, lone
             self._running += 1
-            task = loop.create_task(self._run_batch(self._slots[index], batch, alone))
+            task = loop.create_task(self._run_batch(
+                self._slots[index], batch, alone, functools.partial(mark_down, index)
+            ))  # fmt: skip
             self._in_flight.add(task)
             task.add_done_callback(functools.partial(finished, index))
 
-    async def _run_batch(self, slot: ModelSlot, batch: list[_Waiting], alone: bool) -> None:
+    async def _run_batch(
+        self,
+        slot: ModelSlot,
+        batch: list[_Waiting],
+        alone: bool,
+        on_unavailable: Callable[[], None],
+    ) -> None:
         """Score the batch; it counts as in flight (from its dispatch) until it is settled
-        or queued again, so that the retry of a batch that failed alone is alone too."""
+        or queued again, so that the retry of a batch that failed alone is alone too.
+        ``on_unavailable`` runs when the slot fails with ModelUnavailable, before the
+        batcher can hand the retry out."""
         try:
             await self._score_batch(slot, batch, alone)
+        except ModelUnavailable:
+            on_unavailable()
+            raise
         finally:
             self._running -= 1
 

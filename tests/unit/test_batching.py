@@ -417,3 +417,50 @@ def test_a_request_goes_to_an_idle_slot_not_behind_a_busy_one() -> None:
     assert busy.batches == [["first"]] and busy.most == 1
     assert other.batches == [["second"], ["third"]]
     batcher.close()
+
+
+class RestartingSlot:
+    """A model slot whose process dies on its first batch and, until ``ready`` returns,
+    fails every batch at once (as a restarting ModelProcess does)."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.died = False
+        self.given: list[list[str]] = []
+
+    async def score(self, batch: Sequence[ScoreItem], *, alone: bool = False) -> list[ScoreResult]:
+        self.given.append([item.text for item in batch])
+        if not self.died:
+            self.died = self.down = True
+        if self.down:
+            raise ModelUnavailable("model process restarting")
+        return [ScoreResult(scores={}, model_version="restarted") for _ in batch]
+
+    async def ready(self) -> None:
+        await asyncio.sleep(0.2)
+        self.down = False
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_restarting_slot_gets_no_batch_on_its_other_place_until_ready() -> None:
+    """Its second place must not take the retry of the batch it dropped (a restarting
+    process fails it at once, on its last try): the retry waits for the healthy slot."""
+    restarting, healthy = RestartingSlot(), CountingSlot()
+    batcher = MicroBatcher([restarting, healthy], max_batch_texts=1, max_queued_texts=100, depth=2)
+
+    async def scenario() -> list[list[ScoreResult]]:
+        burst = [asyncio.ensure_future(batcher.classify(items(t))) for t in "ab"]
+        await _batches_at_least([healthy], 1)  # "b" holds the healthy slot; "a" died
+        while not restarting.given:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)
+        healthy.gate.set()
+        return list(await asyncio.wait_for(asyncio.gather(*burst), 5))
+
+    results = asyncio.run(scenario())
+    assert [r[0].model_version for r in results] == ["a", "b"]
+    assert restarting.given == [["a"]]
+    assert sorted(healthy.batches) == [["a"], ["b"]]
+    batcher.close()
