@@ -7,7 +7,7 @@ tokenizer, on the evaluation sets (tweet test, SST-2 dev, XLM-T val en/fr/de/es)
 and on short review snippets (SST-2 train phrases of 2-5 words, as in
 ``bench.flywheel --scenario domain``). Per variant: macro-F1 per set, the share of
 texts whose answer differs from the fp32 file's, file size, ms per text in batches
-of 32 and for a lone text.
+of 32 (as served, and with all of ONNX Runtime's fusions) and for a lone text.
 
     python -m bench.quantization [--variants per-tensor per-channel ...]
 
@@ -30,7 +30,7 @@ from bench.common import machine, sst2, tweets, write_result, xlmt
 from core.logs import configure_logging
 from core.settings import Settings
 from model.labels import LABELS
-from model.onnx_runtime import OnnxLogits, _export
+from model.onnx_runtime import OnnxLogits, _export, _quantize
 from model.shipped import materialize, shipped_for_base
 from model.templates import TemplateRegistry
 from model.tokenization import ChunkTokenizer
@@ -41,13 +41,19 @@ logger = logging.getLogger(__name__)
 
 THREE_CLASS = ("negative", "neutral", "positive")
 BINARY = ("negative", "positive")
-# quantize_dynamic's arguments per variant (weights QInt8 in all of them).
+# quantize_dynamic's arguments per variant (weights QInt8 in all of them); "per-row" is
+# what sentiloop serves (``model.onnx_runtime``): per-channel-reduce-range with a scale
+# per row for the activations (``model.row_quantization``).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "per-tensor": {},  # what sentiloop served before
-    "per-channel": {"per_channel": True},  # what it serves now
+    "per-tensor": {},
+    "per-channel": {"per_channel": True},
     "per-channel-reduce-range": {"per_channel": True, "reduce_range": True},
     "per-tensor-reduce-range": {"reduce_range": True},
+    "per-row": {},
 }
+
+
+TIMINGS = ("megabytes", "ms_per_text_batch_32", "ms_per_text_batch_32_every_fusion", "ms_lone_text")
 
 
 def evaluation_sets(seed: int) -> dict[str, tuple[list[Example], tuple[str, ...]]]:
@@ -62,6 +68,22 @@ def evaluation_sets(seed: int) -> dict[str, tuple[list[Example], tuple[str, ...]
     for language in ("en", "fr", "de", "es"):
         sets[f"xlmt_val_{language}"] = (xlmt(language, "val"), THREE_CLASS)
     return sets
+
+
+def seconds_with_every_fusion(path: Path, tokenizer: ChunkTokenizer, rows: list[str]) -> float:
+    """The file in batches of 32 with ONNX Runtime's default fusions (serving turns
+    ``model.onnx_runtime.DISABLED_OPTIMIZERS`` off), one thread."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [node.name for node in session.get_inputs()]
+    started = time.perf_counter()
+    for _, inputs in tokenizer.chunks(rows, 32):
+        session.run(["logits"], {name: inputs[name].astype(np.int64) for name in names})
+    return time.perf_counter() - started
 
 
 def run_file(path: Path, tokenizer: ChunkTokenizer, texts: dict[str, list[str]]) -> dict[str, Any]:
@@ -81,10 +103,15 @@ def run_file(path: Path, tokenizer: ChunkTokenizer, texts: dict[str, list[str]])
     for text in lone:
         for _, inputs in tokenizer.chunks([text], 1):
             session(inputs)
+    lone_seconds = time.perf_counter() - started
+    every_fusion = seconds_with_every_fusion(path, tokenizer, texts["tweet_test"])
     return {
         "logits": logits,
         "ms_per_text_batch_32": round(1000 * seconds / len(texts["tweet_test"]), 2),
-        "ms_lone_text": round(1000 * (time.perf_counter() - started) / len(lone), 2),
+        "ms_per_text_batch_32_every_fusion": round(
+            1000 * every_fusion / len(texts["tweet_test"]), 2
+        ),
+        "ms_lone_text": round(1000 * lone_seconds / len(lone), 2),
         "megabytes": round(path.stat().st_size / 1e6, 1),
     }
 
@@ -126,14 +153,15 @@ def main() -> None:
         files = {"fp32": reference}
         for variant in args.variants:
             path = Path(scratch) / f"{variant}.onnx"
-            quantize_dynamic(str(fp32_file), str(path), weight_type=QuantType.QInt8,
-                             **VARIANTS[variant])  # fmt: skip
+            if variant == "per-row":
+                _quantize(fp32_file, path)
+            else:
+                quantize_dynamic(str(fp32_file), str(path), weight_type=QuantType.QInt8,
+                                 **VARIANTS[variant])  # fmt: skip
             files[variant] = run_file(path, tokenizer, texts)
             logger.info("measured %s", variant)
     for variant, measured in files.items():
-        entry: dict[str, Any] = {
-            key: measured[key] for key in ("megabytes", "ms_per_text_batch_32", "ms_lone_text")
-        }
+        entry: dict[str, Any] = {key: measured[key] for key in TIMINGS}
         for name, (rows, labels) in sets.items():
             logits = measured["logits"][name]
             changed = logits.argmax(axis=1) != reference["logits"][name].argmax(axis=1)
@@ -144,7 +172,7 @@ def main() -> None:
         result["variants"][variant] = entry
     write_result("quantization", result)
     names = list(sets)
-    print("variant | MB | ms/text b32 | ms lone | " + " | ".join(names))
+    print("variant | MB | ms/text b32 | b32, every fusion | ms lone | " + " | ".join(names))
     for variant, entry in result["variants"].items():
         cells = [
             f"{entry[n]['macro_f1']:.3f} ({100 * entry[n]['answers_changed_vs_fp32']:.1f}%)"
@@ -152,6 +180,7 @@ def main() -> None:
         ]
         print(
             f"{variant} | {entry['megabytes']} | {entry['ms_per_text_batch_32']} | "
+            f"{entry['ms_per_text_batch_32_every_fusion']} | "
             f"{entry['ms_lone_text']} | " + " | ".join(cells)
         )
 

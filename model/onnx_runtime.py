@@ -1,7 +1,7 @@
 """ONNX Runtime execution of a saved sequence-classification model (the CPU fast path).
 
 A model directory saved by training is exported to ONNX once (opset 17,
-dynamic batch and sequence axes), optionally quantized to dynamic int8, and
+dynamic batch and sequence axes), optionally quantized to int8 (``QUANTIZED_LAYOUT``), and
 cached under ``<cache>/<key>/``; every worker process of the machine reuses the
 file (an exclusive file lock makes one process export while the others wait).
 Each file is renamed into place, then sealed by a completion marker beside it
@@ -34,16 +34,21 @@ ONNX_OPSET = 17
 # Part of the cached file names: a change to how models are exported (opset,
 # attention implementation) makes every machine export afresh.
 EXPORT_LAYOUT = f"opset{ONNX_OPSET}-eager"
-# The same for the quantization: per-tensor int8 weights (the earlier
-# "model.opset17-eager.int8.onnx") turned 6-11% of the shipped model's fp32
-# answers on XLM-T val and 7.5% on short reviews; a scale per output channel halves
-# that at the same speed and size (README "Quantization"). The weights take 7 bits
-# (-64..64): on a CPU without VNNI (AVX2 only) ONNX Runtime multiplies 8-bit
-# activations by 8-bit weights in pairs summed into 16 bits, which saturate
-# (255 * 127 * 2 > 32767), and the 8-bit file's answers there moved by up to 0.07
-# from fp32 and a correction's gate never opened; with 7-bit weights the sums fit,
-# so every x86 CPU computes the same integers.
-QUANTIZED_LAYOUT = {"int8": "int8-per-channel-7bit"}
+# The same for the quantization. Weights: int8 with a scale per output channel (per
+# tensor, "model.opset17-eager.int8.onnx", turned 6-11% of the shipped model's fp32
+# answers on XLM-T val), in 7 bits (-64..64): on a CPU without VNNI (AVX2 only)
+# ONNX Runtime multiplies 8-bit activations by 8-bit weights in pairs summed into
+# 16 bits, which saturate (255 * 127 * 2 > 32767), and the 8-bit file's answers
+# there moved by up to 0.07 from fp32; with 7-bit weights the sums fit, so every x86
+# CPU computes the same integers. Activations: a scale per row, so that a text's
+# scores do not depend on the texts batched with it (``model.row_quantization``;
+# with one scale per call, "int8-per-channel-7bit", 13 of 300 tweets changed answer
+# with 7 batch-mates). README "Quantization".
+QUANTIZED_LAYOUT = {"int8": "int8-per-channel-7bit-per-row"}
+# ONNX Runtime's fusion of a residual Add and LayerNormalization (SkipLayerNormalization)
+# made the int8 file's batches of 32 ~18% slower on the CPUs measured (AMD EPYC, AVX-512
+# VNNI; bench/quantization.py) and lone texts no faster; fp32 within noise.
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 # What a BERT-like sequence classifier may take, in the order the export passes them.
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -88,15 +93,23 @@ def _export(model_dir: Path, destination: Path) -> None:
 
 
 def _quantize(source: Path, destination: Path) -> None:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(source),
-        str(destination),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        reduce_range=True,
-    )
+    from model.row_quantization import quantize_activations_per_row
+
+    per_call = destination.with_name(f"{destination.name}.per-call")
+    try:
+        quantize_dynamic(
+            str(source),
+            str(per_call),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=True,
+        )
+        onnx.save(quantize_activations_per_row(onnx.load(str(per_call))), str(destination))
+    finally:
+        per_call.unlink(missing_ok=True)
 
 
 def _write_lookup_tables(model_file: Path, destination: Path) -> None:
@@ -201,7 +214,12 @@ def _session(path: Path, threads: int | None, *, spinning: bool, shared: Mapping
     options.add_session_config_entry("session.force_spinning_stop", "1")
     for name, value in shared.items():
         options.add_initializer(name, value)
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(
+        str(path),
+        options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(DISABLED_OPTIMIZERS),
+    )
 
 
 class OnnxLogits:

@@ -14,7 +14,7 @@ from core.cache_entry import defect
 from core.settings import packaged_templates_dir
 from model.base_models import COMPLETE
 from model.classifiers import FineTunedClassifier, sentiment_model
-from model.onnx_runtime import onnx_model_file
+from model.onnx_runtime import QUANTIZED_LAYOUT, onnx_model_file
 from model.shipped import ShippedModel, materialize
 from model.templates import TemplateRegistry
 
@@ -42,7 +42,7 @@ def scores(classifier: FineTunedClassifier) -> list[dict[str, float]]:
 
 def test_a_truncated_onnx_export_is_exported_again(tiny_model_dir: Path, tmp_path: Path) -> None:
     expected = scores(onnx_classifier(tiny_model_dir, tmp_path))
-    [served] = tmp_path.glob("*.int8-per-channel-7bit.onnx")
+    [served] = tmp_path.glob(f"*.{QUANTIZED_LAYOUT['int8']}.onnx")
     size = truncate(served)
     assert scores(onnx_classifier(tiny_model_dir, tmp_path)) == expected
     assert served.stat().st_size == size
@@ -52,7 +52,7 @@ def test_a_damaged_onnx_file_of_the_right_size_is_exported_again(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     expected = scores(onnx_classifier(tiny_model_dir, tmp_path))
-    [served] = tmp_path.glob("*.int8-per-channel-7bit.onnx")
+    [served] = tmp_path.glob(f"*.{QUANTIZED_LAYOUT['int8']}.onnx")
     original = served.read_bytes()
     served.write_bytes(bytes(64) + original[64:])  # same size: only a checksum tells
     assert onnx_model_file(tiny_model_dir, tmp_path, quantize="int8") == served

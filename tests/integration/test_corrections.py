@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 
 from model import correction_modules, corrections
 from model.classifiers import FineTunedClassifier
+from model.onnx_runtime import EXPORT_LAYOUT, QUANTIZED_LAYOUT
 from model.templates import PromptTemplate
 from model.tokenization import UNIGRAM_FILE
 from training.correction import radius
@@ -95,7 +96,7 @@ def test_a_correction_links_its_parents_model_files_not_its_exports(
     for source in tiny_model_dir.iterdir():
         (parent / source.name).write_bytes(source.read_bytes())
     exports = [
-        "model.opset17-eager.int8-per-channel-7bit.onnx",
+        f"model.{EXPORT_LAYOUT}.{QUANTIZED_LAYOUT['int8']}.onnx",
         UNIGRAM_FILE,
         f".{UNIGRAM_FILE}.complete.json",
     ]

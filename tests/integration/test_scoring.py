@@ -362,10 +362,54 @@ def test_the_int8_export_has_a_weight_scale_per_output_channel_and_7_bit_weights
     graph = onnx.load(str(path)).graph
     initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     # The weights of the integer MatMuls ([in, out]); the embeddings' Gather keeps one scale.
-    weights = {n.input[1] for n in graph.node if n.op_type == "MatMulInteger"}
-    assert weights, "no quantized MatMul"
-    for name in weights:
-        weight, scale = initializers[name], initializers[name.removesuffix("_quantized") + "_scale"]
-        assert scale.shape == (weight.shape[1],), (name, scale.shape)
+    matmuls = [n for n in graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert matmuls, "no quantized MatMul"
+    for node in matmuls:
+        weight, scale = initializers[node.input[1]], initializers[node.input[3]]
+        assert scale.shape == (weight.shape[1],), (node.name, scale.shape)
         # |w| <= 64: two products of a uint8 activation sum to at most 255 * 64 * 2 = 32640.
-        assert weight.dtype == np.int8 and int(np.abs(weight.astype(np.int16)).max()) <= 64, name
+        assert weight.dtype == np.int8 and int(np.abs(weight.astype(np.int16)).max()) <= 64, node
+
+
+def test_the_int8_export_scales_activations_per_row_after_the_integer_product(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """No activation shares a scale across rows (texts), and the row scale multiplies the
+    product in its own Mul: ONNX Runtime's fusion of MatMulInteger -> Cast -> Mul took
+    only the first row's scale when the scale had one value per row."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_model_file(tiny_model_dir, tmp_path, quantize="int8"))).graph
+    assert not [n for n in graph.node if n.op_type in ("DynamicQuantizeLinear", "MatMulInteger")]
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    readers = {name: node for node in graph.node for name in node.input}
+    quantizers = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear"}
+    matmuls = [n for n in graph.node if n.op_type == "MatMulIntegerToFloat"]
+    for node in matmuls:
+        assert float(initializers[node.input[2]]) == 1.0, node.name  # a_scale: one, not a row's
+        quantize = quantizers[node.input[0]]
+        assert quantize.attribute[0].name in ("axis", "block_size")
+        attributes = {a.name: a.i for a in quantize.attribute}
+        assert (
+            attributes["axis"] == -1
+            and attributes["block_size"] == initializers[node.input[1]].shape[0]
+        )  # one block: the whole row
+        scaled = readers[node.output[0]]
+        assert scaled.op_type == "Mul" and quantize.input[1] in scaled.input, node.name
+
+
+def test_a_texts_int8_scores_do_not_depend_on_its_batch(
+    tiny_model_dir: Path, registry: TemplateRegistry, tmp_path: Path
+) -> None:
+    """With one activation scale per call, the other texts of a call moved a text's
+    scores (bench/batch_dependence.py: 13 of 300 tweets changed answer)."""
+    template = registry.get("v1")
+    classifier = _classifier(tiny_model_dir, tmp_path, "onnx", "int8")
+    texts = [template.render(t) for t in SAMPLE_TEXTS]
+    companions = [template.render(t) for t in ("AAAA!!! " * 30, "0 0 0", "ünïcödé ✓ 🎉 " * 5)]
+    for text in texts:
+        alone = classifier.predict([text], template)[0]
+        for batch in ([text, *companions], [*companions, text], [text, *texts]):
+            together = classifier.predict(batch, template)[batch.index(text)]
+            assert together == pytest.approx(alone, abs=1e-5), (text[:30], batch.index(text))
