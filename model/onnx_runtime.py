@@ -46,8 +46,9 @@ EXPORT_LAYOUT = f"opset{ONNX_OPSET}-eager"
 # with 7 batch-mates). README "Quantization".
 QUANTIZED_LAYOUT = {"int8": "int8-per-channel-7bit-per-row"}
 # ONNX Runtime's fusion of a residual Add and LayerNormalization (SkipLayerNormalization)
-# made the int8 file's batches of 32 ~18% slower on the CPUs measured (AMD EPYC, AVX-512
-# VNNI; bench/quantization.py) and lone texts no faster; fp32 within noise.
+# made int8 files' batches of 32 10-27% slower on the CPU measured (AMD EPYC, AVX-512
+# VNNI; bench/quantization.py's "every fusion" column) and lone texts no faster; fp32
+# within noise.
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 # What a BERT-like sequence classifier may take, in the order the export passes them.
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
