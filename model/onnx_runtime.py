@@ -99,7 +99,9 @@ def _quantize(source: Path, destination: Path) -> None:
 
     from model.row_quantization import quantize_activations_per_row
 
-    per_call = destination.with_name(f"{destination.name}.per-call")
+    # "<file>.<pid>.per-call.partial" beside "<file>.<pid>.partial": a process killed
+    # before the finally leaves it where build_file's sweep of stale partials finds it.
+    per_call = destination.with_suffix(f".per-call{destination.suffix}")
     try:
         quantize_dynamic(
             str(source),
