@@ -110,9 +110,32 @@ def _quantize(source: Path, destination: Path) -> None:
             per_channel=True,
             reduce_range=True,
         )
-        onnx.save(quantize_activations_per_row(onnx.load(str(per_call))), str(destination))
+        dynamic = onnx.load(str(per_call))
+        rewritten = quantize_activations_per_row(dynamic, rows_of=MODEL_INPUTS[0])
+        if not _runs(rewritten):
+            logger.warning("zero points shared by rows failed in %s; one per activation", source)
+            rewritten = quantize_activations_per_row(dynamic)
+        onnx.save(rewritten, str(destination))
     finally:
         per_call.unlink(missing_ok=True)
+
+
+def _runs(model: Any) -> bool:
+    """Whether ONNX Runtime runs ``model`` on two batches of token ids of other shapes."""
+    import onnxruntime
+
+    try:
+        session = onnxruntime.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        for batch, length in ((2, 5), (3, 2)):
+            ids = np.ones((batch, length), dtype=np.int64)
+            feed = {"input_ids": ids, "attention_mask": ids, "token_type_ids": ids * 0}
+            session.run(None, {node.name: feed[node.name] for node in session.get_inputs()})
+    except Exception as error:  # onnxruntime's own error types, not importable by name
+        logger.info("the rewritten file does not run: %s", error)
+        return False
+    return True
 
 
 def _write_lookup_tables(model_file: Path, destination: Path) -> None:

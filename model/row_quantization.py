@@ -38,13 +38,27 @@ class UnexpectedGraph(ValueError):
     """The quantized file is not laid out as ``quantize_dynamic`` lays it out."""
 
 
-def quantize_activations_per_row(model: Any) -> Any:
+def quantize_activations_per_row(model: Any, *, rows_of: str | None = None) -> Any:
     """``model`` (an ``onnx.ModelProto`` from ``quantize_dynamic``) with a scale per row
-    for every dynamically quantized activation; a new model, ``model`` is not changed."""
-    from onnx import helper, numpy_helper, version_converter
+    for every dynamically quantized activation; a new model, ``model`` is not changed.
+
+    Blocked ``QuantizeLinear`` takes a zero point per row (128 for all). With
+    ``rows_of`` (a graph input of shape [batch, sequence], e.g. ``input_ids``), every
+    activation of rank 3 takes them from one tensor of shape [batch, sequence, 1]
+    and every one of rank 2 from one of shape [batch, 1], made once from that input,
+    rather than each its own (two nodes each: ~100 nodes fewer for a 12-layer
+    encoder, 6-15% of a call's kernel time on two threads). That assumes those are
+    the activations' rows, as in a BERT-like encoder; a model where they are not
+    fails when run, so the caller runs the file once to check (``onnx_runtime``)."""
+    from onnx import helper, numpy_helper, shape_inference, version_converter
 
     converted = version_converter.convert_version(model, OPSET)
     graph = converted.graph
+    ranks = {
+        info.name: len(info.type.tensor_type.shape.dim)
+        for info in shape_inference.infer_shapes(converted).graph.value_info
+        if info.type.tensor_type.HasField("shape")
+    }
     initializers = {tensor.name for tensor in graph.initializer}
     producers = {output: node for node in graph.node for output in node.output}
     consumers: dict[str, list[Any]] = {}
@@ -68,10 +82,27 @@ def quantize_activations_per_row(model: Any) -> Any:
         "one": np.array(1, np.float32),
         "zero_point": np.array(128, np.uint8),
         "zero_point_1d": np.array([128], np.uint8),
+        "one_1d": np.array([1], np.int64),
+        "zero_1d": np.array([0], np.int64),
     }
     graph.initializer.extend(
         numpy_helper.from_array(value, f"{_PREFIX}/{name}") for name, value in constants.items()
     )
+    shared: list[Any] = []  # the zero points made once from ``rows_of``
+    shared_zero_points: dict[int, str] = {}  # rank -> those zero points
+    if rows_of is not None:
+        if rows_of not in {i.name for i in graph.input}:
+            raise UnexpectedGraph(f"no graph input {rows_of}")
+        p = f"{_PREFIX}/{rows_of}"
+        shared = [
+            step("Shape", [rows_of], f"{p}/shape"),
+            step("Concat", [f"{p}/shape", f"{_PREFIX}/one_1d"], f"{p}/rank_3_rows", axis=0),
+            step("Expand", [f"{_PREFIX}/zero_point_1d", f"{p}/rank_3_rows"], f"{p}/rank_3"),
+            step("Slice", [f"{p}/shape", f"{_PREFIX}/zero_1d", f"{_PREFIX}/one_1d"], f"{p}/batch"),
+            step("Concat", [f"{p}/batch", f"{_PREFIX}/one_1d"], f"{p}/rank_2_rows", axis=0),
+            step("Expand", [f"{_PREFIX}/zero_point_1d", f"{p}/rank_2_rows"], f"{p}/rank_2"),
+        ]
+        shared_zero_points = {3: f"{p}/rank_3", 2: f"{p}/rank_2"}
     replaced: dict[str, list[Any]] = {}  # node name -> the nodes that take its place
     removed: set[str] = set()
     stale: set[str] = set()  # tensors gone, or whose shape changed
@@ -117,18 +148,24 @@ def quantize_activations_per_row(model: Any) -> Any:
         if any(user.name not in removed for user in consumers.get(scale, [])):
             raise UnexpectedGraph(f"{scale} is read by more than the weight scales' products")
         stale |= {scale, zero_point}
+        zero_points = shared_zero_points.get(ranks.get(x, 0), "")
+        made = []
+        if not zero_points:
+            zero_points = f"{base}/zero_points"
+            made = [
+                step("Shape", [row_scale], f"{base}/rows"),
+                step("Expand", [f"{_PREFIX}/zero_point_1d", f"{base}/rows"], zero_points),
+            ]
         replaced[node.name] = [
             step("Abs", [x], f"{base}/abs"),
             step("ReduceMax", [f"{base}/abs", f"{_PREFIX}/last_axis"], f"{base}/max", keepdims=1),
             # A row of zeros would give a zero scale (and 0/0 when quantizing).
             step("Max", [f"{base}/max", f"{_PREFIX}/smallest_max"], f"{base}/max_or_tiny"),
             step("Mul", [f"{base}/max_or_tiny", f"{_PREFIX}/inverse_127"], row_scale),
-            # Blocked QuantizeLinear takes one zero point per block: 128 for every row.
-            step("Shape", [row_scale], f"{base}/rows"),
-            step("Expand", [f"{_PREFIX}/zero_point_1d", f"{base}/rows"], f"{base}/zero_points"),
+            *made,
             helper.make_node(
                 "QuantizeLinear",
-                [x, row_scale, f"{base}/zero_points"],
+                [x, row_scale, zero_points],
                 [quantized],
                 name=f"{base}/quantize",
                 axis=-1,
@@ -137,8 +174,8 @@ def quantize_activations_per_row(model: Any) -> Any:
         ]
     if not replaced:
         raise UnexpectedGraph("no DynamicQuantizeLinear to rewrite")
-    nodes = [n for node in graph.node if node.name not in removed
-             for n in replaced.get(node.name, [node])]  # fmt: skip
+    nodes = shared + [n for node in graph.node if node.name not in removed
+                      for n in replaced.get(node.name, [node])]  # fmt: skip
     del graph.node[:]
     graph.node.extend(nodes)
     # Shapes recorded for the old scales, zero points and integer products no longer hold;

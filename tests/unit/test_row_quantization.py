@@ -86,3 +86,51 @@ def test_refuses_a_file_without_the_dynamic_quantizers_layout(tmp_path: Path) ->
     graph.node.append(helper.make_node("Identity", [reader], ["stray"]))
     with pytest.raises(UnexpectedGraph, match="feeds"):
         quantize_activations_per_row(quantized)
+
+
+def test_zero_points_shared_by_rows_fail_loudly_where_an_activations_rows_differ(
+    tmp_path: Path,
+) -> None:
+    """``rows_of`` assumes every rank-3 activation has the input's rows; where one does
+    not, ONNX Runtime refuses to run the file (which ``model.onnx_runtime`` checks and
+    then rewrites without sharing), never a wrong answer."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    weight = np.ones((8, 4), np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["activation"], name="relu"),
+            helper.make_node("MatMul", ["activation", "w"], ["y"], name="matmul"),
+            helper.make_node("Shape", ["input_ids"], ["ids_shape"], name="shape"),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b", 8]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b", 4]),
+            helper.make_tensor_value_info("ids_shape", TensorProto.INT64, [2]),
+        ],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    source, quantized = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    quantize_dynamic(str(source), str(quantized), weight_type=QuantType.QInt8, per_channel=True)
+    shared = quantize_activations_per_row(onnx.load(str(quantized)), rows_of="input_ids")
+    own = quantize_activations_per_row(onnx.load(str(quantized)))
+    x = np.arange(2 * 3 * 8, dtype=np.float32).reshape(2, 3, 8)
+
+    def run(model: object, ids: np.ndarray) -> np.ndarray:
+        session = onnxruntime.InferenceSession(
+            model.SerializeToString(),  # type: ignore[attr-defined]
+            providers=["CPUExecutionProvider"],
+        )
+        return np.asarray(session.run(["y"], {"input_ids": ids, "x": x})[0])
+
+    matching = run(shared, np.ones((2, 3), np.int64))  # x's rows are the input's
+    assert np.array_equal(matching, run(own, np.ones((2, 3), np.int64)))
+    with pytest.raises(Exception, match="same shape"):
+        run(shared, np.ones((2, 5), np.int64))
+    assert np.array_equal(run(own, np.ones((2, 5), np.int64)), matching)
