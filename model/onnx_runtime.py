@@ -1,7 +1,8 @@
 """ONNX Runtime execution of a saved sequence-classification model (the CPU fast path).
 
 A model directory saved by training is exported to ONNX once (opset 17,
-dynamic batch and sequence axes), optionally quantized to int8 (``QUANTIZED_LAYOUT``), and
+dynamic batch and sequence axes), optionally quantized to int8 (``QUANTIZED_LAYOUT``;
+that file is opset 21 with ONNX Runtime's ``com.microsoft`` operators), and
 cached under ``<cache>/<key>/``; every worker process of the machine reuses the
 file (an exclusive file lock makes one process export while the others wait).
 Each file is renamed into place, then sealed by a completion marker beside it

@@ -54,6 +54,12 @@ def quantize_activations_per_row(model: Any, *, rows_of: str | None = None) -> A
 
     converted = version_converter.convert_version(model, OPSET)
     graph = converted.graph
+    # Nodes are found by name below: an unnamed or twice-named node gets a unique one.
+    names: set[str] = set()
+    for index, node in enumerate(graph.node):
+        if not node.name or node.name in names:
+            node.name = f"{_PREFIX}/node{index}"
+        names.add(node.name)
     ranks = {
         info.name: len(info.type.tensor_type.shape.dim)
         for info in shape_inference.infer_shapes(converted).graph.value_info
@@ -147,6 +153,10 @@ def quantize_activations_per_row(model: Any, *, rows_of: str | None = None) -> A
             raise UnexpectedGraph(f"{x} feeds weights of input sizes {sorted(inner_sizes)}")
         if any(user.name not in removed for user in consumers.get(scale, [])):
             raise UnexpectedGraph(f"{scale} is read by more than the weight scales' products")
+        if any(user.op_type != "MatMulInteger" for user in consumers.get(zero_point, [])):
+            raise UnexpectedGraph(f"{zero_point} is read by more than the integer products")
+        if {quantized, scale, zero_point} & {output.name for output in graph.output}:
+            raise UnexpectedGraph(f"{node.name}'s outputs are outputs of the model")
         stale |= {scale, zero_point}
         zero_points = shared_zero_points.get(ranks.get(x, 0), "")
         made = []

@@ -15,13 +15,13 @@ onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 
 
-def _dynamic_matmul(tmp_path: Path, weight: np.ndarray) -> object:
+def _dynamic_matmul(tmp_path: Path, weight: np.ndarray, name: str = "matmul") -> object:
     """``y = x @ weight`` for x of shape [rows, 8], through quantize_dynamic."""
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul")],
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name=name)],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", weight.shape[1]])],
@@ -134,3 +134,13 @@ def test_zero_points_shared_by_rows_fail_loudly_where_an_activations_rows_differ
     with pytest.raises(Exception, match="same shape"):
         run(shared, np.ones((2, 5), np.int64))
     assert np.array_equal(run(own, np.ones((2, 5), np.int64)), matching)
+
+
+def test_unnamed_nodes_are_rewritten_too(tmp_path: Path) -> None:
+    """The rewrite finds nodes by name; ONNX Runtime's quantizer leaves the integer
+    product of an unnamed MatMul unnamed."""
+    rng = np.random.default_rng(1)
+    weight = rng.normal(size=(8, 4)).astype(np.float32)
+    rewritten = quantize_activations_per_row(_dynamic_matmul(tmp_path, weight, name=""))
+    x = rng.normal(size=(3, 8)).astype(np.float32)
+    assert np.allclose(_run(rewritten, x), x @ weight, atol=0.05 * np.abs(x @ weight).max())
