@@ -12,7 +12,15 @@ fine-tune of every encoder weight on that many snippets, the upper end of what
 forgetting buys. If the correction stops gaining as the labels grow tenfold, its
 ceiling is the champion's features, not the number of labels.
 
+With ``--alternatives``, three other ways to read the same champion on each
+draw of the smallest size, to see whether the ceiling is the linear residual's or
+the features': a linear residual over richer features (the pooled states of the
+upper half of the layers, concatenated), a small MLP residual over today's
+features, and today's residual blended with a vote of the nearest labelled rows
+(k-nearest neighbours on a middle layer's pooled states).
+
     python -m bench.domain_headroom [--rows 933 2000 4000 12000] [--fine-tune-rows N]
+                                    [--alternatives]
 
 Prints a table and writes bench/results/domain-headroom.json. fp32 on torch (the
 served int8 file answers within a point of it on these snippets:
@@ -65,6 +73,98 @@ def domain_figures(rows: list[Example], logits: torch.Tensor) -> dict[str, float
     }
 
 
+@torch.inference_mode()
+def pooled_layers(model: Any, tokenizer: ChunkTokenizer, texts: list[str]) -> torch.Tensor:
+    """Every layer's normalized mean-pooled states of ``texts``: [texts, layers + 1, hidden]."""
+    layers: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+    for chunk, inputs in tokenizer.chunks(texts, 16):
+        tensors = {name: torch.from_numpy(array) for name, array in inputs.items()}
+        states = model(**tensors, output_hidden_states=True).hidden_states
+        mask = tensors["attention_mask"].unsqueeze(-1).float()
+        stacked = torch.stack([(h * mask).sum(1) / mask.sum(1) for h in states], dim=1)
+        for row, index in enumerate(chunk):
+            layers[index] = torch.nn.functional.normalize(stacked[row], dim=-1)
+    return torch.stack(layers)
+
+
+def fit_mlp_residual(
+    logits: torch.Tensor,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    args: TrainingArguments,
+    hidden: int = 256,
+) -> torch.nn.Module:
+    """As ``fit_residual``, with one hidden layer (GELU, dropout 0.1), its output from zero."""
+    torch.manual_seed(args.seed)
+    output = torch.nn.Linear(hidden, len(THREE_CLASS))
+    torch.nn.init.zeros_(output.weight)
+    torch.nn.init.zeros_(output.bias)
+    net = torch.nn.Sequential(
+        torch.nn.Dropout(0.1),
+        torch.nn.Linear(features.shape[1], hidden),
+        torch.nn.GELU(),
+        output,
+    )
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
+    generator = torch.Generator().manual_seed(args.seed)
+    for _ in range(40):  # training.correction.EPOCHS
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(labels), args.batch_size):
+            batch = order[start : start + args.batch_size]
+            loss = torch.nn.functional.cross_entropy(
+                logits[batch] + net(features[batch]), labels[batch], reduction="none"
+            )
+            loss = (loss * weights[batch]).sum() / weights[batch].sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return net.eval()
+
+
+def neighbour_vote(
+    keys: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, k: int = 10
+) -> torch.Tensor:
+    """Log of the similarity-weighted label shares of each query's ``k`` nearest keys
+    (smoothed so no class is impossible)."""
+    nearest = (queries @ keys.T).topk(min(k, len(keys)), dim=-1)
+    weights = torch.softmax(nearest.values * 20, dim=-1).unsqueeze(-1)
+    votes = torch.nn.functional.one_hot(labels[nearest.indices], len(THREE_CLASS)).float()
+    return torch.log((weights * votes).sum(dim=1) + 0.05)
+
+
+def alternatives(
+    holdout: list[Example],
+    rows: torch.Tensor,
+    logits: torch.Tensor,
+    features: torch.Tensor,
+    layers: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    args: TrainingArguments,
+) -> dict[str, dict[str, float]]:
+    """Each alternative reading of the champion fitted on ``rows``, judged ungated on
+    the first ``HOLDOUT`` rows (the holdout), beside the linear residual of today."""
+    held = torch.arange(HOLDOUT)
+    upper = layers.shape[1] // 2
+    richer = torch.cat([layers[:, upper:].flatten(1), features[:, features.shape[1] // 2 :]], 1)
+    linear, _ = fit_residual(logits[rows], features[rows], labels[rows], weights, args)
+    wide, _ = fit_residual(logits[rows], richer[rows], labels[rows], weights, args)
+    mlp = fit_mlp_residual(logits[rows], features[rows], labels[rows], weights, args)
+    middle = layers[:, upper]
+    with torch.no_grad():
+        today = logits[held] + linear(features[held])
+        fitted = {
+            "linear residual (today)": today,
+            f"linear residual, layers {upper}-{layers.shape[1] - 1} pooled + CLS": logits[held]
+            + wide(richer[held]),
+            "MLP residual (256 hidden)": logits[held] + mlp(features[held]),
+            f"today's + 10-nearest vote (layer {upper})": torch.log_softmax(today, -1)
+            + neighbour_vote(middle[rows], labels[rows], middle[held]),
+        }
+    return {name: domain_figures(holdout, scores) for name, scores in fitted.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[933, 2000, 4000, 12000])
@@ -73,6 +173,11 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=12000, help="snippets read for the draws")
     parser.add_argument("--fine-tune-rows", type=int, default=0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--alternatives",
+        action="store_true",
+        help="also fit three other readings of the champion (smallest size)",
+    )
     args = parser.parse_args()
     configure_logging()
     torch.manual_seed(args.seed)
@@ -103,6 +208,7 @@ def main() -> None:
     h_logits, h_gates, h_features = logits[:HOLDOUT], gates[:HOLDOUT], features[:HOLDOUT]
     labels = torch.tensor([LABEL_TO_ID[e.label] for e in holdout + pool])
     training_args = TrainingArguments()  # the defaults `sentiloop train` uses
+    layers = pooled_layers(model, tokenizer, texts) if args.alternatives else None
 
     result: dict[str, Any] = {
         "machine": machine(),
@@ -135,6 +241,9 @@ def main() -> None:
                 "gated": domain_figures(holdout, h_logits + inside.float()[:, None] * correction),
                 "ungated": domain_figures(holdout, h_logits + correction),
             }
+            if layers is not None and rows == min(args.rows):
+                entry["alternatives"] = alternatives(holdout, chosen, logits, features, layers,
+                                                     labels, weights, training_args)  # fmt: skip
             result["correction"].append(entry)
             logger.info("correction on %d rows (draw %d): %s", rows, sample, entry)
     write_result("domain-headroom", result)
@@ -171,6 +280,14 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"| {e['rows']} | {e['sample']} | {e['inside_gate']:.1%} | {gated:.3f} "
               f"({100 * (gated - champion):+.1f}) | {ungated:.3f} "
               f"({100 * (ungated - champion):+.1f}) |")  # fmt: skip
+    others = [e for e in result["correction"] if "alternatives" in e]
+    if others:
+        print("\nother readings of the champion, ungated, on each draw of "
+              f"{others[0]['rows']} rows: macro-F1 (change against the champion)")  # fmt: skip
+        for name in others[0]["alternatives"]:
+            figures = [e["alternatives"][name]["macro_f1"] for e in others]
+            print(f"| {name} | " + " | ".join(
+                f"{f:.3f} ({100 * (f - champion):+.1f})" for f in figures) + " |")  # fmt: skip
     if "fine_tune" in result:
         tuned = result["fine_tune"]["macro_f1"]
         print(f"fine-tune of every weight on {result['fine_tune']['rows']} rows: {tuned:.3f} "

@@ -191,6 +191,68 @@ def wait_for_quiet_cpu(busy_below: float = 15.0, longest_s: float = 30.0) -> Non
         pass
 
 
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """User and system CPU seconds used so far by a sentiloop server's API workers and
+    model processes (the processes under ``pid``, as ``memory_mib`` tells them apart)."""
+    import psutil
+
+    used = {"api_workers": 0.0, "model_processes": 0.0}
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            role = role_of(" ".join(child.cmdline()))
+            if role is not None:
+                used[role] += sum(child.cpu_times()[:2])
+    return used
+
+
+class CpuUse:
+    """Where the machine's CPU went while one load ran against one sentiloop server:
+    its model processes, its API worker, the client (wrk, a child of this process)
+    and the machine as a whole, in cores (CPU seconds per second)."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.pid = pid
+        self.server = cpu_seconds(pid)
+        self.client = _children_cpu_seconds()
+        self.machine = psutil.cpu_times()
+        self.started = time.monotonic()
+
+    def figures(self, result: dict[str, Any], batch: int) -> dict[str, float]:
+        import psutil
+
+        elapsed = time.monotonic() - self.started
+        server = cpu_seconds(self.pid)
+        machine = psutil.cpu_times()
+        busy = _busy(machine) - _busy(self.machine)
+        requests = max(1, int(result["requests"]))
+        model = server["model_processes"] - self.server["model_processes"]
+        api = server["api_workers"] - self.server["api_workers"]
+        return {
+            "seconds": round(elapsed, 3),
+            "model_processes_cores": model / elapsed,
+            "api_worker_cores": api / elapsed,
+            "client_cores": (_children_cpu_seconds() - self.client) / elapsed,
+            "machine_busy_cores": busy / elapsed,
+            "model_cpu_ms_per_text": 1000 * model / (requests * batch),
+            "api_worker_cpu_ms_per_request": 1000 * api / requests,
+        }
+
+
+def _busy(times: Any) -> float:
+    """CPU seconds the machine's cores spent on anything but waiting (steal excluded)."""
+    return float(times.user + times.nice + times.system + times.irq + times.softirq)
+
+
+def _children_cpu_seconds() -> float:
+    """CPU seconds of this process's children that have been waited for (wrk runs)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure_interleaved(
     servers: dict[str, str],
     plans: dict[str, list[tuple[int, int]]],
@@ -200,6 +262,7 @@ def measure_interleaved(
     bodies_dir: Path | None = None,
     ceiling: Ceiling | None = None,
     ceiling_chunk: int = 4,
+    pids: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Every server runs, idle but up, through the whole benchmark; each configuration
     is measured in ``rounds`` rounds that visit the servers in turn, and the round
@@ -209,7 +272,8 @@ def measure_interleaved(
     With ``bodies_dir`` the client is wrk (request bodies written there), else aiohttp.
     With ``ceiling``, the in-process ceiling (``bench.ceiling``, chunks of
     ``ceiling_chunk`` texts) takes its turn in every configuration's rounds as the
-    server "ceiling" (rows with texts/s only).
+    server "ceiling" (rows with texts/s only). With ``pids`` (server name: the pid of a
+    sentiloop server), each of those rows also tells where the CPU went (``CpuUse``).
     """
 
     def measure(url: str, batch: int, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -235,7 +299,11 @@ def measure_interleaved(
                     result = ceiling.measure(seconds, ceiling_chunk)
                 else:
                     measure(servers[name], batch, concurrency, 1)  # warm-up
+                    pid = (pids or {}).get(name)
+                    use = CpuUse(pid) if pid is not None else None
                     result = measure(servers[name], batch, concurrency, seconds)
+                    if use is not None:
+                        result["cpu"] = use.figures(result, batch)
                 measured[name].append(result)
                 logger.info("%s batch=%d c=%d round %d: %.1f texts/s", name, batch,
                             concurrency, round_number, result["texts_per_s"])  # fmt: skip
@@ -271,6 +339,9 @@ def peer_table(
             "ceiling_texts_per_s": ceiling["texts_per_s"],
             "sentiloop_pct_of_ceiling": 100 * ours["texts_per_s"] / ceiling["texts_per_s"],
         })  # fmt: skip
+        if "cpu" in ours and "cpu_ms_per_text" in ceiling:  # where the CPU went
+            rows[-1]["sentiloop_cpu"] = ours["cpu"]
+            rows[-1]["ceiling_cpu_ms_per_text"] = ceiling["cpu_ms_per_text"]
         before = found.get(("reference", batch, concurrency))
         if before is not None:  # --reference-checkout: the same figures before a change
             rows[-1].update({
@@ -290,15 +361,18 @@ def memory_mib(pid: int) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {"api_workers": [], "model_processes": []}
     for child in psutil.Process(pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            command = " ".join(child.cmdline())
-            role = (
-                "model_processes" if "multiprocessing.spawn" in command
-                else "api_workers" if "_bentoml_impl.worker" in command
-                else None
-            )  # fmt: skip
+            role = role_of(" ".join(child.cmdline()))
             if role is not None:
                 found[role].append(round(child.memory_info().rss / 2**20, 1))
     return {role: sorted(sizes, reverse=True) for role, sizes in found.items()}
+
+
+def role_of(command: str) -> str | None:
+    """A sentiloop server's process by its command line: an API worker, a model
+    process, or neither (the arbiter, multiprocessing's resource tracker)."""
+    if "multiprocessing.spawn" in command:
+        return "model_processes"
+    return "api_workers" if "_bentoml_impl.worker" in command else None
 
 
 def start_baseline(model_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -430,8 +504,9 @@ def main() -> None:
                              processes=os.cpu_count() or 1, batch=b,
                              max_length=settings.max_length)  # fmt: skip
         running.callback(in_process.close)
+        pids = {name: process.process.pid for name, process in sentiloops.items()}
         rows = measure_interleaved(servers, plans, texts, args.seconds, args.rounds, bodies_dir,
-                                   in_process, ceiling_chunk)  # fmt: skip
+                                   in_process, ceiling_chunk, pids)  # fmt: skip
         # After every load: the memory of each sentiloop server warmed up by it.
         memory = {name: memory_mib(process.process.pid) for name, process in sentiloops.items()}
     results = [row for row in rows if row["server"] != "ceiling"]
@@ -509,6 +584,24 @@ def main() -> None:
             f"{row['peer_p50_ms']:.1f} ms | {row['sentiloop_vs_peer']:.2f}x | "
             f"{row['ceiling_texts_per_s']:.0f} | {row['sentiloop_pct_of_ceiling']:.0f}% |"
         )
+    if any("sentiloop_cpu" in row for row in table):
+        print("\nwhere the CPU went (sentiloop, the median round; cores = CPU seconds a second)")
+        print(
+            "| load | % of ceiling | model processes, cores | their CPU a text (ceiling's) "
+            "| API worker, cores (CPU a request) | client, cores | machine busy, cores |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for row in table:
+            if "sentiloop_cpu" not in row:
+                continue
+            cpu = row["sentiloop_cpu"]
+            print(
+                f"| {row['load']} | {row['sentiloop_pct_of_ceiling']:.0f}% | "
+                f"{cpu['model_processes_cores']:.2f} | {cpu['model_cpu_ms_per_text']:.2f} ms "
+                f"({row['ceiling_cpu_ms_per_text']:.2f}) | {cpu['api_worker_cores']:.2f} "
+                f"({cpu['api_worker_cpu_ms_per_request']:.2f} ms) | {cpu['client_cores']:.2f} | "
+                f"{cpu['machine_busy_cores']:.2f} |"
+            )
     for name, sizes in memory.items():
         print(f"RSS after the loads, {name}: model processes {sizes['model_processes']} MiB, "
               f"API workers {sizes['api_workers']} MiB")  # fmt: skip
