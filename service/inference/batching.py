@@ -27,6 +27,13 @@ always scheduled at once). A batch goes to an idle slot when there is one, and
 waiting texts are shared out between idle slots, not places: a burst is split
 as with one place per slot.
 
+A large request alone in the queue while several slots idle (``split_texts`` texts
+or more; a CRM sending one batch at a time) is cut into one part per idle slot,
+each scored on one core, and answered whole when every part is back. Without
+this it ran as one call, alone, on a session whose threads spin across every
+core, which lost most of its time whenever the API worker (parsing, logging the
+previous batch) took a core from it.
+
 When more than ``max_queued_texts`` texts wait, new requests are refused
 (``Overloaded``, answered 503 with Retry-After) instead of queueing without
 bound. A slot that fails with ``ModelUnavailable`` (its model process died or
@@ -120,13 +127,18 @@ class MicroBatcher:
         max_queued_texts: int,
         observer: BatchObserver | None = None,
         depth: int = 1,
+        split_texts: int | None = None,
     ) -> None:
         """Batches run on ``slots``, up to ``depth`` at a time on each (a slot runs one
-        and queues the others); the batcher closes them."""
+        and queues the others); the batcher closes them. A request of ``split_texts``
+        texts or more alone in the queue is cut between the idle slots (None: never)."""
         if depth < 1:
             raise ValueError(f"depth must be at least 1, not {depth}")
+        if split_texts is not None and split_texts < 2:
+            raise ValueError(f"split_texts must be at least 2, not {split_texts}")
         self._slots = list(slots)
         self._depth = depth
+        self._split_texts = split_texts
         self._in_flight: set[asyncio.Task[None]] = set()
         self._max_batch_texts = max_batch_texts
         self._max_queued_texts = max_queued_texts
@@ -232,6 +244,8 @@ class MicroBatcher:
             # slot's second place when none is idle.
             index = min(free, key=lambda i: (holding[i], i))
             idle = sum(1 for i in free if not holding[i])
+            if self._splits(idle):
+                self._split(loop, parts=idle)
             batch = self._take(free_slots=max(idle, 1))
             if not batch:
                 continue
@@ -245,6 +259,34 @@ class MicroBatcher:
             ))  # fmt: skip
             self._in_flight.add(task)
             task.add_done_callback(functools.partial(finished, index))
+
+    def _splits(self, idle: int) -> bool:
+        """Whether the waiting request is to be cut between the ``idle`` slots: it waits
+        alone, it is large, and more than one slot is idle."""
+        return (
+            self._split_texts is not None
+            and idle > 1
+            and len(self._waiting) == 1
+            and len(self._waiting[0].items) >= self._split_texts
+        )
+
+    def _split(self, loop: asyncio.AbstractEventLoop, parts: int) -> None:
+        """Replace the one waiting request by ``parts`` requests of its texts in order
+        (sizes within one of each other), first in line; the whole is answered when
+        every part is, or fails with the first part that fails. A part keeps the whole's
+        tries."""
+        whole = self._waiting.popleft()
+        size, extra = divmod(len(whole.items), parts)
+        pieces: list[_Waiting] = []
+        start = 0
+        for part in range(parts):
+            end = start + size + (1 if part < extra else 0)
+            pieces.append(_Waiting(whole.items[start:end], loop.create_future(), whole.tries))
+            start = end
+        self._waiting.extendleft(reversed(pieces))  # the same texts: the count holds
+        joining = loop.create_task(_join(whole, pieces), name="micro-batcher-join")
+        self._in_flight.add(joining)
+        joining.add_done_callback(self._in_flight.discard)
 
     async def _run_batch(
         self,
@@ -311,6 +353,18 @@ class MicroBatcher:
             self._queued_texts += len(waiting.items)
         if again and self._wakeup is not None:
             self._wakeup.set()
+
+
+async def _join(whole: _Waiting, pieces: Sequence[_Waiting]) -> None:
+    """Answer ``whole`` with its pieces' results in order, or the first failure."""
+    try:
+        done = await asyncio.gather(*(piece.future for piece in pieces))
+    except Exception as exc:
+        for piece in pieces:
+            piece.future.cancel()  # a part still waiting (a retry) is not scored
+        _settle(whole, exc)
+        return
+    _settle(whole, [result for part in done for result in part])
 
 
 def _settle(waiting: _Waiting, outcome: list[ScoreResult] | Exception) -> None:

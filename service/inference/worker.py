@@ -52,6 +52,11 @@ MODEL_PROCESS_START_TIMEOUT_S = 600.0
 # Batches a model process holds at once: one running, the next waiting in its socket
 # (service.inference.batching). Threads of the worker take one.
 MODEL_PROCESS_DEPTH = 2
+# A request of this many texts or more, alone in the queue, is cut between the idle
+# model processes (service.inference.batching). Measured (wrk, shipped model, 2 cores,
+# one request in flight): 12 texts 340 -> 482 texts/s, 32 texts 383 -> 560; at 8
+# texts cut or not alike (415 and 416), so two chunks of 4 is where cutting starts.
+SPLIT_TEXTS = 8
 
 
 class ModelsStarting(ModelUnavailable):
@@ -102,6 +107,7 @@ class InferenceWorker:
             max_queued_texts=settings.max_queued_texts,
             observer=metrics,
             depth=MODEL_PROCESS_DEPTH if processes else 1,
+            split_texts=SPLIT_TEXTS if processes else None,
         )
         self.watcher = PeriodicTask(
             "model-watcher", self._refresh, settings.model_poll_interval_s, run_first=False

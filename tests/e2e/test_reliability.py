@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.inference.worker import SPLIT_TEXTS
 from tests.e2e.conftest import start_server
 from tests.support import ServerProcess, missing, wait_until
 
@@ -180,7 +181,7 @@ def test_a_model_process_killed_during_a_call_alone_is_replaced_and_the_batch_re
     for process in processes:
         process.send_signal(signal.SIGSTOP)
     answer: list[httpx.Response] = []
-    texts = [f"ticket {n}: the parcel came late" for n in range(40)]
+    texts = [f"ticket {n}: the parcel came late" for n in range(SPLIT_TEXTS - 4)]  # not cut
     request = threading.Thread(target=lambda: answer.append(predict(server, {"texts": texts})))
     request.start()
     try:
@@ -195,11 +196,50 @@ def test_a_model_process_killed_during_a_call_alone_is_replaced_and_the_batch_re
                 process.send_signal(signal.SIGCONT)
     request.join(60)
     assert answer and answer[0].status_code == 200, answer and answer[0].text[:500]
-    assert [p["external_id"] for p in answer[0].json()["predictions"]] == [None] * 40
+    assert [p["external_id"] for p in answer[0].json()["predictions"]] == [None] * len(texts)
     # One call alone failed with the process, its retry ran alone on the other one.
     assert calls(server) == (alone + 1, total + 1)
     assert wait_until(lambda: len(server.model_processes()) == 2)
     assert holder.pid not in {p.pid for p in server.model_processes()}
+
+
+def test_a_large_lone_request_is_cut_between_the_processes_and_survives_one_dying(
+    server: ServerProcess,
+) -> None:
+    """A CRM sending one batch of texts at a time: the batch is cut in two, one part
+    per model process, each on one core (not one call alone). One process killed
+    holding its part: that part is retried on the other, and the request is answered
+    in full, each text scored as it is alone."""
+    assert wait_until(lambda: len(server.model_processes()) == 2)
+    assert wait_until(
+        lambda: not httpx.get(f"{server.url}/v1/models").json()["restarting_model_processes"]
+    )
+    texts = [f"order {n}: {'great' if n % 3 else 'broken'} product, {n} days" for n in range(40)]
+    expected = [predict(server, {"text": text}).json()["predictions"][0] for text in texts]
+    processes = server.model_processes()
+    alone, total = calls(server)
+    for process in processes:
+        process.send_signal(signal.SIGSTOP)
+    answer: list[httpx.Response] = []
+    request = threading.Thread(target=lambda: answer.append(predict(server, {"texts": texts})))
+    request.start()
+    try:  # each process holds a part of the request in its socket
+        assert wait_until(lambda: all(queued_bytes(p.pid) for p in processes), 10)
+        processes[0].send_signal(signal.SIGKILL)
+    finally:
+        for process in processes:
+            with contextlib.suppress(Exception):
+                process.send_signal(signal.SIGCONT)
+    request.join(60)
+    assert answer and answer[0].status_code == 200, answer and answer[0].text[:500]
+    got = answer[0].json()["predictions"]
+    assert [p["label"] for p in got] == [p["label"] for p in expected]
+    for mine, alone_scores in zip(got, expected, strict=True):
+        for label, score in alone_scores["scores"].items():
+            assert mine["scores"][label] == pytest.approx(score, abs=1e-5)
+    # Two parts answered (the killed one's on its retry), none of them alone.
+    assert calls(server) == (alone, total + 2)
+    assert wait_until(lambda: len(server.model_processes()) == 2)
 
 
 # Row 6 ----------------------------------------------------------------------------

@@ -464,3 +464,76 @@ def test_a_restarting_slot_gets_no_batch_on_its_other_place_until_ready() -> Non
     assert restarting.given == [["a"]]
     assert sorted(healthy.batches) == [["a"], ["b"]]
     batcher.close()
+
+
+def _two_slots(
+    first: RecordingScorer, second: RecordingScorer, split_texts: int = 4
+) -> MicroBatcher:
+    return MicroBatcher(
+        [ThreadSlot(first), ThreadSlot(second)],
+        max_batch_texts=64,
+        max_queued_texts=100,
+        split_texts=split_texts,
+    )
+
+
+def test_a_large_request_alone_is_cut_between_idle_slots_and_answered_whole() -> None:
+    """A CRM sending one batch at a time: each idle slot scores a part on its own
+    core (not one call alone on spinning threads), the answer comes back in order."""
+    first, second = RecordingScorer(), RecordingScorer()
+    batcher = _two_slots(first, second)
+    texts = [f"t{i}" for i in range(5)]
+    results = asyncio.run(batcher.classify(items(*texts)))
+    assert [r.model_version for r in results] == texts
+    assert sorted(first.calls + second.calls) == [["t0", "t1", "t2"], ["t3", "t4"]]
+    assert len(first.calls) == len(second.calls) == 1  # one part each
+    assert first.alone + second.alone == [False, False]
+    batcher.close()
+
+
+def test_a_request_is_not_cut_below_the_size_with_others_waiting_or_one_slot_idle() -> None:
+    first, second = RecordingScorer(), RecordingScorer()
+    batcher = _two_slots(first, second)
+
+    async def scenario() -> None:
+        await batcher.classify(items("a", "b", "c"))  # below 4 texts: whole, alone
+        # Two requests waiting together are shared out whole, as before.
+        await asyncio.gather(batcher.classify(items(*"defg")), batcher.classify(items(*"hijk")))
+        first.gate.clear()  # one slot busy: the other takes the large request whole
+        busy = asyncio.ensure_future(batcher.classify(items("busy")))
+        await _until(first.started)
+        await batcher.classify(items(*"lmnop"))
+        first.gate.set()
+        await busy
+
+    asyncio.run(scenario())
+    calls = sorted(first.calls + second.calls)
+    assert calls == [["a", "b", "c"], ["busy"], list("defg"), list("hijk"), list("lmnop")]
+    batcher.close()
+
+
+def test_a_failing_part_fails_the_whole_request_with_its_error() -> None:
+    first, second = RecordingScorer(), RecordingScorer()
+    batcher = _two_slots(first, second)
+
+    async def scenario() -> None:
+        await batcher.classify(items("a", "b", "boom", "d"))
+
+    with pytest.raises(RuntimeError, match="cannot score boom"):
+        asyncio.run(scenario())
+    assert len(first.calls) == len(second.calls) == 1  # it was cut in two
+    assert asyncio.run(batcher.classify(items("fine"))) != []  # still serving
+    batcher.close()
+
+
+def test_a_part_whose_model_process_dies_is_tried_again_and_the_whole_answered() -> None:
+    dying, healthy = DyingSlot(deaths=1), DyingSlot(deaths=0)
+    batcher = MicroBatcher(
+        [dying, healthy], max_batch_texts=64, max_queued_texts=100, split_texts=4
+    )
+    results = asyncio.run(batcher.classify(items(*"abcdef")))
+    assert [r.model_version for r in results] == ["ok"] * 6
+    assert sorted(text for batch in dying.scored + healthy.scored for text in batch) == list(
+        "abcdef"
+    )  # every text scored once, the dead part's again elsewhere
+    batcher.close()
