@@ -131,7 +131,8 @@ class MicroBatcher:
     ) -> None:
         """Batches run on ``slots``, up to ``depth`` at a time on each (a slot runs one
         and queues the others); the batcher closes them. A request of ``split_texts``
-        texts or more alone in the queue is cut between the idle slots (None: never)."""
+        texts or more alone in the queue is cut between the idle slots, in parts of half
+        that at least (None: never)."""
         if depth < 1:
             raise ValueError(f"depth must be at least 1, not {depth}")
         if split_texts is not None and split_texts < 2:
@@ -245,7 +246,7 @@ class MicroBatcher:
             index = min(free, key=lambda i: (holding[i], i))
             idle = sum(1 for i in free if not holding[i])
             if self._splits(idle):
-                self._split(loop, parts=idle)
+                self._split(loop, parts=min(idle, self._most_parts()))
             batch = self._take(free_slots=max(idle, 1))
             if not batch:
                 continue
@@ -269,6 +270,12 @@ class MicroBatcher:
             and len(self._waiting) == 1
             and len(self._waiting[0].items) >= self._split_texts
         )
+
+    def _most_parts(self) -> int:
+        """Parts the waiting request may be cut into: each of half ``split_texts`` texts
+        at least (one text a call on each of many cores would cost more than it saves)."""
+        assert self._split_texts is not None
+        return len(self._waiting[0].items) // (self._split_texts // 2)
 
     def _split(self, loop: asyncio.AbstractEventLoop, parts: int) -> None:
         """Replace the one waiting request by ``parts`` requests of its texts in order

@@ -537,3 +537,24 @@ def test_a_part_whose_model_process_dies_is_tried_again_and_the_whole_answered()
         "abcdef"
     )  # every text scored once, the dead part's again elsewhere
     batcher.close()
+
+
+def test_a_request_is_cut_into_parts_of_half_the_size_at_least() -> None:
+    """Four idle slots, cutting from 4 texts: 5 texts make two parts, not four calls
+    of one or two texts; 8 texts make four parts of two."""
+    scorers = [RecordingScorer() for _ in range(4)]
+    batcher = MicroBatcher(
+        [ThreadSlot(scorer) for scorer in scorers],
+        max_batch_texts=64,
+        max_queued_texts=100,
+        split_texts=4,
+    )
+
+    async def scenario() -> None:
+        await batcher.classify(items(*"abcde"))
+        await batcher.classify(items(*"fghijklm"))
+
+    asyncio.run(scenario())
+    calls = sorted(call for scorer in scorers for call in scorer.calls)
+    assert calls == [list("abc"), list("de"), list("fg"), list("hi"), list("jk"), list("lm")]
+    batcher.close()
