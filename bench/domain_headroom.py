@@ -48,7 +48,7 @@ from model.shipped import materialize, shipped_for_base
 from model.templates import TemplateRegistry
 from model.tokenization import ChunkTokenizer
 from training.config import TrainingArguments
-from training.correction import features_of, fit_residual, radius
+from training.correction import features_of, fit_module, fit_residual, radius
 from training.evaluate import evaluate
 from training.examples import Example
 from training.finetune import class_weights, fine_tune
@@ -95,7 +95,8 @@ def fit_mlp_residual(
     args: TrainingArguments,
     hidden: int = 256,
 ) -> torch.nn.Module:
-    """As ``fit_residual``, with one hidden layer (GELU, dropout 0.1), its output from zero."""
+    """As ``fit_residual``, with one hidden layer (GELU, dropout 0.1), its output from zero
+    (in eval mode when returned)."""
     torch.manual_seed(args.seed)
     output = torch.nn.Linear(hidden, len(THREE_CLASS))
     torch.nn.init.zeros_(output.weight)
@@ -106,20 +107,8 @@ def fit_mlp_residual(
         torch.nn.GELU(),
         output,
     )
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
-    generator = torch.Generator().manual_seed(args.seed)
-    for _ in range(40):  # training.correction.EPOCHS
-        order = torch.randperm(len(labels), generator=generator)
-        for start in range(0, len(labels), args.batch_size):
-            batch = order[start : start + args.batch_size]
-            loss = torch.nn.functional.cross_entropy(
-                logits[batch] + net(features[batch]), labels[batch], reduction="none"
-            )
-            loss = (loss * weights[batch]).sum() / weights[batch].sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return net.eval()
+    fit_module(net, logits, features, labels, weights, args)
+    return net
 
 
 def neighbour_vote(

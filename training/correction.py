@@ -92,9 +92,21 @@ def fit_residual(
     residual = torch.nn.Linear(features.shape[1], len(LABELS))
     torch.nn.init.zeros_(residual.weight)
     torch.nn.init.zeros_(residual.bias)
-    optimizer = torch.optim.AdamW(
-        residual.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY
-    )
+    return residual, fit_module(residual, logits, features, labels, weights, args)
+
+
+def fit_module(
+    module: torch.nn.Module,
+    logits: torch.Tensor,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    args: TrainingArguments,
+) -> list[dict[str, Any]]:
+    """Train ``module`` (features -> a change of the logits) as ``fit_residual`` trains
+    its linear one; the per-epoch losses. ``bench.domain_headroom`` fits others with it."""
+    module.train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     generator = torch.Generator().manual_seed(args.seed)
     epochs = []
     for epoch in range(1, EPOCHS + 1):
@@ -103,7 +115,7 @@ def fit_residual(
         for start in range(0, len(labels), args.batch_size):
             batch = order[start : start + args.batch_size]
             loss = torch.nn.functional.cross_entropy(
-                logits[batch] + residual(features[batch]), labels[batch], reduction="none"
+                logits[batch] + module(features[batch]), labels[batch], reduction="none"
             )
             loss = (loss * weights[batch]).sum() / weights[batch].sum()
             optimizer.zero_grad()
@@ -112,7 +124,8 @@ def fit_residual(
             total += float(loss.detach()) * len(batch)
         if epoch == 1 or epoch % 10 == 0:
             epochs.append({"epoch": epoch, "train_loss": round(total / len(labels), 5)})
-    return residual, epochs
+    module.eval()
+    return epochs
 
 
 def fit_correction(

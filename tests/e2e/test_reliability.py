@@ -165,6 +165,13 @@ def queued_bytes(pid: int) -> int:
     return sum(int(line.split()[2]) for line in listing.splitlines()[1:] if f"pid={pid}," in line)
 
 
+def thaw(processes: list[Any]) -> None:
+    """SIGCONT to each model process (``psutil.Process``) still there (one may be killed)."""
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.send_signal(signal.SIGCONT)
+
+
 def test_a_model_process_killed_during_a_call_alone_is_replaced_and_the_batch_retried(
     server: ServerProcess,
 ) -> None:
@@ -191,9 +198,7 @@ def test_a_model_process_killed_during_a_call_alone_is_replaced_and_the_batch_re
         [holder] = holders
         holder.send_signal(signal.SIGKILL)
     finally:
-        for process in processes:
-            with contextlib.suppress(Exception):
-                process.send_signal(signal.SIGCONT)
+        thaw(processes)
     request.join(60)
     assert answer and answer[0].status_code == 200, answer and answer[0].text[:500]
     assert [p["external_id"] for p in answer[0].json()["predictions"]] == [None] * len(texts)
@@ -227,9 +232,7 @@ def test_a_large_lone_request_is_cut_between_the_processes_and_survives_one_dyin
         assert wait_until(lambda: all(queued_bytes(p.pid) for p in processes), 10)
         processes[0].send_signal(signal.SIGKILL)
     finally:
-        for process in processes:
-            with contextlib.suppress(Exception):
-                process.send_signal(signal.SIGCONT)
+        thaw(processes)
     request.join(60)
     assert answer and answer[0].status_code == 200, answer and answer[0].text[:500]
     got = answer[0].json()["predictions"]
