@@ -15,7 +15,11 @@ ratio sentiloop / peer is reported at every load. The ceiling: that file
 called in-process by one single-threaded session per core, on batches of 32
 texts with no HTTP (bench/ceiling.py), measured in the same interleaved rounds
 as the servers at every load, so that "sentiloop % of ceiling" compares
-figures of the same spell of the (shared) machine.
+figures of the same spell of the (shared) machine. For each sentiloop server
+and load it also tells where the CPU went in the median round: the cores its
+model processes and its API worker used, the model processes' CPU a text beside
+the ceiling's, the client's (wrk only: aiohttp runs in this process) and the
+whole machine's.
 Variants: sentiloop without prediction logging, sentiloop running the eager
 torch fp32 model, and sentiloop with the model in threads of the worker
 instead of processes. A closed-loop client keeps C requests in flight for a
