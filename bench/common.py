@@ -15,7 +15,9 @@ from training import corpora
 from training.examples import Example
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+# The benchmark corpora, never part of the project: ../shared/data beside the clone,
+# or where SENTILOOP_SHARED_DATA points.
+DATA = Path(os.environ.get("SENTILOOP_SHARED_DATA") or ROOT.parent / "shared" / "data")
 RESULTS = ROOT / "bench" / "results"
 
 logger = logging.getLogger("bench")

@@ -18,7 +18,9 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# The benchmark corpora, never part of the project: ../shared/data beside the clone,
+# or where SENTILOOP_SHARED_DATA points.
+SHARED_DATA = Path(os.environ.get("SENTILOOP_SHARED_DATA") or ROOT.parent / "shared" / "data")
 POSTGRES_URL = os.environ.get(
     "SENTILOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -236,7 +238,10 @@ def shared_data(directory: Path = SHARED_DATA) -> Path:
     import pytest
 
     if not directory.is_dir():
-        message = f"needs the benchmark data in {directory} (../shared/data beside the clone)"
+        message = (
+            f"needs the benchmark data in {directory} (../shared/data beside the clone, "
+            "or SENTILOOP_SHARED_DATA)"
+        )
         if os.environ.get("SENTILOOP_REQUIRE_DATA") == "1":
             pytest.fail(message)
         pytest.skip(message)

@@ -484,7 +484,15 @@ def decide(
     primary = "feedback_holdout" if feedback_rows >= config.min_feedback_rows else "holdout"
     new, old = candidate.get(primary, {}), champion.get(primary, {})
     if not new.get("n"):
-        return GateDecision(False, "both holdouts are empty: nothing to compare on")
+        if not feedback_rows:
+            return GateDecision(False, "both holdouts are empty: nothing to compare on")
+        return GateDecision(
+            False,
+            f"the feedback holdout has {feedback_rows} rows, fewer than the "
+            f"{config.min_feedback_rows} it takes to judge a candidate on it, and there is "
+            "no base holdout (--base-data or --holdout): not judged. More labelled feedback "
+            "(each run holds out part of it) or base data lets the next run be judged.",
+        )
     p_value, test = _primary_test(new, old, primary, metric)
     name = SPLIT_NAMES[primary]
     why_primary = (

@@ -141,6 +141,15 @@ def test_gate_does_not_promote_on_empty_holdouts() -> None:
     assert not decide(empty, empty, GateConfig()).promote
 
 
+def test_a_feedback_holdout_too_small_without_a_base_one_is_named_not_called_empty() -> None:
+    """A new user's run held out 21 feedback rows and was told 'both holdouts are empty'."""
+    candidate = {"holdout": {"n": 0}, "feedback_holdout": split([True] * 21)}
+    champion = {"holdout": {"n": 0}, "feedback_holdout": split([False] * 21)}
+    decision = decide(candidate, champion, GateConfig(min_feedback_rows=50))
+    assert not decision.promote
+    assert "has 21 rows, fewer than the 50" in decision.reason and "empty" not in decision.reason
+
+
 def test_the_guard_refuses_a_loss_on_one_language_of_the_base_holdout() -> None:
     # Overall the base holdout barely moves, but the French rows lose 20 points.
     candidate, champion = models(rows(150, 30, 20, 0), rows(150, 40, 8, 52), base_f1=(0.80, 0.80))
