@@ -318,6 +318,8 @@ def predict(
     finally:
         if output:
             out.close()
+    if output:
+        typer.echo(f"wrote {len(texts)} predictions to {output}", err=True)
 
 
 @templates_app.command("list")
@@ -459,11 +461,16 @@ def feedback_export(
     try:
         with _database(ctx, migrate=False) as sessions, sessions() as session:
             rows = store.iter_feedback_export(session=session, since=since, until=until)
+            lines = 0  # a chunk is a line: a row, or the CSV header
             for chunk in serialize(rows, format):
                 out.write(chunk)
+                lines += 1
     finally:
         if output:
             out.close()
+    if output:
+        written = lines - 1 if format == "csv" else lines
+        typer.echo(f"wrote {written} feedback rows to {output}", err=True)
 
 
 @feedback_app.command("import")

@@ -5,6 +5,7 @@ value the API refuses is refused everywhere, before the database sees it."""
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Annotated
 
 from pydantic import AfterValidator, StringConstraints
@@ -24,9 +25,24 @@ def storable(value: str) -> str:
     return value
 
 
+def prediction_id(value: str) -> str:
+    """A prediction id as the service makes them (a UUID), in the canonical lowercase
+    form they are stored in; anything else is refused here, as a bad request, not
+    looked up and answered "unknown prediction"."""
+    storable(value)
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise ValueError(
+            "is not a prediction id: POST /v1/predict returns them as UUIDs "
+            "(e.g. 0192f0a4-7c1e-7b3a-9d2e-5f6a7b8c9d0e)"
+        ) from None
+    return str(parsed)
+
+
 # Lengths as the columns of storage.models have them.
 PredictionId = Annotated[
-    str, StringConstraints(min_length=1, max_length=36), AfterValidator(storable)
+    str, StringConstraints(min_length=1, max_length=36), AfterValidator(prediction_id)
 ]
 Comment = Annotated[str, StringConstraints(max_length=MAX_COMMENT_CHARS), AfterValidator(storable)]
 Source = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(storable)]

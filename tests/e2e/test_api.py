@@ -200,6 +200,10 @@ def test_idempotent_feedback_and_duplicates(ab_server: ServerProcess) -> None:
     ) == [(2,)]
 
 
+# A prediction id as the service makes them, of no prediction.
+WELL_FORMED = "0192f0a4-7c1e-7b3a-9d2e-5f6a7b8c9d0e"
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "field"),
     [
@@ -221,10 +225,11 @@ def test_idempotent_feedback_and_duplicates(ab_server: ServerProcess) -> None:
             404,
             "prediction_id",
         ),
-        ("/v1/feedback", {"prediction_id": "p", "label": "mixed"}, 400, "label"),
+        ("/v1/feedback", {"prediction_id": "abc", "verdict": "correct"}, 400, "prediction_id"),
+        ("/v1/feedback", {"prediction_id": WELL_FORMED, "label": "mixed"}, 400, "label"),
         (
             "/v1/feedback",
-            {"prediction_id": "p", "verdict": "correct", "comment": "c" * 2001},
+            {"prediction_id": WELL_FORMED, "verdict": "correct", "comment": "c" * 2001},
             400,
             "comment",
         ),
@@ -322,13 +327,15 @@ def test_cli_predict_scores_a_file_through_the_server(
     assert len(predictions) == 70 and all(
         p["label"] in {"negative", "neutral", "positive"} for p in predictions
     )
+    assert f"wrote 70 predictions to {out}" in result.stderr
 
 
 @pytest.mark.parametrize(
     ("path", "raw", "field"),
     [
         ("/v1/predict", b'{"text": "bad \\ud800 text"}', ["text"]),
-        ("/v1/feedback", b'{"prediction_id": "p", "verdict": "correct", "comment": "\\ud800"}',
+        ("/v1/feedback", b'{"prediction_id": "0192f0a4-7c1e-7b3a-9d2e-5f6a7b8c9d0e", '
+         b'"verdict": "correct", "comment": "\\ud800"}',
          ["comment"]),
     ],
 )  # fmt: skip

@@ -7,6 +7,7 @@ Prometheus; tests/integration/test_shipped_model.py how well it estimates.)"""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from collections.abc import Iterator
@@ -244,3 +245,12 @@ def test_review_queue_export_label_and_import(
     ]
     labelled_ids = {line.split(",")[0] for line in lines[1:3]}
     assert not labelled_ids & {item["prediction_id"] for item in after}
+
+    feedback = tmp_path / "feedback.csv"
+    result = cli(
+        env, monkeypatch, "feedback", "export", "--format", "csv", "--output", str(feedback)
+    )
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(feedback.read_text(encoding="utf-8").splitlines()))
+    assert labelled_ids <= {row["prediction_id"] for row in rows}
+    assert f"wrote {len(rows)} feedback rows to {feedback}" in result.stderr

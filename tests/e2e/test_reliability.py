@@ -354,12 +354,20 @@ def test_bad_input_is_logged_without_its_value_or_a_traceback(server: ServerProc
         ("/v1/feedback", {"prediction_id": "x\x00", "verdict": "correct"}, ["prediction_id"]),
         (
             "/v1/feedback",
-            {"prediction_id": "x", "verdict": "correct", "comment": "a\x00"},
+            {
+                "prediction_id": "0192f0a4-7c1e-7b3a-9d2e-5f6a7b8c9d0e",
+                "verdict": "correct",
+                "comment": "a\x00",
+            },
             ["comment"],
         ),
         (
             "/v1/feedback",
-            {"prediction_id": "x", "verdict": "correct", "idempotency_key": "k\x00"},
+            {
+                "prediction_id": "0192f0a4-7c1e-7b3a-9d2e-5f6a7b8c9d0e",
+                "verdict": "correct",
+                "idempotency_key": "k\x00",
+            },
             ["idempotency_key"],
         ),
     ],

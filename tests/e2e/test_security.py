@@ -179,7 +179,7 @@ def test_two_credential_headers_are_a_400_not_the_last_one_winning(secured: Serv
 
 def test_a_trailing_slash_gets_the_same_authorization_answer(secured: ServerProcess) -> None:
     reader = KEYS["reader"][0]
-    body = {"prediction_id": "x", "verdict": "correct"}
+    body = {"prediction_id": "0192f0a4-7c1e-7b3a-9d2e-5f6a7b8c9d0e", "verdict": "correct"}
     for path in ("/v1/feedback", "/v1/feedback/"):
         response = call(secured, "POST", path, reader, json=body)
         assert response.status_code == 403, path

@@ -78,6 +78,7 @@ def test_db_upgrade_then_export_empty(tmp_path: Path, monkeypatch: pytest.Monkey
     result = runner.invoke(app, ["feedback", "export", "--format", "csv", "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_text().startswith("feedback_id,")
+    assert f"wrote 0 feedback rows to {out}" in result.stderr
 
 
 def test_predict_needs_text_or_file() -> None:

@@ -10,6 +10,8 @@ from service.http.schemas import (
     PredictRequest,
 )
 
+PID = "0192f0a4-7c1e-7b3a-9d2e-5f6a7b8c9d0e"
+
 
 def error_locs(exc: ValidationError) -> list[tuple[object, ...]]:
     return [tuple(error["loc"]) for error in exc.errors()]
@@ -47,19 +49,19 @@ def test_predict_needs_exactly_one_of_text_and_texts() -> None:
 
 def test_feedback_needs_exactly_one_of_label_and_verdict() -> None:
     with pytest.raises(ValidationError, match="exactly one of 'label' or 'verdict'"):
-        FeedbackRequest(prediction_id="p")
+        FeedbackRequest(prediction_id=PID)
     with pytest.raises(ValidationError) as caught:
-        FeedbackRequest.model_validate({"prediction_id": "p", "label": "mixed"})
+        FeedbackRequest.model_validate({"prediction_id": PID, "label": "mixed"})
     assert ("label",) in error_locs(caught.value)
 
 
 def test_feedback_labels_are_taken_as_training_takes_them() -> None:
     for raw, label in (("Positive", "positive"), (2, "positive"), ("0", "negative"),
                        ("NEU", "neutral"), (" negative ", "negative")):  # fmt: skip
-        request = FeedbackRequest.model_validate({"prediction_id": "p", "label": raw})
+        request = FeedbackRequest.model_validate({"prediction_id": PID, "label": raw})
         assert request.label == label, raw
     with pytest.raises(ValidationError, match="unknown label 'mixed'") as caught:
-        FeedbackRequest.model_validate({"prediction_id": "p", "label": "mixed"})
+        FeedbackRequest.model_validate({"prediction_id": PID, "label": "mixed"})
     assert ("label",) in error_locs(caught.value)
 
 
@@ -78,12 +80,23 @@ def test_external_ids_go_with_their_texts() -> None:
     assert ("external_id",) in error_locs(caught.value)
 
 
+def test_a_prediction_id_must_be_one_the_service_makes() -> None:
+    """A new user sent "abc" and was told 404 "unknown prediction": a malformed id is a
+    400 naming the field; an id in capitals or without dashes is the same prediction."""
+    for malformed in ("abc", "p-1", "0192f0a4-7c1e-7b3a-9d2e-5f6a7b8c9d0", "12345"):
+        with pytest.raises(ValidationError, match="is not a prediction id") as caught:
+            FeedbackRequest(prediction_id=malformed, verdict="correct")
+        assert error_locs(caught.value) == [("prediction_id",)], malformed
+    for spelling in (PID.upper(), PID.replace("-", "")):
+        assert FeedbackRequest(prediction_id=spelling, verdict="correct").prediction_id == PID
+
+
 def test_feedback_names_a_prediction_or_an_external_id() -> None:
     assert FeedbackRequest(external_id="T-1", source="crm", verdict="correct").prediction_id is None
     with pytest.raises(ValidationError, match="exactly one of 'prediction_id' or 'external_id'"):
         FeedbackRequest(label="neutral")
     with pytest.raises(ValidationError, match="exactly one of 'prediction_id' or 'external_id'"):
-        FeedbackRequest(prediction_id="p", external_id="T-1", label="neutral")
+        FeedbackRequest(prediction_id=PID, external_id="T-1", label="neutral")
 
 
 def test_routing_keys_go_with_their_texts_and_errors_name_the_list() -> None:
@@ -127,8 +140,8 @@ def test_every_language_the_detector_names_is_a_known_code() -> None:
     [
         ("predict", b'{"text": "bad \\ud800 text"}', ("text",)),
         ("predict", b'{"texts": ["ok", "\\udfff"]}', ("texts", 1)),
-        ("feedback", b'{"prediction_id": "p", "verdict": "correct", "comment": "\\ud800"}',
-         ("comment",)),
+        ("feedback", b'{"prediction_id": "0192f0a4-7c1e-7b3a-9d2e-5f6a7b8c9d0e", '
+               b'"verdict": "correct", "comment": "\\ud800"}', ("comment",)),
     ],
 )  # fmt: skip
 def test_an_unpaired_surrogate_escape_is_an_error_naming_the_field(
