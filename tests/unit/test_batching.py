@@ -499,11 +499,18 @@ def test_a_request_is_not_cut_below_the_size_with_others_waiting_or_one_slot_idl
         await batcher.classify(items("a", "b", "c"))  # below 4 texts: whole, alone
         # Two requests waiting together are shared out whole, as before.
         await asyncio.gather(batcher.classify(items(*"defg")), batcher.classify(items(*"hijk")))
-        first.gate.clear()  # one slot busy: the other takes the large request whole
+        # One slot busy: the other takes the large request whole.
+        for scorer in (first, second):
+            scorer.started.clear()
+            scorer.gate.clear()
         busy = asyncio.ensure_future(batcher.classify(items("busy")))
-        await _until(first.started)
+        while not (first.started.is_set() or second.started.is_set()):
+            await asyncio.sleep(0.001)
+        holder, idle = (first, second) if first.started.is_set() else (second, first)
+        idle.gate.set()
         await batcher.classify(items(*"lmnop"))
-        first.gate.set()
+        assert idle.calls[-1] == list("lmnop") and ["busy"] not in holder.calls  # still held
+        holder.gate.set()
         await busy
 
     asyncio.run(scenario())
