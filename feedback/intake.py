@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 import storage
 from core.settings import TextStorage
+from core.validation import field_errors
 from model.labels import Label, normalize_label
 from storage.fields import Comment, ExternalId, IdempotencyKey, PredictionId, Source
 from storage.redaction import stored_text
@@ -62,10 +63,16 @@ class FeedbackRequest(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one_judgement(self) -> FeedbackRequest:
-        if (self.label is None) == (self.verdict is None):
-            raise ValueError("give exactly one of 'label' or 'verdict'")
+        # Each problem names the field to add (neither given) or to drop (both).
+        problems = []
         if (self.prediction_id is None) == (self.external_id is None):
-            raise ValueError("give exactly one of 'prediction_id' or 'external_id'")
+            field = "prediction_id" if self.prediction_id is None else "external_id"
+            problems.append((field, "give exactly one of 'prediction_id' or 'external_id'"))
+        if (self.label is None) == (self.verdict is None):
+            field = "label" if self.label is None else "verdict"
+            problems.append((field, "give exactly one of 'label' or 'verdict'"))
+        if problems:
+            raise field_errors("the body of POST /v1/feedback", problems)
         return self
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.logs import configure_logging
 from core.settings import Settings
 from feedback.review_queue import DEFAULT_EXPLORATION
-from sentiloop.input_files import read_texts
+from sentiloop.input_files import TextsRead, read_texts
 from training import AssemblyConfig, GateConfig, Schedule, TrainingArguments
 
 _DEBUG = False  # --debug: tracebacks instead of one-line errors
@@ -299,27 +299,33 @@ def predict(
 
     if (text is None) == (file is None):
         raise typer.BadParameter("give a TEXT or --file, not both")
-    texts = [text] if text is not None else read_texts(file, text_field)  # type: ignore[arg-type]
+    # From a file, each answer says the line its text was read from ("line").
+    read = TextsRead(lines=[(0, text)]) if text is not None else read_texts(file, text_field)  # type: ignore[arg-type]
     out = output.open("w", encoding="utf-8") if output else sys.stdout
     try:
         with (
             Client(url, api_key=api_key) as client,
-            typer.progressbar(length=len(texts), label="scoring", file=sys.stderr) as bar,
+            typer.progressbar(length=len(read.lines), label="scoring", file=sys.stderr) as bar,
         ):
             predictions = client.predict_many(
-                texts,
+                read.texts,
                 chunk_size=batch_size,
                 template_version=template_version,
                 routing_key=routing_key,
             )
-            for prediction in predictions:
-                out.write(json.dumps(prediction.model_dump(mode="json")) + "\n")
+            for (line, _), prediction in zip(read.lines, predictions, strict=True):
+                answer = prediction.model_dump(mode="json")
+                if file is not None:
+                    answer["line"] = line
+                out.write(json.dumps(answer) + "\n")
                 bar.update(1)
     finally:
         if output:
             out.close()
+    if read.empty:
+        typer.echo(f"skipped {read.empty} empty texts of {file}", err=True)
     if output:
-        typer.echo(f"wrote {len(texts)} predictions to {output}", err=True)
+        typer.echo(f"wrote {len(read.lines)} predictions to {output}", err=True)
 
 
 @templates_app.command("list")
@@ -448,7 +454,10 @@ def keys_revoke(
 def feedback_export(
     ctx: typer.Context,
     output: Annotated[Path | None, typer.Option(help="File to write (stdout if unset).")] = None,
-    format: Annotated[Literal["jsonl", "csv"], typer.Option()] = "jsonl",
+    format: Annotated[
+        Literal["jsonl", "csv"] | None,
+        typer.Option(help="jsonl or csv [default: csv for an --output ending in .csv, else jsonl]"),
+    ] = None,
     since: Annotated[datetime | None, typer.Option(help="Feedback at or after (UTC).")] = None,
     until: Annotated[datetime | None, typer.Option(help="Feedback before (UTC).")] = None,
 ) -> None:
@@ -456,6 +465,8 @@ def feedback_export(
     from storage import store
     from storage.export import serialize
 
+    if format is None:  # `--output f.csv` alone wrote JSON Lines into f.csv
+        format = "csv" if output is not None and output.suffix.lower() == ".csv" else "jsonl"
     since, until = store.utc_bounds(since, until)
     out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
     try:
@@ -831,6 +842,10 @@ def train(
         start_from=start_from,
     )
     plan_schedule = Schedule(min_new_feedback, interval_minutes * 60, poll_seconds)
+    if not progress:  # transformers' own bars too ("Loading weights" at every load)
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     pipeline = TrainingPipeline(_settings(ctx))
     try:
         with _sigterm_unwinds():

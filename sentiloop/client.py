@@ -210,7 +210,8 @@ def _message_of(body: Mapping[str, Any]) -> str:
     message = str(body.get("error") or "")
     detail = body.get("detail")
     if isinstance(detail, list) and detail and isinstance(detail[0], Mapping):
-        first = str(detail[0].get("msg") or "")
+        # pydantic's prefix of a validator's ValueError; the server's `error` drops it.
+        first = str(detail[0].get("msg") or "").removeprefix("Value error, ")
         if first and first not in message:
             message = f"{message}: {first}" if message else first
     return message

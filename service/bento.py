@@ -34,6 +34,7 @@ from service.http.docs import DocsPage
 from service.http.errors import DOMAIN_ERRORS, RETRY_AFTER_S, error_response
 from service.http.guard import GuardConfig, GuardConfigSlot, GuardMiddleware
 from service.http.inbox import InboxScorer
+from service.http.json_errors import JsonErrorsMiddleware
 from service.http.paths import RouteLabelPaths
 from service.http.schemas import (
     MAX_REVIEW_ITEMS,
@@ -345,6 +346,7 @@ class SentiLoop:
 
 SentiLoop.add_asgi_middleware(GuardMiddleware, slot=_GUARD)  # type: ignore[attr-defined]
 SentiLoop.add_asgi_middleware(FieldNamingMiddleware)  # type: ignore[attr-defined]
+SentiLoop.add_asgi_middleware(JsonErrorsMiddleware)  # type: ignore[attr-defined]
 
 
 class _WrappedService(type(SentiLoop)):  # type: ignore[misc]

@@ -434,7 +434,9 @@ class TrainingPipeline:
                 champion.version if from_champion else f"base:{self.settings.base_model}"
             )
             logger.info(
-                "run %s: %s; saving the candidate to the model store", run_id, decision.reason
+                "run %s: %s; saving the candidate to the model store",
+                run_id,
+                decision.reason.rstrip("."),
             )
             source = output
             if corrections.is_correction(output):

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 # Feedback's body lives in feedback.intake: the API, batches and file imports share it.
+from core.validation import field_errors
 from feedback.intake import FeedbackRequest as FeedbackRequest
 from model.language import ISO_639_1
 
@@ -195,12 +196,24 @@ class PredictRequest(JsonBody):
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> PredictRequest:
+        # Each problem names the field to add (neither given) or to drop.
+        problems = []
         if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of 'text' (a string) or 'texts' (a list)")
-        if self.external_id is not None and self.text is None:
-            raise ValueError("'external_id' goes with 'text'; with 'texts' send 'external_ids'")
+            field = "text" if self.text is None else "texts"
+            problems.append((field, "give exactly one of 'text' (a string) or 'texts' (a list)"))
+        elif self.external_id is not None and self.text is None:
+            problems.append(
+                ("external_id", "'external_id' goes with 'text'; with 'texts' send 'external_ids'")
+            )
         if self.routing_key is not None and self.routing_keys is not None:
-            raise ValueError("give one of 'routing_key' (all texts) or 'routing_keys' (per text)")
+            problems.append(
+                (
+                    "routing_key",
+                    "give one of 'routing_key' (all texts) or 'routing_keys' (per text)",
+                )
+            )
+        if problems:
+            raise field_errors("the body of POST /v1/predict", problems)
         return self
 
     @property

@@ -208,8 +208,10 @@ WELL_FORMED = "0192f0a4-7c1e-7b3a-9d2e-5f6a7b8c9d0e"
     ("path", "body", "status", "field"),
     [
         ("/v1/predict", {"text": ""}, 400, "text"),
-        ("/v1/predict", {}, 400, "body"),
-        ("/v1/predict", {"text": "a", "texts": ["b"]}, 400, "body"),
+        ("/v1/predict", {}, 400, "text"),
+        ("/v1/predict", {"text": "a", "texts": ["b"]}, 400, "texts"),
+        ("/v1/predict", {"texts": ["a"], "external_id": "E-1"}, 400, "external_id"),
+        ("/v1/feedback", {"external_id": "E-1"}, 400, "label"),
         ("/v1/predict", {"text": "x" * (MAX_CHARS_PER_TEXT + 1)}, 400, "text"),
         ("/v1/predict", {"texts": ["a"] * (MAX_TEXTS_PER_REQUEST + 1)}, 400, "texts"),
         ("/v1/predict", {"texts": "not a list", "text": 3}, 400, "text"),
@@ -306,7 +308,7 @@ def test_cli_predict_scores_a_file_through_the_server(
     from sentiloop.cli import app
 
     source = tmp_path / "texts.csv"
-    source.write_text("text\n" + "\n".join(f"message {n}" for n in range(70)) + "\n")
+    source.write_text("text\n" + "\n".join(f"message {n}" for n in range(70)) + '\n\n""\n')
     out = tmp_path / "out.jsonl"
     result = CliRunner().invoke(
         app,
@@ -327,7 +329,9 @@ def test_cli_predict_scores_a_file_through_the_server(
     assert len(predictions) == 70 and all(
         p["label"] in {"negative", "neutral", "positive"} for p in predictions
     )
+    assert [p["line"] for p in predictions] == list(range(2, 72))  # the file's lines
     assert f"wrote 70 predictions to {out}" in result.stderr
+    assert f"skipped 1 empty texts of {source}" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -376,3 +380,18 @@ def test_unix_seconds_are_taken_as_bounds(ab_server: ServerProcess) -> None:
         f"{ab_server.url}/v1/feedback/export", params={"since": now - 86400, "until": now + 60}
     )
     assert response.status_code == 200, response.text
+
+
+def test_an_unknown_path_or_method_is_a_json_error_naming_it(ab_server: ServerProcess) -> None:
+    """A new user's GET /v1/predict and typo'd path got Starlette's text/plain
+    "Method Not Allowed" / "Not Found", where the README says errors are JSON."""
+    unknown = httpx.post(f"{ab_server.url}/v1/nothing", json={}, timeout=30)
+    assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/json"
+    assert unknown.json() == {"error": "no such endpoint: POST /v1/nothing", "field": "path"}
+    wrong = httpx.get(f"{ab_server.url}/v1/predict", timeout=30)
+    assert wrong.status_code == 405 and wrong.headers["content-type"] == "application/json"
+    assert wrong.json()["field"] == "method" and "POST" in wrong.headers["allow"]
+    assert wrong.json()["error"].startswith("GET is not allowed on /v1/predict")
+    # A 404 of ours keeps its own body.
+    template = post(ab_server, "/v1/predict", {"text": "ok", "template_version": "v404"})
+    assert template.status_code == 404 and template.json()["field"] == "template_version"

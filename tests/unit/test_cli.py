@@ -79,6 +79,15 @@ def test_db_upgrade_then_export_empty(tmp_path: Path, monkeypatch: pytest.Monkey
     assert result.exit_code == 0, result.output
     assert out.read_text().startswith("feedback_id,")
     assert f"wrote 0 feedback rows to {out}" in result.stderr
+    # Without --format, the file's extension says it (it was JSON Lines in a .csv).
+    by_name = tmp_path / "by-name.CSV"
+    assert runner.invoke(app, ["feedback", "export", "--output", str(by_name)]).exit_code == 0
+    assert by_name.read_text().startswith("feedback_id,")
+    as_jsonl = tmp_path / "out.jsonl"
+    assert runner.invoke(app, ["feedback", "export", "--output", str(as_jsonl)]).exit_code == 0
+    assert as_jsonl.read_text() == ""  # no rows, no header
+    bad = runner.invoke(app, ["feedback", "export", "--format", "xml"])
+    assert bad.exit_code == 2
 
 
 def test_predict_needs_text_or_file() -> None:

@@ -282,6 +282,10 @@ def test_a_given_idempotency_key_is_sent_as_is(server: ScriptedServer) -> None:
          "label", "unknown label 'mixed'"),
         ({"error": "...", "detail": [{"loc": ["texts", 3], "msg": "too long"}]}, "texts.3",
          "too long"),
+        # As the server names the field: pydantic's prefix is not repeated.
+        ({"error": "prediction_id: is not a prediction id",
+          "detail": [{"loc": ["prediction_id"], "msg": "Value error, is not a prediction id"}]},
+         "prediction_id", "prediction_id: is not a prediction id"),
         # A domain or read-endpoint error.
         ({"error": "since is after until", "field": "since"}, "since", "since is after until"),
     ],
@@ -294,6 +298,7 @@ def test_a_400_raises_bad_request_naming_the_field(
         client.feedback("p-1", label="mixed")
     assert caught.value.status == 400 and caught.value.field == field
     assert message in caught.value.message and field in str(caught.value)
+    assert "Value error" not in caught.value.message
     assert len(server.seen) == 1  # a 400 is not retried
 
 

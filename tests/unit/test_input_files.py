@@ -7,13 +7,19 @@ import pytest
 from sentiloop.input_files import InputFileError, read_texts
 
 
-def test_reads_txt_csv_and_jsonl(tmp_path: Path) -> None:
+def test_reads_txt_csv_and_jsonl_with_the_line_of_each_text(tmp_path: Path) -> None:
+    """Empty texts are left out and counted; each text keeps the line it starts on,
+    so scores written in order can be matched back to the file."""
     (tmp_path / "a.txt").write_text("one\n\ntwo\n")
-    (tmp_path / "a.csv").write_text('id,body\n1,"hello, world"\n2,bye\n')
-    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n\n{"text": "y"}\n')
-    assert read_texts(tmp_path / "a.txt") == ["one", "two"]
-    assert read_texts(tmp_path / "a.csv", "body") == ["hello, world", "bye"]
-    assert read_texts(tmp_path / "a.jsonl") == ["x", "y"]
+    (tmp_path / "a.csv").write_text('id,body\n1,"hello,\nworld"\n2,\n3,bye\n')
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n\n{"text": " "}\n{"text": "y"}\n')
+    txt = read_texts(tmp_path / "a.txt")
+    assert (txt.lines, txt.empty) == ([(1, "one"), (3, "two")], 1)
+    csv = read_texts(tmp_path / "a.csv", "body")
+    assert (csv.lines, csv.empty) == ([(2, "hello,\nworld"), (5, "bye")], 1)
+    assert csv.texts == ["hello,\nworld", "bye"]
+    jsonl = read_texts(tmp_path / "a.jsonl")
+    assert (jsonl.lines, jsonl.empty) == ([(1, "x"), (4, "y")], 2)
 
 
 def test_missing_column_and_unknown_type_are_clear(tmp_path: Path) -> None:
