@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from model.language import (
+    CANDIDATE_LANGUAGES,
+    ISO_639_1,
     METRIC_LANGUAGES,
     OTHER,
     UNDETERMINED,
@@ -37,6 +39,23 @@ def test_a_short_review_in_a_trained_language_is_not_undetermined() -> None:
     Portuguese 0.18), so it was counted as an unsupported language."""
     assert DETECTOR.detect("¡Me encanta este restaurante, volveré pronto!") == "es"
     assert DETECTOR.detect("Me encanta este restaurante, volveré pronto") == "es"
+
+
+def test_short_replies_are_told_among_the_languages_the_models_read() -> None:
+    """A new user's "hello there" was Sesotho (st 0.43 among py3langid's 140
+    languages), a language outside XLM-R's, counted as unsupported; a text in a
+    language outside the candidates is und or a close relative, never a trained one."""
+    assert DETECTOR.detect("hello there") == "en"
+    assert DETECTOR.detect("thank you so much") == "en"
+    assert DETECTOR.detect("gracias por todo") == "es"
+    assert DETECTOR.detect("merci beaucoup") == "fr"
+    assert CANDIDATE_LANGUAGES <= ISO_639_1 and {"en", "fr", "de", "es"} <= CANDIDATE_LANGUAGES
+    for outside in ("Il-servizz kien tajjeb ħafna u l-ikel delizzjuż",  # Maltese
+                    "Merci vill mol fir d'Hëllef",  # Luxembourgish
+                    "Murakoze cyane ku bufasha bwanyu"):  # Kinyarwanda  # fmt: skip
+        told = DETECTOR.detect(outside)
+        assert told not in {"en", "fr", "de", "es"}, outside
+        assert told == UNDETERMINED or told in CANDIDATE_LANGUAGES, outside
 
 
 def test_metric_labels_stay_bounded() -> None:
