@@ -85,10 +85,13 @@ read_api = FastAPI(
 async def _bad_query(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     field = ".".join(str(part) for part in errors[0]["loc"][1:]) if errors else None
+    # As a body's 400 says it (service.http.validation): "field: message".
+    first = str(errors[0]["msg"]).removeprefix("Value error, ") if errors else "invalid"
+    more = f" (and {len(errors) - 1} more in 'detail')" if len(errors) > 1 else ""
     # A validator's ValueError rides in each error's ``ctx``: encoded, not a 500.
     return JSONResponse(
         {
-            "error": f"{len(errors)} validation error(s)",
+            "error": f"{field}: {first}{more}" if field else f"{first}{more}",
             "field": field,
             "detail": jsonable_encoder(errors),
         },

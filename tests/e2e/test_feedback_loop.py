@@ -225,6 +225,7 @@ def test_review_queue_export_label_and_import(
     assert len({re.sub(r"\W", "", item["text"].lower()) for item in queue}) == len(queue)
     bad = httpx.get(f"{server.url}/v1/review-queue", params={"limit": 0}, timeout=30)
     assert bad.status_code == 400 and bad.json()["field"] == "limit"
+    assert bad.json()["error"].startswith("limit: Input should be greater than")  # as a body's
 
     exported = tmp_path / "queue.csv"
     result = cli(env, monkeypatch, "review", "export", "--limit", "3", "--output", str(exported))
