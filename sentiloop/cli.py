@@ -300,7 +300,11 @@ def predict(
     if (text is None) == (file is None):
         raise typer.BadParameter("give a TEXT or --file, not both")
     # From a file, each answer says the line its text was read from ("line").
-    read = TextsRead(lines=[(0, text)]) if text is not None else read_texts(file, text_field)  # type: ignore[arg-type]
+    if file is not None:
+        read = read_texts(file, text_field)
+    else:
+        assert text is not None
+        read = TextsRead(lines=[(0, text)])
     out = output.open("w", encoding="utf-8") if output else sys.stdout
     try:
         with (
