@@ -5,6 +5,7 @@ same state record one."""
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -161,4 +162,7 @@ def test_a_control_right_every_time_still_gets_a_report(sessions: sessionmaker[S
     seed_arm(sessions, "v1", agreeing=40, disagreeing=0)
     seed_arm(sessions, "v2", agreeing=30, disagreeing=10)
     [comparison] = report(sessions).comparisons
-    assert comparison.control.startswith("v1/") and comparison.verdict
+    assert comparison.control.startswith("v1/") and comparison.difference == pytest.approx(-0.25)
+    # 40 of 40 against 30 of 40: the control wins, and the verdict says so.
+    assert comparison.significant and (comparison.winner or "").startswith("v1/")
+    assert re.match(r"arm v1/\S+ beats v2/\S+ by \+?25\.0 points, p = ", comparison.verdict)

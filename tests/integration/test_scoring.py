@@ -145,11 +145,16 @@ def test_champion_and_challenger_follow_the_database(
     assign(assignments_db, "champion", first.tag)
     assign(assignments_db, "challenger", second.tag)
     before = engine.model(CHAMPION).classifier
+    template = registry.get("v1")
+    probe = registry.render("v1", ["the parcel came late", "thanks, all sorted"])
+    scored_before = before.predict(probe, template)
     changes = engine.refresh()
     assert len(changes) == 2
     assert engine.model(CHAMPION).classifier.version == first.tag
     assert engine.model(CHALLENGER).classifier.version == second.tag
-    assert before.kind == "zero-shot"  # the old object is untouched for requests in flight
+    # The old object still scores, as before, for requests in flight.
+    assert before.predict(probe, template) == scored_before
+    assert before.version != first.tag and before.kind == "zero-shot"
     assert engine.refresh() == []
     results = engine.score([ScoreItem(text="hi", template_version="v1", model=CHALLENGER)])
     assert results[0].model_version == second.tag

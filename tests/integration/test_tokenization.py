@@ -234,15 +234,17 @@ def test_every_kind_of_character_tokenizes_alike(xlmr_dir: Path) -> None:
                 assert light.encode(single)[0] == reference.encode(single).ids, hex(ord(c))
 
 
-# Slow: ~108,000 texts, each tokenized four times (two tokenizers, two lengths).
+# Slow: ~108,000 texts, each tokenized by two tokenizers at the serving length (and
+# every fourth again at a short length).
 @pytest.mark.slow
 def test_every_text_of_the_benchmark_corpora_tokenizes_alike(
     xlmr_dir: Path, xlmr_reference: Any, xlmr_cache: Path
 ) -> None:
     """The light tokenizer the multilingual model serves with gives the ids and masks
     of the transformers tokenizer on every text of the corpora (all splits and
-    languages), as sent and wrapped by the template, at the serving max length and at
-    a short one that truncates most of them."""
+    languages), as sent and wrapped by the template, at the serving max length; and on
+    every fourth text at a short one that truncates most of them (truncation is the
+    same cut whatever the text; all of them made the test 34 s instead of 23)."""
     from training.corpora import XLMT_LANGUAGES, sst2, tweets, xlmt
 
     data = shared_data()
@@ -253,10 +255,10 @@ def test_every_text_of_the_benchmark_corpora_tokenizes_alike(
     assert len(texts) > 100_000
     texts += [f"Customer message: {text}" for text in texts[::10]]
     reference = xlmr_reference
-    for max_length in (128, 24):
+    for max_length, every in ((128, 1), (24, 4)):
         tokenizer = serving_tokenizer(
             xlmr_dir, xlmr_cache, max_length, input_names=reference.model_input_names
         )
         assert isinstance(tokenizer.encoder, UnigramEncoder)
         expected = ChunkTokenizer.from_transformers(reference, max_length)
-        assert_same_chunks(tokenizer, expected, texts, 64)
+        assert_same_chunks(tokenizer, expected, texts[::every], 64)

@@ -134,9 +134,11 @@ def test_run_saves_candidate_with_metadata_records_run_and_writes_report(
         assert rescored[key] == holdout["candidate"][key], key
 
 
-def test_gate_keeps_a_candidate_that_is_not_better_as_challenger(
+def test_a_kept_candidate_is_the_challenger_and_the_next_run_starts_from_the_champion(
     pipeline: TrainingPipeline, tmp_path: Path
 ) -> None:
+    """The bookkeeping of a kept candidate (a gate set to keep any: whether a worse
+    candidate is kept is `test_fine_tuning_learns_..._then_keeps_the_champion`'s)."""
     first = pipeline.run(plan(tmp_path, **ALWAYS))
     second = pipeline.run(plan(tmp_path, **NEVER))
     assert second.decision == "challenger" and "kept the champion" in second.reason

@@ -105,6 +105,8 @@ def test_a_failing_request_does_not_fail_the_requests_batched_with_it() -> None:
         return list(await pending)
 
     ok1, boom, ok2 = asyncio.run(scenario())
+    # They were scored together, failed together, then each again on its own.
+    assert scorer.calls == [["first"], ["ok1", "boom", "ok2"], ["ok1"], ["boom"], ["ok2"]]
     assert isinstance(boom, RuntimeError)
     assert [r.model_version for r in ok1] == ["ok1"]  # type: ignore[union-attr]
     assert [r.model_version for r in ok2] == ["ok2"]  # type: ignore[union-attr]
@@ -529,7 +531,8 @@ def test_a_failing_part_fails_the_whole_request_with_its_error() -> None:
     with pytest.raises(RuntimeError, match="cannot score boom"):
         asyncio.run(scenario())
     assert len(first.calls) == len(second.calls) == 1  # it was cut in two
-    assert asyncio.run(batcher.classify(items("fine"))) != []  # still serving
+    still = asyncio.run(batcher.classify(items("fine")))  # still serving
+    assert [result.model_version for result in still] == ["fine"]
     batcher.close()
 
 
