@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -330,12 +331,18 @@ class TcpProxy:
 
 class S3Server:
     """A real S3 API server (moto's server mode, `moto_server`) on a free port, with
-    one bucket: what every replica reads as the shared model store."""
+    one bucket: what every replica reads as the shared model store.
+
+    It checks credentials as S3 does: after the three unsigned calls that create a
+    user allowed s3:* and its access key, every request must carry that key id and
+    be signed with its secret (a wrong, swapped or missing secret is refused:
+    InvalidAccessKeyId / SignatureDoesNotMatch)."""
 
     REGION = "us-east-1"
-    KEY = "testing"  # any key pair does for moto
 
     def __init__(self, log_path: Path, bucket: str = "sentiloop-models") -> None:
+        import boto3
+
         self.bucket = bucket
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -344,10 +351,23 @@ class S3Server:
             [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
              "-p", str(self.port)],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"},
         )  # fmt: skip
         if not wait_until(self._answers, timeout_s=30):
             self.stop()
             raise TimeoutError(f"moto_server did not answer on {self.url}")
+        iam = boto3.session.Session().client(
+            "iam", endpoint_url=self.url, region_name=self.REGION,
+            aws_access_key_id="unsigned", aws_secret_access_key="unsigned",
+        )  # fmt: skip
+        iam.create_user(UserName="sentiloop")
+        statement = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+        allow_s3 = {"Version": "2012-10-17", "Statement": [statement]}
+        iam.put_user_policy(
+            UserName="sentiloop", PolicyName="models", PolicyDocument=json.dumps(allow_s3)
+        )
+        key = iam.create_access_key(UserName="sentiloop")["AccessKey"]
+        self.key_id, self.secret = str(key["AccessKeyId"]), str(key["SecretAccessKey"])
         self.client().create_bucket(Bucket=bucket)
 
     def _answers(self) -> bool:
@@ -364,8 +384,8 @@ class S3Server:
             "SENTILOOP_MODEL_STORE_URL": f"s3://{self.bucket}/{prefix}",
             "SENTILOOP_MODEL_STORE_ENDPOINT_URL": self.url,
             "SENTILOOP_MODEL_STORE_REGION": self.REGION,
-            "SENTILOOP_MODEL_STORE_ACCESS_KEY_ID": self.KEY,
-            "SENTILOOP_MODEL_STORE_SECRET_ACCESS_KEY": self.KEY,
+            "SENTILOOP_MODEL_STORE_ACCESS_KEY_ID": self.key_id,
+            "SENTILOOP_MODEL_STORE_SECRET_ACCESS_KEY": self.secret,
         }
 
     def client(self) -> Any:
@@ -375,8 +395,8 @@ class S3Server:
             "s3",
             endpoint_url=self.url,
             region_name=self.REGION,
-            aws_access_key_id=self.KEY,
-            aws_secret_access_key=self.KEY,
+            aws_access_key_id=self.key_id,
+            aws_secret_access_key=self.secret,
         )
 
     def stop(self) -> None:

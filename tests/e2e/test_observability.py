@@ -85,9 +85,12 @@ def observed(
                 break
             time.sleep(0.5)
         texts_sent = len(traffic)
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        # Connections held to each worker, the traffic shared between them in turn.
+        clients = clients_of_every_worker(server)
+        try:
             predictions = []
             for n in range(40):
+                client = clients[n % len(clients)]
                 texts = [f"message {n} about the order", f"so happy {n}", f"terrible {n}"][
                     : 1 + n % 3
                 ]
@@ -95,15 +98,47 @@ def observed(
                 assert response.status_code == 200, response.text
                 predictions += response.json()["predictions"]
                 texts_sent += len(texts)
-            assert client.post("/v1/predict", json={"text": ""}).status_code == 400
+            assert clients[0].post("/v1/predict", json={"text": ""}).status_code == 400
             for n, prediction in enumerate(predictions[:30]):
                 body = {"prediction_id": prediction["prediction_id"]}
                 body |= {"verdict": "correct"} if n % 2 else {"label": "negative"}
-                assert client.post("/v1/feedback", json=body).status_code == 201
-        yield {"server": server, "texts_sent": texts_sent, "candidate": outcome.candidate_tag,
-               "predictions": predictions}  # fmt: skip
+                assert clients[n % len(clients)].post("/v1/feedback", json=body).status_code == 201
+            yield {"server": server, "texts_sent": texts_sent, "candidate": outcome.candidate_tag,
+                   "predictions": predictions, "clients": clients}  # fmt: skip
+        finally:
+            for client in clients:
+                client.close()
     finally:
         server.stop()
+
+
+def worker_of(server: ServerProcess, response: httpx.Response) -> int:
+    """The pid of the API worker holding the (kept-alive) connection of ``response``."""
+    _, port = response.extensions["network_stream"].get_extra_info("client_addr")
+    listing = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( dport = :{port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    [pid] = {int(found) for found in re.findall(r"pid=(\d+)", listing)}
+    return pid
+
+
+def clients_of_every_worker(server: ServerProcess, workers: int = 2) -> list[httpx.Client]:
+    """One client per API worker, each keeping its connection to that worker: new
+    connections until every worker has accepted one (the kernel picks the worker)."""
+    held: dict[int, httpx.Client] = {}
+    for _ in range(64):
+        client = httpx.Client(base_url=server.url, timeout=30)
+        pid = worker_of(server, client.get("/readyz"))
+        if pid in held:
+            client.close()
+        else:
+            held[pid] = client
+        if len(held) == workers:
+            return list(held.values())
+    for client in held.values():
+        client.close()
+    raise AssertionError(f"64 connections reached {len(held)} of {workers} workers")
 
 
 def wait_for_logged_texts(db: Path, count: int, timeout_s: float = 30) -> None:
@@ -129,18 +164,22 @@ def scraped(server: ServerProcess) -> str:
 
 
 def test_counters_are_summed_over_workers(observed: dict[str, Any]) -> None:
+    """Both workers served part of the traffic (a connection held to each), and the
+    scrape each of them answers counts all of it."""
     server: ServerProcess = observed["server"]
     log = server.log_path.read_text()
     assert "entry_service:sentiloop:2" in log  # two API workers really ran
-    text = scraped(server)
-    counted = sum(
-        float(v) for v in re.findall(r"^sentiloop_predictions_total\{[^}]*\} (\S+)$", text, re.M)
-    )
-    assert counted == observed["texts_sent"]
-    feedback = sum(
-        float(v) for v in re.findall(r"^sentiloop_feedback_total\{[^}]*\} (\S+)$", text, re.M)
-    )
-    assert feedback == 30
+    for client in observed["clients"]:
+        text = client.get("/metrics").text
+        counted = sum(
+            float(v)
+            for v in re.findall(r"^sentiloop_predictions_total\{[^}]*\} (\S+)$", text, re.M)
+        )
+        assert counted == observed["texts_sent"]
+        feedback = sum(
+            float(v) for v in re.findall(r"^sentiloop_feedback_total\{[^}]*\} (\S+)$", text, re.M)
+        )
+        assert feedback == 30
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from tests.support import ROOT
 
@@ -45,14 +47,38 @@ def top_level_packages() -> list[str]:
     return sorted({name.split(".")[0] for name in packages})
 
 
+def test_the_bento_installs_what_pyproject_installs() -> None:
+    """The Bento's packages are pyproject.toml's dependencies (BentoML aside: it
+    builds the Bento) and the s3 extra, with the same versions: the Bento had lacked
+    scipy (the gate's test, imported by a scheduled retraining), psutil, pyyaml and
+    boto3 (the shared model store of replicas)."""
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        project = tomllib.load(file)["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["s3"]]
+    bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    shipped = bentofile["python"]["packages"]
+
+    def normalized(requirements: list[str]) -> set[str]:
+        return {str(Requirement(r)) for r in requirements}
+
+    assert normalized(shipped) == normalized(wanted) - {
+        str(Requirement(r)) for r in wanted if Requirement(r).name == "bentoml"
+    }
+
+
 def test_dockerfile_copies_every_package_and_serves_on_3000() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     packages = top_level_packages()
     assert {"core", "feedback", "service", "sentiloop"} <= set(packages)  # the list is read
     for package in packages:
         assert f"COPY {package} ./{package}" in dockerfile, package
-    assert "EXPOSE 3000" in dockerfile
-    assert '"sentiloop", "serve"' in dockerfile
+    assert "EXPOSE 3000" in dockerfile.splitlines()
+    [command] = [line for line in dockerfile.splitlines() if line.startswith("CMD ")]
+    arguments = json.loads(command.removeprefix("CMD "))
+    assert arguments[:2] == ["sentiloop", "serve"]
+    assert arguments[arguments.index("--port") + 1] == "3000"
+    assert arguments[arguments.index("--host") + 1] == "0.0.0.0"  # reached from outside
+    assert "http://127.0.0.1:3000/readyz" in dockerfile  # the health check asks that port
     assert "SENTILOOP_AUTH=required" in dockerfile  # reached from other hosts: keys
 
 

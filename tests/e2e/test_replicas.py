@@ -75,8 +75,8 @@ def _cluster(
         model_store_url=shared["SENTILOOP_MODEL_STORE_URL"],
         model_store_endpoint_url=s3_server.url,
         model_store_region=S3Server.REGION,
-        model_store_access_key_id=S3Server.KEY,
-        model_store_secret_access_key=SecretStr(S3Server.KEY),
+        model_store_access_key_id=s3_server.key_id,
+        model_store_secret_access_key=SecretStr(s3_server.secret),
     )
     homes = [tmp / f"replica-{n}" for n in (1, 2)]
     replicas: list[ServerProcess] = []
@@ -215,6 +215,7 @@ def test_a_routing_key_gets_one_arm_on_every_replica_and_a_conclusion_reaches_al
             "every replica runs the experiment",
         )
         first, second = (arms_of(replica) for replica in replicas)
+        assert first is not None and len(first) == len(KEYS)  # answered, every key
         assert first == second  # each key, the same arm on either replica
 
         with sessions() as session:

@@ -14,6 +14,7 @@ import copy
 import hashlib
 import hmac
 import json
+import signal
 import sqlite3
 import time
 import uuid
@@ -139,13 +140,25 @@ def test_a_signed_zendesk_comment_is_acknowledged_then_scored_under_its_ticket(
 ) -> None:
     server, home = served
     ticket = f"T-{uuid.uuid4().hex[:8]}"
-    started = time.monotonic()
-    response = post_zendesk(server, comment_event(ticket, "The parcel arrived broken. Awful."))
-    answered_s = time.monotonic() - started
+    # Answered from the inbox, not after scoring (a model call under load can take
+    # seconds): with the model processes frozen, nothing can be scored, and the
+    # comment is acknowledged all the same, waiting in the inbox.
+    assert wait_until(lambda: len(server.model_processes()) == 1)  # SENTILOOP_MODEL_PROCESSES
+    frozen = server.model_processes()
+    for process in frozen:
+        process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = post_zendesk(server, comment_event(ticket, "The parcel arrived broken. Awful."))
+        answered_s = time.monotonic() - started
+        inbox = rows(home, "SELECT status FROM webhook_inbox WHERE external_id = ?", ticket)
+        scored = predictions_of(home, ticket)
+    finally:
+        for process in frozen:
+            process.send_signal(signal.SIGCONT)
     assert response.status_code == 202, response.text
     assert response.json() == {"stored": 1, "duplicates": 0, "ignored": 0}
-    # Answered from the inbox, not after scoring (a model call under load can take seconds).
-    assert answered_s < 5
+    assert answered_s < 5 and inbox == [("pending",)] and scored == [], (answered_s, inbox)
     assert wait_until(lambda: len(predictions_of(home, ticket)) == 1, 30), server.log_tail()
     [(prediction_id, label)] = predictions_of(home, ticket)
     assert label in {"negative", "neutral", "positive"}

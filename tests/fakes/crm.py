@@ -298,6 +298,8 @@ class FakeHubSpot(FakeCrm):
             return 404, {}, {"status": "error", "category": "OBJECT_NOT_FOUND"}
         if method == "GET":
             return None
+        if not headers.get("content-type", "").startswith("application/json"):
+            return 415, {}, {"status": "error", "message": "Unsupported Media Type"}
         properties = body.get("properties") if isinstance(body, dict) else None
         if not isinstance(properties, dict) or not properties or set(body) != {"properties"}:
             return 400, {}, {"status": "error", "category": "VALIDATION_ERROR"}
@@ -315,9 +317,9 @@ class FakeHubSpot(FakeCrm):
 
 
 class FakeCallback(FakeCrm):
-    """A receiver of Standard Webhooks callbacks at ``path``: the signature checked
-    with the ``standardwebhooks`` library (401 when wrong or over 5 minutes old), the
-    body ``{"type", "timestamp", "data"}``; ``delivered`` keeps each webhook-id's
+    """A receiver of Standard Webhooks callbacks at ``path``: JSON (415 otherwise), the
+    signature checked with the ``standardwebhooks`` library (401 when wrong or over 5
+    minutes old), the body ``{"type", "timestamp", "data"}``; ``delivered`` keeps each webhook-id's
     first body (a repeat is acknowledged and not kept again, as a receiver using
     the id as idempotency key does)."""
 
@@ -336,6 +338,8 @@ class FakeCallback(FakeCrm):
             return 404, {}, {"error": "not found"}
         if method != "POST":
             return 405, {}, {"error": "method not allowed"}
+        if not headers.get("content-type", "").startswith("application/json"):
+            return 415, {}, {"error": "expected application/json"}
         try:  # the signature covers the raw body
             self._webhook.verify(raw, headers, json_parse=False)
         except (WebhookVerificationError, ValueError) as exc:

@@ -39,8 +39,8 @@ def settings(
         model_store_url=f"s3://{s3_server.bucket}/{uuid.uuid4().hex[:8]}",
         model_store_endpoint_url=s3_server.url,
         model_store_region=S3Server.REGION,
-        model_store_access_key_id="testing",
-        model_store_secret_access_key=SecretStr("testing"),
+        model_store_access_key_id=s3_server.key_id,
+        model_store_secret_access_key=SecretStr(s3_server.secret),
     )
 
 
@@ -63,7 +63,7 @@ def shared_key(settings: Settings, tag: str, name: str) -> str:
 
 
 def test_a_published_model_is_fetched_checked_and_scores_as_the_original(
-    settings: Settings, tiny_model_dir: Path
+    settings: Settings, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     stored = save_tiny(tiny_model_dir)
     original, _ = load_classifier(settings, stored.tag)
@@ -75,7 +75,12 @@ def test_a_published_model_is_fetched_checked_and_scores_as_the_original(
     assert shared_store.publish(settings, stored.tag) == []  # there already: not again
     forget_locally(stored.tag)
 
-    fetched, metadata = load_classifier(settings, stored.tag)
+    # As a replica loads it: nothing of this model in its cache either (an export or
+    # tokenizer cached by the load above would score without the fetched weights).
+    replica = settings.model_copy(
+        update={"home": tmp_path / "replica", "cache_dir": tmp_path / "replica-cache"}
+    )
+    fetched, metadata = load_classifier(replica, stored.tag)
     assert fetched.version == stored.tag
     assert metadata["data_sha256"] == TINY_METADATA["data_sha256"]
     assert model_store.get_model(stored.tag).metadata == stored.metadata
@@ -156,6 +161,19 @@ def test_a_store_that_cannot_be_written_is_one_error_naming_it(
     missing = settings.model_copy(update={"model_store_url": "s3://no-such-bucket/models"})
     with pytest.raises(shared_store.SharedStoreError, match="s3://no-such-bucket/models: "):
         shared_store.publish(missing, stored.tag)
+    # Credentials the store refuses (the server checks signatures as S3 does): the key
+    # id given as the secret, and the two swapped.
+    key_id = settings.model_store_access_key_id or ""
+    secret = settings.model_store_secret_access_key
+    assert secret is not None
+    for wrong in (
+        {"model_store_secret_access_key": SecretStr(key_id)},
+        {"model_store_access_key_id": secret.get_secret_value(),
+         "model_store_secret_access_key": SecretStr(key_id)},
+    ):  # fmt: skip
+        refused = settings.model_copy(update=wrong)
+        with pytest.raises(shared_store.SharedStoreError, match=settings.model_store_url or ""):
+            shared_store.publish(refused, stored.tag)
 
 
 def test_pruning_keeps_roles_latest_champions_their_parents_and_fresh_uploads(

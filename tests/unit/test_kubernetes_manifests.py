@@ -24,6 +24,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import SecretStr
 from typer.main import get_command
 
 from core.settings import Settings
@@ -546,9 +547,10 @@ def test_the_keda_scaled_object_queries_an_exported_metric_of_the_service(
 def test_the_api_reads_the_crm_secrets_from_an_optional_secret_the_readme_documents(
     objects: tuple[dict[str, Any], ...], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every connector's secret and credential is a setting (a SecretStr): they reach
-    the API from the Secret `sentiloop-crm`, whose keys are the settings' variables;
-    optional, so a deployment without CRM connectors needs none."""
+    """Every connector's secret and credential is a setting (a SecretStr); those the
+    README's `kubectl create secret` names reach the API from the Secret
+    `sentiloop-crm`, whose keys are the settings' variables, and are read as secrets
+    with their values; optional, so a deployment without CRM connectors needs none."""
     api = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     (reference,) = [e["secretRef"] for e in api["envFrom"] if "secretRef" in e]
     assert reference == {"name": "sentiloop-crm", "optional": True}
@@ -557,10 +559,17 @@ def test_the_api_reads_the_crm_secrets_from_an_optional_secret_the_readme_docume
     assert match, "README: no `kubectl create secret generic sentiloop-crm` command"
     documented = re.findall(r"--from-literal=(SENTILOOP_[A-Z0-9_]+)=", match.group(1))
     assert documented
-    for variable in documented:  # each one is a secret setting the server reads
-        field = variable.removeprefix("SENTILOOP_").lower()
-        assert field in Settings.model_fields, variable
-        monkeypatch.setenv(variable, "x" * 40)
-    secrets = {name for name, field in Settings.model_fields.items()
-               if "SecretStr" in str(field.annotation)}  # fmt: skip
-    assert {v.removeprefix("SENTILOOP_").lower() for v in documented} <= secrets
+    values = {variable: f"{variable.lower()}-{'x' * 32}" for variable in documented}
+    read = settings_of(values, monkeypatch)  # each one is a secret setting the server reads
+    for variable, value in values.items():
+        secret = getattr(read, variable.removeprefix("SENTILOOP_").lower())
+        assert isinstance(secret, SecretStr) and secret.get_secret_value() == value, variable
+    connectors = [
+        name
+        for name in Settings.model_fields
+        if name.startswith("webhook_secret_")
+        or (name.startswith("writeback_") and name.endswith(("_secret", "_token")))
+    ]
+    assert len(connectors) == 8, connectors  # 5 webhook sources, 3 write-back targets
+    for name in connectors:
+        assert "SecretStr" in str(Settings.model_fields[name].annotation), name

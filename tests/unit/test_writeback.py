@@ -167,7 +167,10 @@ def test_hubspot_sets_the_ticket_property_with_the_bearer_token() -> None:
         "PATCH",
         "https://api.hubapi.com/crm/v3/objects/tickets/16491%2Fx",  # one path segment
     )
-    assert request.headers["Authorization"] == "Bearer pat-na1-secret"
+    assert request.headers == {
+        "Authorization": "Bearer pat-na1-secret",
+        "Content-Type": "application/json",
+    }
     assert json.loads(request.body) == {"properties": {"sentiloop_sentiment": "neutral"}}
 
 
@@ -177,6 +180,7 @@ def test_generic_callback_is_signed_with_standard_webhooks_and_keeps_its_id() ->
     [retry] = target.requests(item(attempts=1), now=NOW + 90)
     receiver = Webhook(SECRET)
     for request, sent_at in ((first, NOW), (retry, NOW + 90)):
+        assert request.headers["Content-Type"] == "application/json"
         assert request.headers["webhook-id"] == "msg_0123456789abcdef"  # the idempotency key
         assert request.headers["webhook-timestamp"] == str(int(sent_at))  # signed anew
         expected = receiver.sign(
