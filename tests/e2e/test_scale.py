@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.e2e.conftest import start_server
-from tests.support import ServerProcess, throwaway_postgres
+from tests.support import ServerProcess, throwaway_postgres, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +64,14 @@ def test_ten_thousand_concurrent_feedback_posts_store_exactly_ten_thousand_rows(
         predictions = client.post("/v1/predict", json={"texts": [f"c {n}" for n in range(100)]})
         ids = [p["prediction_id"] for p in predictions.json()["predictions"]]
     run = uuid.uuid4().hex[:8]
+    # Labels come after the predictions are logged: a post racing the log writer of
+    # the other worker waits for its row, and past 4 such waiters is a 503 to retry
+    # (SENTILOOP_FEEDBACK_LOOKUP_WAITERS; tests/integration/test_feedback_api.py).
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        count = text("SELECT count(*) FROM predictions")
+        assert wait_until(lambda: connection.execute(count).scalar_one() >= len(ids), 30)
+    engine.dispose()
 
     def post_slice(worker: int) -> list[int]:
         statuses = []
