@@ -22,6 +22,12 @@ def tiny_model_tag(tiny_model_dir: Path, bentoml_home: Path) -> str:
     return model_store.save_model(tiny_model_dir, name="e2e-tiny", metadata=TINY_METADATA).tag
 
 
+# For servers whose tests are not about the model processes: one model process
+# instead of one per core (ready in 6.7 s instead of 12.8 on 2 cores: the second
+# process loads its model beside the first, on the same cores).
+ONE_MODEL_PROCESS = {"SENTILOOP_MODEL_PROCESSES": "1"}
+
+
 def start_server(tmp: Path, env: dict[str, str], host: str = "127.0.0.1") -> ServerProcess:
     server = ServerProcess(
         {"SENTILOOP_HOME": str(tmp / "home"), **env}, tmp / "server.log", host=host
@@ -45,7 +51,12 @@ def ab_server(
         {"template_version": "v2", "model": tiny_model_tag, "weight": 1},
     ]
     server = start_server(
-        tmp, {"SENTILOOP_TRAFFIC_SPLIT": json.dumps(split), "SENTILOOP_TEXT_STORAGE": "redacted"}
+        tmp,
+        {
+            "SENTILOOP_TRAFFIC_SPLIT": json.dumps(split),
+            "SENTILOOP_TEXT_STORAGE": "redacted",
+            **ONE_MODEL_PROCESS,
+        },
     )
     yield server
     server.stop()

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.e2e.conftest import start_server
+from tests.e2e.conftest import ONE_MODEL_PROCESS, start_server
 from tests.support import ServerProcess, TcpProxy, throwaway_postgres, wait_until
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,9 @@ def test_database_outage_spools_predictions_refuses_feedback_and_recovers(tmp_pa
         proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
         proxy.start()
         proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-        server = start_server(tmp_path, {"DATABASE_URL": proxied, "SENTILOOP_AUTH": "disabled"})
+        server = start_server(
+            tmp_path, {"DATABASE_URL": proxied, "SENTILOOP_AUTH": "disabled", **ONE_MODEL_PROCESS}
+        )
         try:
             with httpx.Client(base_url=server.url, timeout=30) as client:
                 before = client.post("/v1/predict", json={"texts": ["fine"] * 10}).json()[
@@ -92,7 +94,7 @@ def test_database_outage_spools_predictions_refuses_feedback_and_recovers(tmp_pa
 
 
 def test_kill_9_during_a_feedback_burst_loses_no_acknowledged_feedback(tmp_path: Path) -> None:
-    server = start_server(tmp_path, {})
+    server = start_server(tmp_path, ONE_MODEL_PROCESS)
     with httpx.Client(base_url=server.url, timeout=30) as client:
         predictions = client.post(
             "/v1/predict", json={"texts": [f"burst {n}" for n in range(50)]}
@@ -127,7 +129,9 @@ def test_kill_9_during_a_feedback_burst_loses_no_acknowledged_feedback(tmp_path:
     for thread in threads:
         thread.join(15)
     (tmp_path / "again").mkdir()
-    restarted = start_server(tmp_path / "again", {"SENTILOOP_HOME": str(tmp_path / "home")})
+    restarted = start_server(
+        tmp_path / "again", {"SENTILOOP_HOME": str(tmp_path / "home"), **ONE_MODEL_PROCESS}
+    )
     try:
         assert httpx.get(f"{restarted.url}/readyz").status_code == 200
     finally:

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sentiloop.cli import app
-from tests.e2e.conftest import start_server
+from tests.e2e.conftest import ONE_MODEL_PROCESS, start_server
 from tests.support import ServerProcess, throwaway_postgres, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -45,6 +45,7 @@ def loop_server(
             "SENTILOOP_TEXT_STORAGE": "raw",
             "SENTILOOP_MODEL_POLL_INTERVAL_S": "0.5",
             "SENTILOOP_METRICS_REFRESH_INTERVAL_S": "0.5",
+            **ONE_MODEL_PROCESS,
         }
         server = start_server(tmp, env)
         try:

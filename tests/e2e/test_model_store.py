@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.conftest import ONE_MODEL_PROCESS
 from tests.support import ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,7 @@ def test_a_model_promoted_from_the_cli_is_served(
     # The model, in the store of this "checkout" (SENTILOOP_HOME's bentoml/) only.
     shutil.copytree(bentoml_home / "models" / name, home / "bentoml" / "models" / name)
     monkeypatch.delenv("BENTOML_HOME")
-    env = {"SENTILOOP_HOME": str(home), "HOME": str(tmp_path / "user")}
+    env = {"SENTILOOP_HOME": str(home), "HOME": str(tmp_path / "user"), **ONE_MODEL_PROCESS}
     server = ServerProcess(env, tmp_path / "server.log")
     try:
         server.wait_ready()

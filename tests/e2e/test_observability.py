@@ -20,7 +20,7 @@ from sqlalchemy import text as sql
 from core import database
 from core.settings import Settings
 from tests import monitoring
-from tests.e2e.conftest import start_server
+from tests.e2e.conftest import ONE_MODEL_PROCESS, start_server
 from tests.support import ServerProcess, free_port, prometheus_binary
 from training import AssemblyConfig, GateConfig, TrainingArguments
 from training.pipeline import DataSource, TrainingPipeline, TrainingPlan
@@ -40,6 +40,7 @@ def observed(
     home = tmp / "home"
     env = {
         "BENTOML_CONFIG_OPTIONS": "services.sentiloop.workers=2",
+        **ONE_MODEL_PROCESS,  # a model process per worker
         "SENTILOOP_BASE_MODEL": str(tiny_model_dir),
         "SENTILOOP_MODEL_NAME": model_name,
         "SENTILOOP_MODEL_POLL_INTERVAL_S": "0.5",

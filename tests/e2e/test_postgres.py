@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from service.http.auth import hash_key
-from tests.e2e.conftest import start_server
+from tests.e2e.conftest import ONE_MODEL_PROCESS, start_server
 from tests.e2e.test_webhooks import (
     CSAT_RULE,
     ZENDESK_EMAIL,
@@ -63,6 +63,7 @@ def pg_served(
             "SENTILOOP_WRITEBACK_ZENDESK_EMAIL": ZENDESK_EMAIL,
             "SENTILOOP_WRITEBACK_ZENDESK_API_TOKEN": ZENDESK_TOKEN,
             "SENTILOOP_WRITEBACK_RETRY_BASE_S": "0.2",
+            **ONE_MODEL_PROCESS,
         }
         server = start_server(tmp_path_factory.mktemp("postgres"), env)
         try:

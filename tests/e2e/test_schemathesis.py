@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import start_server
+from tests.e2e.conftest import ONE_MODEL_PROCESS, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_generated_requests_never_get_a_server_error(tmp_path: Path) -> None:
     st = shutil.which("st", path=str(Path(__import__("sys").executable).parent))
     assert st is not None, "schemathesis is a dev dependency"
-    server = start_server(tmp_path, {})
+    server = start_server(tmp_path, ONE_MODEL_PROCESS)
     try:
         result = subprocess.run(
             [st, "run", f"{server.url}/docs.json", "--url", server.url,

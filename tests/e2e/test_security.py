@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from service.http.auth import hash_key
-from tests.e2e.conftest import start_server
+from tests.e2e.conftest import ONE_MODEL_PROCESS, start_server
 from tests.support import ServerProcess, wait_until
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
          "SENTILOOP_API_KEYS_FILE": str(tmp / "api-keys.json"),
          "SENTILOOP_MAX_BODY_BYTES": "20000",
          # Access lines on (off by default): the log where a key would most likely leak.
-         "BENTOML_CONFIG_OPTIONS": "services.sentiloop.logging.access.enabled=true"},
+         "BENTOML_CONFIG_OPTIONS": "services.sentiloop.logging.access.enabled=true",
+         **ONE_MODEL_PROCESS},
     )  # fmt: skip
     yield server
     server.stop()
