@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import time
@@ -217,7 +218,18 @@ def test_leftover_spool_is_replayed_at_start_without_duplicates(
         store.insert_predictions(session=session, records=already)
         session.commit()
     spool = storage.Spool(tmp_path / "spool")
-    spool.write(already + [record() for _ in range(5)])  # a crash left this behind
+    # Every field filled, as a logged prediction of a CRM ticket is.
+    new = [
+        dataclasses.replace(
+            record(), text=f"Zustellung {n}: très déçu 😞", text_storage="raw",
+            language="de", external_id=f"T-{n}", external_source="zendesk",
+            routing_key_sha256="1" * 64, label="negative", latency_ms=12.5,
+            scores={"negative": 0.7, "neutral": 0.2, "positive": 0.1},
+            created_at=datetime(2026, 12, 1, 9, 30, n, 250_000, tzinfo=UTC),
+        )
+        for n in range(5)
+    ]  # fmt: skip
+    spool.write(already + new)  # a crash left this behind
     observer = CountingObserver()
     writer = storage.PredictionLogWriter(
         sessions, observer=observer, spool=storage.Spool(tmp_path / "spool")
@@ -227,9 +239,21 @@ def test_leftover_spool_is_replayed_at_start_without_duplicates(
     while observer.replayed_total < 8 and time.monotonic() < deadline:
         time.sleep(0.05)
     writer.close()
-    engine.dispose()
     assert count_rows(sqlite_url) == 8
     assert spool.pending() == []
+    # The three already stored were skipped, not refused as duplicates and quarantined.
+    assert observer.quarantined_total == 0 and not spool.quarantine_directory.exists()
+    # The replayed rows are the records, field by field.
+    with sessions() as session:
+        stored = {row.id: row for row in session.scalars(select(Prediction))}
+    engine.dispose()
+    for original in new:
+        row = stored[original.id]
+        assert row.created_at.replace(tzinfo=UTC) == original.created_at
+        for name in ("text", "text_storage", "text_sha256", "label", "scores", "model_version",
+                     "template_version", "latency_ms", "routing_key_sha256", "language",
+                     "external_id", "external_source"):  # fmt: skip
+            assert getattr(row, name) == getattr(original, name), name
 
 
 def poison_record() -> storage.PredictionRecord:

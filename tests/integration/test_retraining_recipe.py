@@ -197,6 +197,9 @@ def test_retraining_rehearses_logged_traffic_and_stores_a_delta_that_serves_the_
         )
     traffic = [f"is the {part} sold separately" for part in PARTS]
     log(pipeline, traffic)
+    # The labelled reviews scored again, without feedback this time: logged texts that
+    # are labelled (or held out) are never rehearsed; only the traffic is.
+    log(pipeline, [text.upper() for text, _ in reviews])
     # No base data: a team's feedback only; the encoder fine-tuned (a LoRA adapter).
     outcome = pipeline.run(
         TrainingPlan(
@@ -207,7 +210,9 @@ def test_retraining_rehearses_logged_traffic_and_stores_a_delta_that_serves_the_
         )
     )
     counts = outcome.report["dataset"]["counts"]
-    assert 0 < counts["rehearsal"] <= len(traffic) // 2
+    # Half the candidates at most (the traffic guard keeps the other half): half the
+    # traffic, where the labelled texts logged again would have made it more.
+    assert counts["rehearsal"] == len(traffic) // 2 > 0
     assert outcome.report["training"]["rehearsal_examples"] == counts["rehearsal"]
 
     stored = model_store.get_model(outcome.candidate_tag)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -241,9 +242,17 @@ def test_purge_leaves_no_copy_of_texts_or_comments_in_the_sqlite_files(tmp_path:
         counts = store.purge_texts(session=session, before=datetime.now(UTC) - timedelta(days=30))
         session.commit()
     assert counts == (1, 1)
-    assert "truncated" in database.discard_freed_pages(engine)
-    engine.dispose()
-    assert secret.encode() not in on_disk() and note.encode() not in on_disk()
+    # As with the service running: its connections stay open (closing the last one
+    # would checkpoint and delete the write-ahead log by itself, hiding a purge that
+    # left the values there).
+    service = sqlite3.connect(tmp_path / "sentiloop.db")
+    try:
+        service.execute("SELECT count(*) FROM predictions").fetchone()
+        assert "truncated" in database.discard_freed_pages(engine)
+        assert secret.encode() not in on_disk() and note.encode() not in on_disk()
+    finally:
+        service.close()
+        engine.dispose()
 
 
 def test_identical_feedback_posted_at_once_without_key_is_stored_once(

@@ -110,7 +110,9 @@ def test_run_saves_candidate_with_metadata_records_run_and_writes_report(
         assert key in stored.metadata, key
     assert stored.metadata["template_versions"] == ["v1"]
     assert stored.metadata["parent_model"].startswith("zero-shot:")
-    assert stored.metadata["training"]["temperature"] > 0
+    # Calibrated on the validation split: a temperature was fitted (1.0 is uncalibrated)
+    # and the rescoring below matches the gate's confidence figures (ECE) too.
+    assert stored.metadata["training"]["temperature"] != 1.0
     assert stored.metadata["training_run_id"] == outcome.run_id
     with pipeline.sessions() as session:
         run = session.get(TrainingRun, outcome.run_id)
@@ -130,7 +132,7 @@ def test_run_saves_candidate_with_metadata_records_run_and_writes_report(
     assert served.runtime == "onnx-int8"  # the CPU default, not training's torch fp32
     dataset = pipeline.dataset(plan(tmp_path, **ALWAYS), None)
     rescored = score_examples(served, pipeline.templates.get("v1"), dataset.holdout)
-    for key in ("n", "accuracy", "macro_f1", "confusion_matrix"):
+    for key in ("n", "accuracy", "macro_f1", "confusion_matrix", "ece"):
         assert rescored[key] == holdout["candidate"][key], key
 
 

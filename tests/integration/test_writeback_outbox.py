@@ -69,9 +69,12 @@ def events(claimed: outbox.Claimed) -> list[str]:
 
 
 def statuses(sessions: sessionmaker[Session]) -> dict[str, str]:
+    """Each outbox row's status by event; an event with two rows fails here."""
     with sessions() as session:
         rows = session.execute(select(WriteBackOutbox.event_id, WriteBackOutbox.status)).all()
-    return dict(rows)
+    by_event = {event: status for event, status in rows}
+    assert len(by_event) == len(rows), sorted(rows)
+    return by_event
 
 
 def test_a_write_back_is_committed_with_its_events_done_or_not_at_all(
