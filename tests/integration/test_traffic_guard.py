@@ -17,6 +17,7 @@ from model.templates import PromptTemplate, TemplateRegistry
 from model.text_keys import normalize_text
 from tests.integration.test_store import insert, make_prediction
 from training.config import GateConfig
+from training.gate import TrafficComparison
 from training.traffic_guard import compare_on_traffic
 
 
@@ -65,31 +66,20 @@ def test_texts_trained_on_or_held_out_and_repeats_are_left_out_of_the_traffic_gu
     candidate, champion = Rule("1"), Rule("nothing")
     candidate_on_excluded = Rule("retard")
 
-    traffic = compare_on_traffic(
-        sessions=sessions,
-        candidate=candidate,
-        champion=champion,
-        template=template,
-        until=now,
-        exclude=trained,
-        config=GateConfig(traffic_rows_per_language=10),
-        text_storage="raw",
-    )
+    def guard(candidate: Rule, exclude: set[str]) -> TrafficComparison:
+        return compare_on_traffic(
+            sessions=sessions, candidate=candidate, champion=champion, template=template,
+            until=now, exclude=exclude, config=GateConfig(traffic_rows_per_language=10),
+            text_storage="raw",
+        )  # fmt: skip
+
+    traffic = guard(candidate, trained)
     assert traffic.excluded == {"trained_or_held_out": 2, "duplicate": 1}
     rows = {item.language: (item.rows, item.changed) for item in traffic.languages}
     assert rows == {"fr": (4, 1), "de": (3, 1)}
     assert not any("retard" in text or "perdu" in text for text in candidate.seen)
 
     # The same traffic without the exclusion: the trained-on texts are compared too.
-    unguarded = compare_on_traffic(
-        sessions=sessions,
-        candidate=candidate_on_excluded,
-        champion=champion,
-        template=template,
-        until=now,
-        exclude=set(),
-        config=GateConfig(traffic_rows_per_language=10),
-        text_storage="raw",
-    )
+    unguarded = guard(candidate_on_excluded, set())
     assert unguarded.excluded == {"trained_or_held_out": 0, "duplicate": 1}
     assert {item.language: item.changed for item in unguarded.languages} == {"fr": 1, "de": 0}

@@ -36,14 +36,6 @@ class Case:
     silent_before: str | None = None  # a time within its `for:` where it must not fire yet
 
 
-def requests(code: int) -> str:
-    return f'bentoml_service_request_total{{{SERVICE}, http_response_code="{code}"}}'
-
-
-def bucket(le: str) -> str:
-    return f'bentoml_service_request_duration_seconds_bucket{{{PREDICT}, le="{le}"}}'
-
-
 def rate_of(per_minute: float, minutes: int = 80) -> str:
     return f"0+{per_minute:g}x{minutes}"
 
@@ -52,158 +44,103 @@ def level(value: float, minutes: int = 80) -> str:
     return f"{value:g}x{minutes}"
 
 
+def failing(share: float) -> dict[str, str]:
+    """100 requests a minute, ``share`` of them answered 500."""
+    total = 'bentoml_service_request_total{%s, http_response_code="%d"}'
+    return {total % (SERVICE, 500): rate_of(100 * share),
+            total % (SERVICE, 200): rate_of(100 * (1 - share))}  # fmt: skip
+
+
+def latencies(under_quarter_second: float) -> dict[str, str]:
+    """10 predict requests a minute, the given share under 0.25 s, the rest under 1 s."""
+    bucket = 'bentoml_service_request_duration_seconds_bucket{%s, le="%s"}'
+    return {
+        bucket % (PREDICT, "0.25"): rate_of(10 * under_quarter_second),
+        bucket % (PREDICT, "1"): rate_of(10),
+        bucket % (PREDICT, "+Inf"): rate_of(10),
+    }
+
+
+def agreement(share: float, rows: int) -> dict[str, str]:
+    return {f"sentiloop_feedback_accuracy{{{ARMS}}}": level(share),
+            f"sentiloop_feedback_window_rows{{{ARMS}}}": level(rows)}  # fmt: skip
+
+
+def label_mix(live: dict[str, float]) -> dict[str, str]:
+    """Predictions a minute by label, against a training mix of 20/30/50% positive,
+    neutral, negative."""
+    series = {f'sentiloop_predictions_total{{{MODEL}, label="{label}"}}': rate_of(count)
+              for label, count in live.items()}  # fmt: skip
+    for label, share in (("positive", 0.2), ("neutral", 0.3), ("negative", 0.5)):
+        series[f'sentiloop_reference_label_share{{{MODEL}, label="{label}"}}'] = level(share)
+    return series
+
+
+def confidence(reference: str, value: float, live: float, per_minute: float = 10) -> dict[str, str]:
+    """The model's holdout figure ``reference`` at ``value``; ``per_minute`` predictions
+    a minute of mean confidence ``live``."""
+    return {f"sentiloop_reference_{reference}{{{MODEL}}}": level(value),
+            f"sentiloop_prediction_confidence_sum{{{MODEL}}}": rate_of(per_minute * live),
+            f"sentiloop_prediction_confidence_count{{{MODEL}}}": rate_of(per_minute)}  # fmt: skip
+
+
+MODEL_LABEL = {"model_version": "m:1"}
+
 CASES: dict[str, list[Case]] = {
     "SentiloopHighErrorRate": [  # > 2% of requests 5xx for 5m
-        Case(
-            "3% fail",
-            {
-                requests(500): rate_of(3),
-                requests(200): rate_of(97),
-            },
-            fires=True,
-            at="15m",
-            silent_before="4m",
-        ),
-        Case(
-            "1% fail",
-            {
-                requests(500): rate_of(1),
-                requests(200): rate_of(99),
-            },
-            fires=False,
-            at="15m",
-        ),
+        Case("3% fail", failing(0.03), fires=True, at="15m", silent_before="4m"),
+        Case("1% fail", failing(0.01), fires=False, at="15m"),
     ],
     "SentiloopHighP99Latency": [  # p99 of /v1/predict > 0.5 s for 10m
-        Case(
-            "requests of 0.25-1 s",
-            {
-                bucket("0.25"): level(0),
-                bucket("1"): rate_of(10),
-                bucket("+Inf"): (rate_of(10)),
-            },
-            fires=True,
-            at="20m",
-            silent_before="8m",
-        ),
-        Case(
-            "requests under 0.25 s",
-            {
-                bucket("0.25"): (rate_of(10)),
-                bucket("1"): rate_of(10),
-                bucket("+Inf"): (rate_of(10)),
-            },
-            fires=False,
-            at="20m",
-        ),
+        Case("requests of 0.25-1 s", latencies(0), fires=True, at="20m", silent_before="8m"),
+        Case("requests under 0.25 s", latencies(1), fires=False, at="20m"),
     ],
     "SentiloopFeedbackAccuracyDrop": [  # < 0.6 over 20+ judged rows, for 30m
         Case(
             "agreement 0.5 over 30 rows",
-            {
-                f"sentiloop_feedback_accuracy{{{ARMS}}}": level(0.5),
-                f"sentiloop_feedback_window_rows{{{ARMS}}}": level(30),
-            },
+            agreement(0.5, 30),
             fires=True,
             at="40m",
-            labels={"model_version": "m:1", "template_version": "v1"},
+            labels={**MODEL_LABEL, "template_version": "v1"},
             silent_before="20m",
         ),
-        Case(
-            "agreement 0.7",
-            {
-                f"sentiloop_feedback_accuracy{{{ARMS}}}": level(0.7),
-                f"sentiloop_feedback_window_rows{{{ARMS}}}": level(30),
-            },
-            fires=False,
-            at="40m",
-        ),
-        Case(
-            "agreement 0.5 over 10 rows: too few",
-            {
-                f"sentiloop_feedback_accuracy{{{ARMS}}}": level(0.5),
-                f"sentiloop_feedback_window_rows{{{ARMS}}}": level(10),
-            },
-            fires=False,
-            at="40m",
-        ),
+        Case("agreement 0.7", agreement(0.7, 30), fires=False, at="40m"),
+        Case("agreement 0.5 over 10 rows: too few", agreement(0.5, 10), fires=False, at="40m"),
     ],
     "SentiloopLabelMixDrift": [  # label-mix TVD > 0.25 over 1h, for 30m
         Case(
-            "all positive against 20% in training",
-            {
-                f'sentiloop_predictions_total{{{MODEL}, label="positive"}}': rate_of(10),
-                f'sentiloop_reference_label_share{{{MODEL}, label="positive"}}': level(0.2),
-                f'sentiloop_reference_label_share{{{MODEL}, label="neutral"}}': level(0.3),
-                f'sentiloop_reference_label_share{{{MODEL}, label="negative"}}': level(0.5),
-            },
+            "all positive",
+            label_mix({"positive": 10}),
             fires=True,
-            labels={"model_version": "m:1"},
+            labels=MODEL_LABEL,
             silent_before="25m",
         ),
         Case(
-            "the training mix",
-            {
-                f'sentiloop_predictions_total{{{MODEL}, label="positive"}}': rate_of(2),
-                f'sentiloop_predictions_total{{{MODEL}, label="neutral"}}': rate_of(3),
-                f'sentiloop_predictions_total{{{MODEL}, label="negative"}}': rate_of(5),
-                f'sentiloop_reference_label_share{{{MODEL}, label="positive"}}': level(0.2),
-                f'sentiloop_reference_label_share{{{MODEL}, label="neutral"}}': level(0.3),
-                f'sentiloop_reference_label_share{{{MODEL}, label="negative"}}': level(0.5),
-            },
-            fires=False,
+            "the training mix", label_mix({"positive": 2, "neutral": 3, "negative": 5}), fires=False
         ),
     ],
     "SentiloopConfidenceDrop": [  # holdout mean confidence - live > 0.15, for 30m
         Case(
             "live 0.6 against 0.9",
-            {
-                f"sentiloop_reference_mean_confidence{{{MODEL}}}": level(0.9),
-                f"sentiloop_prediction_confidence_sum{{{MODEL}}}": rate_of(6),
-                f"sentiloop_prediction_confidence_count{{{MODEL}}}": rate_of(10),
-            },
+            confidence("mean_confidence", 0.9, 0.6),
             fires=True,
-            labels={"model_version": "m:1"},
+            labels=MODEL_LABEL,
             silent_before="25m",
         ),
-        Case(
-            "live 0.85 against 0.9",
-            {
-                f"sentiloop_reference_mean_confidence{{{MODEL}}}": level(0.9),
-                f"sentiloop_prediction_confidence_sum{{{MODEL}}}": rate_of(8.5),
-                f"sentiloop_prediction_confidence_count{{{MODEL}}}": rate_of(10),
-            },
-            fires=False,
-        ),
+        Case("live 0.85 against 0.9", confidence("mean_confidence", 0.9, 0.85), fires=False),
     ],
     "SentiloopEstimatedAccuracyDrop": [  # holdout accuracy - mean confidence > 0.05
         Case(
             "estimated 0.6 against 0.8, 700 predictions",
-            {
-                f"sentiloop_reference_accuracy{{{MODEL}}}": level(0.8),
-                f"sentiloop_prediction_confidence_sum{{{MODEL}}}": rate_of(6),
-                f"sentiloop_prediction_confidence_count{{{MODEL}}}": rate_of(10),
-            },
+            confidence("accuracy", 0.8, 0.6),
             fires=True,
-            labels={"model_version": "m:1"},
+            labels=MODEL_LABEL,
             silent_before="25m",
         ),
+        Case("estimated 0.78 against 0.8", confidence("accuracy", 0.8, 0.78), fires=False),
         Case(
-            "estimated 0.78 against 0.8",
-            {
-                f"sentiloop_reference_accuracy{{{MODEL}}}": level(0.8),
-                f"sentiloop_prediction_confidence_sum{{{MODEL}}}": rate_of(7.8),
-                f"sentiloop_prediction_confidence_count{{{MODEL}}}": rate_of(10),
-            },
-            fires=False,
-        ),
-        Case(
-            "estimated 0.6 against 0.8 but 35 predictions: too few",
-            {
-                f"sentiloop_reference_accuracy{{{MODEL}}}": level(0.8),
-                f"sentiloop_prediction_confidence_sum{{{MODEL}}}": rate_of(0.3),
-                f"sentiloop_prediction_confidence_count{{{MODEL}}}": rate_of(0.5),
-            },
+            "estimated 0.6 against 0.8, 35 predictions: too few",
+            confidence("accuracy", 0.8, 0.6, per_minute=0.5),
             fires=False,
         ),
     ],
