@@ -104,11 +104,11 @@ def observed(
                 body = {"prediction_id": prediction["prediction_id"]}
                 body |= {"verdict": "correct"} if n % 2 else {"label": "negative"}
                 assert clients[n % len(clients)].post("/v1/feedback", json=body).status_code == 201
-            yield {"server": server, "texts_sent": texts_sent, "candidate": outcome.candidate_tag,
-                   "predictions": predictions, "clients": clients}  # fmt: skip
         finally:
             for client in clients:
                 client.close()
+        yield {"server": server, "texts_sent": texts_sent, "candidate": outcome.candidate_tag,
+               "predictions": predictions}  # fmt: skip
     finally:
         server.stop()
 
@@ -160,18 +160,20 @@ def wait_for_logged_texts(db: Path, count: int, timeout_s: float = 30) -> None:
         engine.dispose()
 
 
-def scraped(server: ServerProcess) -> str:
-    return httpx.get(f"{server.url}/metrics", timeout=10).text
-
-
 def test_counters_are_summed_over_workers(observed: dict[str, Any]) -> None:
     """Both workers served part of the traffic (a connection held to each), and the
     scrape each of them answers counts all of it."""
     server: ServerProcess = observed["server"]
     log = server.log_path.read_text()
     assert "entry_service:sentiloop:2" in log  # two API workers really ran
-    for client in observed["clients"]:
-        text = client.get("/metrics").text
+    # Fresh connections to each worker (those of the traffic may have idled out).
+    scrapers = clients_of_every_worker(server)
+    try:
+        scraped_texts = [client.get("/metrics").text for client in scrapers]
+    finally:
+        for client in scrapers:
+            client.close()
+    for text in scraped_texts:
         counted = sum(
             float(v)
             for v in re.findall(r"^sentiloop_predictions_total\{[^}]*\} (\S+)$", text, re.M)
