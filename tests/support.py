@@ -356,19 +356,23 @@ class S3Server:
         if not wait_until(self._answers, timeout_s=30):
             self.stop()
             raise TimeoutError(f"moto_server did not answer on {self.url}")
-        iam = boto3.session.Session().client(
-            "iam", endpoint_url=self.url, region_name=self.REGION,
-            aws_access_key_id="unsigned", aws_secret_access_key="unsigned",
-        )  # fmt: skip
-        iam.create_user(UserName="sentiloop")
-        statement = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
-        allow_s3 = {"Version": "2012-10-17", "Statement": [statement]}
-        iam.put_user_policy(
-            UserName="sentiloop", PolicyName="models", PolicyDocument=json.dumps(allow_s3)
-        )
-        key = iam.create_access_key(UserName="sentiloop")["AccessKey"]
-        self.key_id, self.secret = str(key["AccessKeyId"]), str(key["SecretAccessKey"])
-        self.client().create_bucket(Bucket=bucket)
+        try:
+            iam = boto3.session.Session().client(
+                "iam", endpoint_url=self.url, region_name=self.REGION,
+                aws_access_key_id="unsigned", aws_secret_access_key="unsigned",
+            )  # fmt: skip
+            iam.create_user(UserName="sentiloop")
+            statement = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+            allow_s3 = {"Version": "2012-10-17", "Statement": [statement]}
+            iam.put_user_policy(
+                UserName="sentiloop", PolicyName="models", PolicyDocument=json.dumps(allow_s3)
+            )
+            key = iam.create_access_key(UserName="sentiloop")["AccessKey"]
+            self.key_id, self.secret = str(key["AccessKeyId"]), str(key["SecretAccessKey"])
+            self.client().create_bucket(Bucket=bucket)
+        except BaseException:
+            self.stop()
+            raise
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:
